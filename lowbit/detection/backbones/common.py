@@ -1,0 +1,165 @@
+"""Pieces shared by the backbones: frozen batch norm, freezing, and the weights loader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FrozenBatchNorm2d",
+    "LoadResult",
+    "convert_frozen_batchnorm",
+    "freeze_modules",
+    "load_backbone_weights",
+    "read_state_dict",
+]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (all buffers, no parameters).
+
+    Buffer names are torchvision's (``weight``, ``bias``, ``running_mean``, ``running_var``), so
+    a BatchNorm2d state_dict loads into it; its ``num_batches_tracked`` entry is dropped on
+    load. ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``, folded into one
+    scale and shift.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` inside ``module`` (or ``module`` itself) by a
+    :class:`FrozenBatchNorm2d` carrying the same statistics; returns the converted module."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.track_running_stats and module.running_mean is not None:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen.to(device=module.running_mean.device if module.running_mean is not None
+                          else frozen.weight.device)
+    for name, child in module.named_children():
+        new = convert_frozen_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def freeze_modules(modules: Iterable[nn.Module]) -> None:
+    """Stop gradients to the parameters of ``modules`` and freeze their batch norms."""
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+        convert_frozen_batchnorm(m)
+
+
+class LoadResult(NamedTuple):
+    """What :func:`load_backbone_weights` did: keys missing from / unexpected in the file
+    (only non-empty with ``strict=False``) and the classifier-head keys it skipped."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    ignored_keys: list[str]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state_dict from ``.safetensors`` or a torch file, never unpickling objects.
+
+    Torch files are read with ``weights_only=True``; a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: object = load_file(str(path), device="cpu")
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, Mapping):
+        for key in ("state_dict", "model"):
+            if key in sd and isinstance(sd[key], Mapping):
+                sd = sd[key]
+                break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    return dict(sd)
+
+
+def load_backbone_weights(
+    model: nn.Module,
+    weights: str | os.PathLike | Mapping[str, Tensor],
+    strict: bool = True,
+) -> LoadResult:
+    """Load ImageNet weights in torchvision's key layout into a lowbit backbone.
+
+    The classification head of the file (``fc.*`` for ResNet, ``classifier.*`` for VGG: the
+    model's ``head_prefixes``) is skipped exactly when the model has no such modules (a
+    detection backbone); every other key must match (with ``strict=True``), shapes included.
+    Nothing is downloaded.
+
+    Args:
+        model: a backbone from :mod:`lowbit.detection.backbones` (any module works; the head
+            rule then uses ``getattr(model, "head_prefixes", ())``).
+        weights: a ``.pth``/``.pt`` file (read with ``weights_only=True``), a ``.safetensors``
+            file, or a state_dict.
+        strict: as in ``nn.Module.load_state_dict``.
+
+    Returns:
+        :class:`LoadResult`.
+
+    Raises:
+        RuntimeError: naming the file and the mismatching keys.
+    """
+    source = "state_dict" if isinstance(weights, Mapping) else str(weights)
+    sd = dict(weights) if isinstance(weights, Mapping) else read_state_dict(weights)
+    own = model.state_dict().keys()
+    ignored: list[str] = []
+    for prefix in getattr(model, "head_prefixes", ()):
+        if not any(k.startswith(prefix) for k in own):
+            ignored.extend(k for k in sd if k.startswith(prefix))
+    for k in ignored:
+        del sd[k]
+    try:
+        res = model.load_state_dict(sd, strict=strict)
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot load backbone weights from {source}: {e}") from e
+    return LoadResult(list(res.missing_keys), list(res.unexpected_keys), ignored)

@@ -1,0 +1,48 @@
+"""Input checks and small helpers shared by the quantizers (no state, no modules)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float(w: Tensor, name: str = "w", finite: bool = True) -> None:
+    """Raise ValueError unless ``w`` is a floating tensor (and, if ``finite``, has no NaN/Inf)."""
+    if not isinstance(w, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating tensor, got dtype {w.dtype}")
+    if finite and w.numel() and not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); refusing to quantize")
+
+
+def check_bits(bits: int, lo: int = 2, hi: int = 8, what: str = "bits") -> int:
+    """Validate an integer bit-width in ``[lo, hi]`` and return it."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise ValueError(f"{what} must be an int in [{lo}, {hi}], got {bits!r}")
+    if not lo <= bits <= hi:
+        raise ValueError(f"{what} must be in [{lo}, {hi}], got {bits}")
+    return bits
+
+
+def compute_dtype(w: Tensor) -> torch.dtype:
+    """float64 for float64 inputs, float32 otherwise (half types are upcast for the math)."""
+    return torch.float64 if w.dtype == torch.float64 else torch.float32
+
+
+def channel_view(w: Tensor, axis: int) -> Tensor:
+    """Return ``w`` reshaped to ``[C, -1]`` with channel ``axis`` first (a copy if needed)."""
+    if w.dim() == 0:
+        return w.reshape(1, 1)
+    axis = axis % w.dim()
+    return w.movedim(axis, 0).reshape(w.shape[axis], -1)
+
+
+def broadcast_channel(v: Tensor, w: Tensor, axis: int) -> Tensor:
+    """Shape a per-channel vector ``v: Tensor[C]`` so it broadcasts against ``w`` along ``axis``."""
+    shape = [1] * w.dim()
+    shape[axis % w.dim()] = -1
+    return v.reshape(shape)
