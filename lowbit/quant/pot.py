@@ -14,9 +14,11 @@ exponent and the top mantissa bit. That is what makes :func:`lbw_exact` O(N) and
 Tie rules (deterministic, documented once here):
 
 * a weight exactly on a threshold goes to the larger magnitude (away from zero);
-* when two exponents ``s`` give the same error (within ``1e-12 * ||W||**2``, i.e. float64
-  rounding), the larger ``s`` wins -- the same choice the floor in the paper's (2.5)/(2.9) makes
-  on the parabola's tie;
+* when several exponents ``s`` give the same error (within ``1e-12 * ||W||**2``, i.e. float64
+  rounding), the smallest ``s`` wins: the tightest range, whose top level is closest to max|W|.
+  (At b >= 6 many ``s`` differ only by the error of a few weights below 2**-20 of the scale; the
+  smallest keeps them.) The paper's (2.9) formula, used by :func:`lbw_approx`, resolves its own
+  parabola tie upwards instead;
 * an all-zero (or empty) tensor quantizes to zeros with ``s = 0``.
 """
 
@@ -187,7 +189,7 @@ def _solve(
     err = s2 - (lev * (2.0 * a - lev * c)).sum(dim=1)
     best = err.min()
     near = err <= best + _TIE_RTOL * s2
-    s_best = int(s_grid.flatten()[near].max())  # ties -> larger s
+    s_best = int(s_grid.flatten()[near].min())  # ties -> smaller s
     if delta is not None:
         bound = 2.0 * (lev * delta[lo_k : hi_k + 1]).sum(dim=1)
         return s_best, s_grid.flatten(), err, bound
