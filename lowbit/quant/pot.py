@@ -104,7 +104,8 @@ def _fine_midpoints(device) -> Tensor:
     if key not in _MID_CACHE:
         shift = 22 - _FINE
         km = torch.arange(1 << (31 - shift), dtype=torch.int32, device=device)
-        _MID_CACHE[key] = ((km << shift) | (1 << (shift - 1))).view(torch.float32).double()
+        mid = ((km << shift) | (1 << (shift - 1))).view(torch.float32).double()
+        _MID_CACHE[key] = torch.where(torch.isfinite(mid), mid, torch.zeros_like(mid))
     return _MID_CACHE[key]
 
 
@@ -129,15 +130,29 @@ def _fast_s(x: Tensor, n: int, s_cap: int) -> tuple[Tensor, int, int | None]:
     if n_bad:
         raise ValueError(f"w contains {int(n_bad)} NaN/Inf value(s); refusing to quantize")
     e = torch.arange(c_h.numel(), device=x.device) // 2 - bias2 // 2
-    delta = torch.ldexp(c_h, (e - 8).double()) + n_tiny * 2.0**-250  # zeros/subnormals: ~0
+    delta = torch.ldexp(c_h, (e - 8).double())  # |true - estimated sum|w|| per bucket
+    s2_hat = float((cnt * mid * mid).sum())
     out = _solve(c_h, s1_h, s1_h.new_zeros(()), n, bias2, s_cap, delta)
     if out[0] is None:
         return key, nmag, None  # only zeros/subnormals: let the exact path decide
-    _, grid, err, bound = out
-    cand = (err - bound) <= (err + bound).min()
-    if int(cand.sum()) != 1:
+    _, grid, err, lev, sl = out
+    # Certify the documented choice (smallest s within 1e-12 ||W||^2 of the minimum) using
+    # differences to the estimated best r: buckets at the same level under s and r cancel
+    # exactly, so |D(s) - D_hat(s)| <= sum_b 2 |L_s - L_r| delta_b.
+    r = int(torch.argmin(err))
+    d_hat = err - err[r]
+    bnd = 2.0 * ((lev - lev[r]).abs() * delta[sl]).sum(dim=1)
+    # zeros/subnormals sit in buckets the estimate treats as zero; under any candidate they
+    # change an error by < count * 2**-250 (and the bound on ||W||^2 covers them too)
+    bnd = bnd + n_tiny * 2.0**-250
+    band_lo = _TIE_RTOL * s2_hat * (1 - 2.0**-6)
+    band_hi = _TIE_RTOL * (s2_hat * (1 + 2.0**-6) + n_tiny * 2.0**-250)
+    m_lo = float((d_hat - bnd).min())
+    sure_in = d_hat + bnd <= m_lo + band_lo
+    sure_out = d_hat - bnd > band_hi
+    if not bool((sure_in | sure_out).all()):
         return key, nmag, None
-    s_best = int(grid[cand])
+    s_best = int(grid[sure_in].min())
     if n_tiny and s_best - n < -126:  # the zero threshold reaches subnormals: be exact
         return key, nmag, None
     return key, nmag, s_best
@@ -165,14 +180,14 @@ def _solve(
 ):
     """Error of every candidate s from half-octave statistics.
 
-    Returns ``(s_best, s_grid, err)`` (plus ``bound`` when ``delta``, a per-bucket bound on the
-    error of ``s1``, is given: ``|err - true err| <= bound``).
+    Returns ``(s_best, s_grid, err)``; when ``delta`` (a per-bucket bound on the error of
+    ``s1``) is given, also the level matrix ``Tensor[S, H]`` and the bucket slice it covers.
     """
     nmag = cnt.numel()
     km = torch.arange(nmag, device=cnt.device)
     idx = torch.nonzero((cnt > 0) & (km >= 2)).flatten()
     if idx.numel() == 0:
-        return (None, None, None) if delta is None else (None, None, None, None)
+        return (None, None, None) if delta is None else (None, None, None, None, None)
     lo_k, hi_k = idx[[0, -1]].tolist()
     h = km[lo_k : hi_k + 1] - bias2
     c = cnt[lo_k : hi_k + 1].to(torch.float64)
@@ -191,8 +206,7 @@ def _solve(
     near = err <= best + _TIE_RTOL * s2
     s_best = int(s_grid.flatten()[near].min())  # ties -> smaller s
     if delta is not None:
-        bound = 2.0 * (lev * delta[lo_k : hi_k + 1]).sum(dim=1)
-        return s_best, s_grid.flatten(), err, bound
+        return s_best, s_grid.flatten(), err, lev, slice(lo_k, hi_k + 1)
     return s_best, s_grid.flatten(), err
 
 
