@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # Order is the order shown in `lowbit --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "lowbit.commands.bench",
+    "lowbit.commands.data",
+    "lowbit.commands.voc_eval",
 )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 from PIL import Image
 from torch import Tensor
@@ -132,6 +133,8 @@ def parse_voc_xml(path: str | Path, check_bounds: bool = True) -> VOCAnnotation:
         root = SafeET.parse(str(path)).getroot()
     except SafeET.ParseError as exc:
         raise ValueError(f"{path}: malformed XML: {exc}") from None
+    except DefusedXmlException as exc:
+        raise ValueError(f"{path}: unsafe XML refused: {exc!r}") from None
     if root.tag != "annotation":
         raise ValueError(f"{path}: malformed VOC annotation: root element is <{root.tag}>")
     size = root.find("size")

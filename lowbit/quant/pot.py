@@ -113,10 +113,11 @@ def _fast_s(x: Tensor, n: int, s_cap: int) -> tuple[Tensor, int, int | None]:
     """Counts-only pass for float32: returns ``(fine_keys, nmag, s)``, ``s`` None if undecided.
 
     Buckets carry 7 extra mantissa bits, so each half-octave's ``sum |w|`` is known to within
-    ``count * 2**(e-8)`` from counts alone and every candidate's error gets a rigorous interval.
-    When one candidate's interval lies strictly below all others it is the exact argmin;
-    otherwise (near ties, or an optimum whose zero threshold reaches the subnormal range) the
-    caller falls back to exact float64 statistics.
+    ``count * 2**(e-8)`` from counts alone. Each candidate's error *difference* to the estimated
+    best gets a rigorous interval; when every candidate is then certainly inside or certainly
+    outside the tie band, the documented choice is certain. Otherwise (a candidate straddles the
+    band, or the optimum's zero threshold reaches subnormals) ``s`` is None and the caller
+    falls back to exact float64 statistics.
     """
     key, nmag, bias2 = _keys(x, _FINE)
     cnt = torch.bincount(key, minlength=2 * nmag)

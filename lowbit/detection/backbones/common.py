@@ -67,14 +67,16 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     :class:`FrozenBatchNorm2d` carrying the same statistics; returns the converted module."""
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+        tensors = list(module.parameters()) + list(module.buffers())
+        if tensors:
+            frozen = frozen.to(tensors[0].device)
         if module.affine:
             frozen.weight.copy_(module.weight.detach())
             frozen.bias.copy_(module.bias.detach())
-        if module.track_running_stats and module.running_mean is not None:
+        if module.running_mean is not None and module.running_var is not None:
             frozen.running_mean.copy_(module.running_mean)
             frozen.running_var.copy_(module.running_var)
-        return frozen.to(device=module.running_mean.device if module.running_mean is not None
-                          else frozen.weight.device)
+        return frozen
     for name, child in module.named_children():
         new = convert_frozen_batchnorm(child)
         if new is not child:

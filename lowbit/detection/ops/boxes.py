@@ -189,4 +189,4 @@ class BoxCoder:
             ),
             dim=2,
         )
-        return out.reshape(codes.shape[0], -1)
+        return out.reshape(codes.shape)

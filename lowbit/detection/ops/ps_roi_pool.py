@@ -70,9 +70,7 @@ def ps_roi_pool(
         raise ValueError(f"ps_roi_pool: output_size must be positive, got {output_size}")
     n, c, h, w = input.shape
     if c % (k * k) != 0:
-        raise ValueError(
-            f"ps_roi_pool: input channels ({c}) must be a multiple of k*k = {k * k}"
-        )
+        raise ValueError(f"ps_roi_pool: input channels ({c}) must be a multiple of k*k = {k * k}")
     c_out = c // (k * k)
     rois = convert_to_roi_format(rois)
     dtype = coord_dtype(input)

@@ -18,8 +18,9 @@ For RoI ``(b, x1, y1, x2, y2)`` (image coordinates) and bin ``(ph, pw)`` of a ``
 
 Vectorisation: the interpolation separates into a y part and an x part, so for every RoI we
 build the row indices / weights ``[P, 2 * Gh]`` and column indices / weights ``[Q, 2 * Gw]``
-(the per-RoI ``1 / gh`` and validity folded into the weights) and gather all
-``P * 2Gh * Q * 2Gw`` needed pixels at once from a channels-last copy of the input. Adaptive
+(the per-RoI ``1 / gh`` and validity folded into the weights); their outer product gives, for
+every output element, its ``2Gh * 2Gw`` taps (pixel, weight). The taps are gathered at once as
+C-vectors from a channels-last copy of the input and reduced with one batched matmul. Adaptive
 sampling uses ``Gh = max over RoIs of gh`` points with the points ``iy >= gh`` of a RoI masked
 out, so the result is exact, not an approximation; a single huge RoI makes every RoI pay for
 its ``Gh``. RoIs are processed in chunks to bound memory. The op is differentiable w.r.t.
@@ -120,19 +121,23 @@ def roi_align(
 
     # Channels-last rows so that every gathered element is a contiguous C-vector.
     flat = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    ly, lx = 2 * gh_max, 2 * gw_max
-    per_roi = ph * ly * pw * lx * max(c, 1)
-    chunk = max(1, _CHUNK_ELEMS // per_roi)
+    ly, lx = yi.shape[2], xi.shape[2]
+    taps = ly * lx  # pixels read per output element (4 per sample point)
+    # [K, P, Q, Ly, Lx]: row of `flat` and weight of every tap of every output element.
+    index = (
+        (batch * (h * w))[:, None, None, None, None]
+        + yi[:, :, None, :, None] * w
+        + xi[:, None, :, None, :]
+    )
+    weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+    chunk = max(1, _CHUNK_ELEMS // (ph * pw * taps * max(c, 1)))
     outs = []
     for s in range(0, max(k, 1), chunk):
-        sl = slice(s, s + chunk)
-        base = (batch[sl] * (h * w))[:, None, None, None, None]
-        index = base + yi[sl][:, :, :, None, None] * w + xi[sl][:, None, None, :, :]
-        kc = index.shape[0]
-        vals = flat.index_select(0, index.reshape(-1)).view(kc, ph, ly, pw, lx, c)
-        t = (vals * wx[sl][:, None, None, :, :, None]).sum(dim=4)  # [kc, P, Ly, Q, C]
-        t = (t * wy[sl][:, :, :, None, None]).sum(dim=2)  # [kc, P, Q, C]
-        outs.append(t)
+        idx = index[s : s + chunk]
+        kc = idx.shape[0]
+        vals = flat.index_select(0, idx.reshape(-1)).view(kc * ph * pw, taps, c)
+        wts = weight[s : s + chunk].reshape(kc * ph * pw, 1, taps)
+        outs.append(torch.bmm(wts, vals).view(kc, ph, pw, c))
     out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
     return out.permute(0, 3, 1, 2).contiguous()
 
