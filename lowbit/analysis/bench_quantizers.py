@@ -56,7 +56,7 @@ def run_quantizer_bench(repeats: int = 3, seed: int = 0, progress: bool = True) 
     ws = [torch.randn(s, generator=g) * 0.02 for s in resnet50_weight_shapes()]
     cases = _cases()
     times: dict[str, list[float]] = {k: [] for k in cases}
-    for name, fn in cases.items():  # warm-up (allocator, caches)
+    for fn in cases.values():  # warm-up (allocator, caches)
         fn(ws[1])
     rounds = range(repeats)
     bar = tqdm(total=repeats * len(cases), desc="bench quantizers", disable=not progress)

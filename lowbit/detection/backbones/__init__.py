@@ -1,0 +1,71 @@
+"""Backbones with torchvision's module names: ResNet-18/34/50/101 and VGG-16.
+
+A user's local ImageNet state_dict (torchvision layout, ``.pth`` or ``.safetensors``) loads
+with ``strict=True`` via the ``weights=`` argument or :func:`load_backbone_weights`; nothing is
+downloaded.
+"""
+
+from collections.abc import Callable
+
+from torch import nn
+
+from lowbit.detection.backbones.common import (
+    FrozenBatchNorm2d,
+    LoadResult,
+    convert_frozen_batchnorm,
+    freeze_modules,
+    load_backbone_weights,
+    read_state_dict,
+)
+from lowbit.detection.backbones.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+)
+from lowbit.detection.backbones.vgg import VGG, vgg16
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "vgg16": vgg16,
+}
+
+
+def create_backbone(name: str, **kwargs) -> nn.Module:
+    """Build a backbone by name (``list_backbones()``); keywords go to its constructor."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](**kwargs)
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by :func:`create_backbone`, sorted."""
+    return sorted(BACKBONES)
+
+
+__all__ = [
+    "BACKBONES",
+    "VGG",
+    "BasicBlock",
+    "Bottleneck",
+    "FrozenBatchNorm2d",
+    "LoadResult",
+    "ResNet",
+    "convert_frozen_batchnorm",
+    "create_backbone",
+    "freeze_modules",
+    "list_backbones",
+    "load_backbone_weights",
+    "read_state_dict",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "vgg16",
+]
