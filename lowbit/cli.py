@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lowbit.commands.bench",
     "lowbit.commands.data",
     "lowbit.commands.voc_eval",
+    "lowbit.commands.train",
+    "lowbit.commands.eval",
 )
 
 

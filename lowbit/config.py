@@ -1,0 +1,405 @@
+"""Experiment configs: YAML files to validated dataclasses, and back.
+
+This is the one place that parses YAML (``read_yaml``); everything else receives dataclasses.
+A config file has the sections of :class:`ExperimentConfig`::
+
+    model: {name: digits-cnn, task: classify-digits, num_classes: 10, kwargs: {width: 16}}
+    data: {kind: sklearn-digits}
+    optim: {lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1.0e-4,
+            warmup_iters: 20, schedule: cosine}
+    train: {epochs: 5, batch_size: 64, eval_interval: 1, seed: 0}
+    quant: {...}     # optional; any lowbit.nn.Recipe.from_dict mapping
+    init: null       # optional warm-start checkpoint (.safetensors / .json / run folder)
+
+``load_config(path, ["optim.lr=0.05", "train.epochs=2"])`` applies dotted overrides whose values
+are parsed as YAML scalars (``1e-3`` and other numbers written without a dot are read as
+numbers where the field wants one). Every validation error is a ``ValueError`` naming the
+dotted key and the offending value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "ExperimentConfig",
+    "read_yaml",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "apply_overrides",
+    "config_hash",
+    "DATA_KINDS",
+]
+
+DATA_KINDS: tuple[str, ...] = ("voc", "coco", "digits", "sklearn-digits")
+_ROOTLESS_KINDS = ("sklearn-digits",)
+
+
+def _fail(key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"config {key}={value!r}: {why}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build.
+
+    ``name`` is looked up by the task (e.g. ``digits-cnn``; detectors by the detection
+    registry). ``task`` names the training task (``lowbit.train.tasks``); when ``None`` the
+    task that claims ``name`` is used. ``kwargs`` go to the model builder unchanged.
+    """
+
+    name: str
+    task: str | None = None
+    num_classes: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise _fail("model.name", self.name, "must be a non-empty string")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise _fail("model.num_classes", self.num_classes, "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Which data set. ``root`` is required for on-disk kinds (voc, coco, digits devkit).
+
+    ``image_size`` is the network input side in pixels (``None``: the task's default);
+    ``kwargs`` go to the task's dataset builder unchanged.
+    """
+
+    kind: str = "sklearn-digits"
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise _fail("data.kind", self.kind, f"must be one of {', '.join(DATA_KINDS)}")
+        if self.root is None and self.kind not in _ROOTLESS_KINDS:
+            raise _fail("data.root", self.root, f"is required for data.kind={self.kind!r}")
+        if self.image_size is not None and self.image_size < 1:
+            raise _fail("data.image_size", self.image_size, "must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """SGD (Nesterov momentum by default, as the LBW-Net paper) and its LR schedule.
+
+    The learning rate at iteration ``i`` (0-based, counted over the whole run) is
+    ``lr * warmup(i) * decay(i)``: ``warmup`` rises linearly from ``warmup_factor`` to 1 over
+    ``warmup_iters``; ``decay`` is ``gamma ** (number of milestones <= i)`` for ``step`` or a
+    half cosine from 1 to ``min_lr / lr`` over the run for ``cosine``. ``milestones`` are in
+    ``milestone_unit`` (epochs or iterations; fractional epochs allowed).
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: list[float] = field(default_factory=list)
+    milestone_unit: Literal["epoch", "iter"] = "epoch"
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise _fail("optim.lr", self.lr, "must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise _fail("optim.momentum", self.momentum, "must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            raise _fail("optim.nesterov", self.nesterov, "Nesterov needs optim.momentum > 0")
+        if self.weight_decay < 0:
+            raise _fail("optim.weight_decay", self.weight_decay, "must be >= 0")
+        if self.warmup_iters < 0:
+            raise _fail("optim.warmup_iters", self.warmup_iters, "must be >= 0")
+        if not 0 < self.warmup_factor <= 1:
+            raise _fail("optim.warmup_factor", self.warmup_factor, "must be in (0, 1]")
+        if self.schedule not in ("step", "cosine"):
+            raise _fail("optim.schedule", self.schedule, "must be 'step' or 'cosine'")
+        if self.milestone_unit not in ("epoch", "iter"):
+            raise _fail("optim.milestone_unit", self.milestone_unit, "must be 'epoch' or 'iter'")
+        if any(m < 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise _fail("optim.milestones", self.milestones, "must be non-negative, ascending")
+        if not 0 < self.gamma <= 1:
+            raise _fail("optim.gamma", self.gamma, "must be in (0, 1]")
+        if not 0 <= self.min_lr <= self.lr:
+            raise _fail("optim.min_lr", self.min_lr, "must be in [0, optim.lr]")
+
+
+@dataclass
+class TrainConfig:
+    """The loop. Intervals: ``eval_interval`` in epochs (0: only at the end), ``log_every`` and
+    ``checkpoint_every`` in iterations (``checkpoint_every=0``: only at epoch ends and the end).
+
+    ``batch_size`` is the *global* batch: under ``torchrun`` each of the N processes gets
+    ``batch_size / N``. ``iterations``, when set, replaces ``epochs`` as the run length (the
+    schedule spans it). ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda``,
+    ``cuda:N``. ``amp``: autocast (float16 + GradScaler on CUDA, bfloat16 on CPU).
+    ``sync_bn``: convert BatchNorm to SyncBatchNorm under multi-process CUDA training
+    (SyncBatchNorm has no CPU kernel: on CPU each process normalises its own slice).
+    """
+
+    epochs: int = 1
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    iterations: int | None = None
+    eval_interval: int = 1
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    amp: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    clip_grad_norm: float | None = None
+    sync_bn: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "log_every"):
+            if getattr(self, key) < 1:
+                raise _fail(f"train.{key}", getattr(self, key), "must be >= 1")
+        for key in ("eval_interval", "num_workers", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                raise _fail(f"train.{key}", getattr(self, key), "must be >= 0")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise _fail("train.eval_batch_size", self.eval_batch_size, "must be >= 1")
+        if self.iterations is not None and self.iterations < 1:
+            raise _fail("train.iterations", self.iterations, "must be >= 1")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise _fail("train.clip_grad_norm", self.clip_grad_norm, "must be > 0")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise _fail("train.device", dev, "must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. ``quant`` is a plain mapping for ``lowbit.nn.Recipe.from_dict``
+    (``None``: train in float). ``init`` is a warm-start checkpoint path (``None``: scratch)."""
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: dict[str, Any] | None = None
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.quant is not None and not isinstance(self.quant, dict):
+            raise _fail("quant", self.quant, "must be a mapping or null")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != len(typing.get_args(tp)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+    return False, tp
+
+
+def _number(key: str, value: Any, want: type) -> Any:
+    """Coerce YAML scalars to ``want`` (int or float): YAML 1.1 reads ``1e-3`` as a string."""
+    if isinstance(value, bool):
+        raise _fail(key, value, f"expected {want.__name__}, got a boolean")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _fail(key, value, f"expected {want.__name__}") from None
+    if not isinstance(value, (int, float)):
+        raise _fail(key, value, f"expected {want.__name__}")
+    if want is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise _fail(key, value, "expected an integer")
+        return int(value)
+    return float(value)
+
+
+def _check(key: str, value: Any, tp: Any) -> Any:
+    """Check/coerce ``value`` against annotation ``tp``; raise naming ``key``."""
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise _fail(key, value, "may not be null")
+    tp = inner
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(map(repr, typing.get_args(tp)))
+            raise _fail(key, value, f"must be one of {choices}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(key, value, "expected true or false")
+        return value
+    if tp in (int, float):
+        return _number(key, value, tp)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise _fail(key, value, "expected a string")
+        return str(value)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _fail(key, value, "expected a list")
+        return [_check(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _fail(key, value, "expected a mapping")
+        return copy.deepcopy(dict(value))
+    raise TypeError(f"config {key}: unsupported annotation {tp!r}")  # programming error
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise _fail(prefix or "<top>", raw, "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(
+            f"config {where}{unknown[0]}: unknown key (known in {prefix or 'top level'}: "
+            f"{', '.join(names)})"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in raw:
+            kwargs[f.name] = _check(key, raw[f.name], hints[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"config {key}: required key is missing")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from plain (YAML-loaded) data."""
+    return _build(ExperimentConfig, raw, "")
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain-data form (JSON/YAML-safe) of ``cfg``; ``config_from_dict`` inverts it."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: ExperimentConfig | dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of a config."""
+    data = config_to_dict(cfg) if isinstance(cfg, ExperimentConfig) else cfg
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML: the one place
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: invalid YAML: {exc}") from None
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.sub=value`` overrides applied.
+
+    Values are YAML (``true``, ``0.5``, ``[30, 40]``, ``null``); missing intermediate mappings
+    are created, so ``quant.bits=4`` works when ``quant`` was absent.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p for p in parts):
+            raise ValueError(f"--set {item!r}: bad key {key!r}")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                where = ".".join(parts[: i + 1])
+                raise ValueError(f"--set {item!r}: {where} is not a mapping ({nxt!r})")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(text)
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
+    """Read a YAML experiment file, apply ``--set`` overrides, validate."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return config_from_dict(apply_overrides(raw, overrides))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``cfg`` as YAML to ``path`` atomically (temp file + rename); returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
