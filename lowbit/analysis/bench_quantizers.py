@@ -42,7 +42,7 @@ def _cases() -> dict[str, Callable[[Tensor], object]]:
     cases["twn"] = Q.twn
     cases["binary"] = Q.binary
     cases["dorefa b=4"] = lambda w: Q.dorefa(w, 4)
-    cases["uniform b=8 per-channel"] = lambda w: Q.uniform(w, 8, per_channel=True)
+    cases["uniform b=8 per-channel"] = lambda w: Q.uniform_quantize(w, 8, per_channel=True)
     cases["log b=4"] = lambda w: Q.log_quantize(w, 4)
     return cases
 

@@ -31,3 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median kept)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=_quantizers)
+    from lowbit.commands.bench_nn import add_bench_subcommands
+
+    add_bench_subcommands(bsub)

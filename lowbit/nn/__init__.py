@@ -1,1 +1,72 @@
-"""lowbit.nn"""
+"""lowbit.nn: quantized layers, model surgery and quantization-aware training.
+
+* layers: :class:`QuantConv2d`, :class:`QuantLinear` (float weight = the Parameter, quantized
+  forward, straight-through gradient: LBW-Net's projected SGD with any optimizer);
+* activation quantizers: :class:`UniformActQuant` (uniform / PACT / clipping), :class:`QNActQuant`;
+* surgery: :func:`prepare` (from a :class:`Recipe`), :func:`convert` (frozen codes),
+  :func:`describe`, :func:`weight_memory`, :func:`fold_bn`, :func:`svd_compress`;
+* training: :class:`QNSchedule` (Quantization Networks temperature and phases),
+  :func:`quant_penalty` (extra loss against the quantization drop), :func:`calibrate`
+  (post-training activation ranges), :func:`ptq_from_clips` (002's 8-bit step);
+* mixed precision: :func:`sensitivity`, :func:`assign_bits`.
+"""
+
+from lowbit.nn.act import QNActQuant, UniformActQuant
+from lowbit.nn.fold import find_conv_bn_pairs, fold_bn
+from lowbit.nn.layers import QuantConv2d, QuantLinear, QuantMixin, quant_layers
+from lowbit.nn.mixed import Sensitivity, assign_bits, sensitivity
+from lowbit.nn.quantizers import (
+    ClipWeightQuant,
+    QNWeightQuant,
+    RegistryWeightQuant,
+    WeightQuantizer,
+    make_weight_quantizer,
+)
+from lowbit.nn.recipe import ActRecipe, LayerConfig, Recipe
+from lowbit.nn.surgery import (
+    LayerTable,
+    act_quantizers,
+    convert,
+    describe,
+    layer_bytes,
+    prepare,
+    ptq_from_clips,
+    weight_memory,
+)
+from lowbit.nn.svd import SVDLinear, svd_compress
+from lowbit.nn.training import QNSchedule, calibrate, quant_penalty
+
+__all__ = [
+    "ActRecipe",
+    "ClipWeightQuant",
+    "LayerConfig",
+    "LayerTable",
+    "QNActQuant",
+    "QNSchedule",
+    "QNWeightQuant",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantMixin",
+    "Recipe",
+    "RegistryWeightQuant",
+    "SVDLinear",
+    "Sensitivity",
+    "UniformActQuant",
+    "WeightQuantizer",
+    "act_quantizers",
+    "assign_bits",
+    "calibrate",
+    "convert",
+    "describe",
+    "find_conv_bn_pairs",
+    "fold_bn",
+    "layer_bytes",
+    "make_weight_quantizer",
+    "prepare",
+    "ptq_from_clips",
+    "quant_layers",
+    "quant_penalty",
+    "sensitivity",
+    "svd_compress",
+    "weight_memory",
+]

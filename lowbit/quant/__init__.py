@@ -4,6 +4,8 @@ Families: power-of-two (:mod:`~lowbit.quant.pot`: LBW exact / ternary / mu, INQ)
 (:mod:`~lowbit.quant.ternary`: TWN, binary), uniform (:mod:`~lowbit.quant.uniform`: calibrated
 uniform, DoReFa), Quantization Networks (:mod:`~lowbit.quant.sigmoid`), data-free non-uniform
 (:mod:`~lowbit.quant.cluster`: k-means, log). ``get(name)`` / ``list()`` name them for configs.
+The uniform quantizer function is exported as ``uniform_quantize`` so that the submodule
+``lowbit.quant.uniform`` stays reachable as an attribute.
 """
 
 from lowbit.quant.cluster import kmeans_1d, kmeans_quantize, log_quantize
@@ -11,7 +13,8 @@ from lowbit.quant.pot import inq, lbw_approx, lbw_errors, lbw_exact, lbw_ternary
 from lowbit.quant.registry import QuantizerEntry, QuantResult, get, list_quantizers, quantize
 from lowbit.quant.sigmoid import hard_staircase, init_biases, soft_staircase
 from lowbit.quant.ternary import binary, twn
-from lowbit.quant.uniform import calibrate, dorefa, fake_quant, uniform
+from lowbit.quant.uniform import calibrate, dorefa, fake_quant
+from lowbit.quant.uniform import uniform as uniform_quantize
 
 list = list_quantizers  # noqa: A001  (the issue's `lowbit.quant.list()`)
 
@@ -39,5 +42,5 @@ __all__ = [
     "quantize",
     "soft_staircase",
     "twn",
-    "uniform",
+    "uniform_quantize",
 ]

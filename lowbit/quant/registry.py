@@ -74,9 +74,10 @@ class QuantResult:
             assert self.levels is not None
             lv = self.levels.double().to(v.device)
             if lv.dim() == 1:
-                return torch.argmin((v.unsqueeze(-1) - lv).abs(), dim=-1).to(torch.int32)
+                return cluster.nearest_level(v, lv)[1].to(torch.int32)
             rows = v.movedim(self.axis, 0)
-            c = torch.argmin((rows.reshape(rows.shape[0], -1, 1) - lv[:, None, :]).abs(), dim=-1)
+            flat = rows.reshape(rows.shape[0], -1)
+            c = torch.stack([cluster.nearest_level(r, lr)[1] for r, lr in zip(flat, lv)])
             return c.reshape(rows.shape).movedim(0, self.axis).to(torch.int32)
         raise ValueError(f"unknown kind {self.kind!r}")
 

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.quant import binary, calibrate, dorefa, twn, uniform
+from lowbit.quant import binary, calibrate, dorefa, twn
+from lowbit.quant import uniform_quantize as uniform
 from lowbit.quant.uniform import kl_clip_from_histogram, qrange
 from tests.quant._oracles import weights_st
 

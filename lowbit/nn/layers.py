@@ -1,0 +1,217 @@
+"""Quantized layers: :class:`QuantConv2d` and :class:`QuantLinear`.
+
+Subclasses of ``nn.Conv2d`` / ``nn.Linear``: ``isinstance`` checks and ``state_dict`` keys
+(``weight``, ``bias``) keep working. The float weight stays the Parameter; the forward uses
+``weight_quant(weight)`` (see :mod:`lowbit.nn.quantizers`), optionally after an input
+activation quantizer ``input_quant``.
+
+Cost and caching: in training mode the weight quantizer runs once per forward call. In eval
+mode its output is cached and reused until the weight changes (its autograd version counter or
+storage moves: optimizer steps, ``load_state_dict``, ``.to()``), the quantizer's state changes,
+or ``train()`` / ``eval()`` is called. In-place edits through ``weight.data`` bypass the
+version counter: call :meth:`QuantMixin.invalidate` after those.
+
+After :func:`lowbit.nn.convert` a layer is frozen: :attr:`QuantMixin.frozen` holds the
+:class:`lowbit.quant.QuantResult` (values, kind, bits, scale / exponent / zero point / levels),
+:meth:`QuantMixin.weight_codes` its int32 codes, and the forward uses the frozen values in
+every mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lowbit.nn.quantizers import WeightQuantizer, ste
+from lowbit.quant.registry import QuantResult
+
+__all__ = ["QuantMixin", "QuantConv2d", "QuantLinear", "quant_layers", "set_quantizer_threads"]
+
+_QUANT_THREADS: int | None = 1
+
+
+def set_quantizer_threads(n: int | None) -> None:
+    """Intra-op threads used while a layer runs its weight quantizer on CPU (default 1; None:
+    leave torch's setting). The quantizers are chains of small memory-bound ops, where
+    OpenMP's fork/join dominates: on this project's 2-core machine under load, ``lbw_exact``
+    over ResNet-18's 11 M conv weights took 0.5-3.4 s per pass with 2 threads and 0.09-0.13 s
+    with 1 (see README, ``lowbit bench qat``)."""
+    global _QUANT_THREADS
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    _QUANT_THREADS = n
+
+
+class QuantMixin:
+    """Shared machinery of the quantized layers (see the module docstring).
+
+    Attributes:
+        weight_quant: the :class:`~lowbit.nn.quantizers.WeightQuantizer` module.
+        input_quant: activation quantizer applied to the input, or None.
+        qname: the layer's name in its model (set by :func:`lowbit.nn.prepare`; used in errors).
+        quant_enabled: False makes the layer behave as its float parent (sensitivity analysis).
+    """
+
+    weight: nn.Parameter
+    weight_quant: WeightQuantizer
+    input_quant: nn.Module | None
+
+    def _init_quant(self, weight_quant: WeightQuantizer, input_quant: nn.Module | None,
+                    name: str) -> None:
+        self.weight_quant = weight_quant
+        self.input_quant = input_quant
+        self.qname = name
+        self.quant_enabled = True
+        self._cache_key: tuple | None = None
+        self._cache: Tensor | None = None
+        self._frozen: QuantResult | None = None
+
+    # ------------------------------------------------------------------ weight
+
+    def invalidate(self) -> None:
+        """Drop the eval-mode cache of the quantized weight."""
+        self._cache_key, self._cache = None, None
+
+    def _run_quantizer(self) -> Tensor:
+        nt = torch.get_num_threads()
+        limit = _QUANT_THREADS is not None and nt > _QUANT_THREADS and not self.weight.is_cuda
+        if limit:
+            torch.set_num_threads(_QUANT_THREADS)
+        try:
+            return self.weight_quant(self.weight)
+        except ValueError as e:
+            raise ValueError(f"layer {self.qname or type(self).__name__!r}: {e}") from e
+        finally:
+            if limit:
+                torch.set_num_threads(nt)
+
+    def _key(self) -> tuple:
+        w = self.weight
+        return (w._version, w.data_ptr(), w.dtype, w.device, self.weight_quant.state_key())
+
+    def quantized_weight(self) -> Tensor:
+        """The weight the forward uses (shape of ``weight``)."""
+        if self._frozen is not None:
+            return self.frozen_weight
+        if not self.quant_enabled:
+            return self.weight
+        if self.training:
+            return self._run_quantizer()
+        w = self.weight
+        if self._cache is None or self._key() != self._cache_key:
+            with torch.no_grad():
+                self._cache = self._run_quantizer().detach()
+            self._cache_key = self._key()  # after the run: lazy initialisation changes state
+        if torch.is_grad_enabled() and w.requires_grad:
+            return ste(w, self._cache)
+        return self._cache
+
+    def train(self, mode: bool = True):
+        self.invalidate()
+        return super().train(mode)  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ frozen
+
+    @property
+    def frozen(self) -> QuantResult | None:
+        """The :class:`QuantResult` fixed by :func:`lowbit.nn.convert` (None before)."""
+        if self._frozen is None:
+            return None
+        v = self.frozen_weight
+        if self._frozen.values is not v:
+            self._frozen.values = v  # follow .to(device)
+        return self._frozen
+
+    def freeze(self) -> QuantResult:
+        """Fix the quantized weight (what :func:`lowbit.nn.convert` calls per layer)."""
+        res = self.weight_quant.freeze(self.weight.detach())
+        values = res.values.detach().to(self.weight.dtype).contiguous()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"layer {self.qname!r}: quantized weight is not finite")
+        self.register_buffer("frozen_weight", values, persistent=False)  # type: ignore[attr-defined]
+        res.values = self.frozen_weight
+        self._frozen = res
+        self.invalidate()
+        return res
+
+    def weight_codes(self) -> Tensor:
+        """int32 codes of the frozen weight (``frozen.decode(codes) == frozen.values``)."""
+        if self.frozen is None:
+            raise ValueError(f"layer {self.qname!r} is not converted; call lowbit.nn.convert")
+        return self.frozen.codes()
+
+    def quant_result(self) -> QuantResult:
+        """The frozen result, or (not converted) the eval-mode quantization of the weight now."""
+        if self.frozen is not None:
+            return self.frozen
+        return self.weight_quant.freeze(self.weight.detach())
+
+    @property
+    def method(self) -> str:
+        return self.weight_quant.method
+
+    @property
+    def bits(self) -> int:
+        return self.weight_quant.bits
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose forward uses the quantized weight (see :mod:`lowbit.nn.layers`).
+
+    Input ``Tensor[N, C_in, H, W]``, output ``Tensor[N, C_out, H', W']`` as ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, weight_quant: WeightQuantizer, input_quant: nn.Module | None = None,
+                 name: str = "", **kw) -> None:
+        super().__init__(*args, **kw)
+        self._init_quant(weight_quant, input_quant, name)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quant: WeightQuantizer,
+                   input_quant: nn.Module | None = None, name: str = "") -> QuantConv2d:
+        """A QuantConv2d sharing ``conv``'s Parameters (same objects) and hyper-parameters."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                  padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                  bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                  device="meta", weight_quant=weight_quant, input_quant=input_quant, name=name)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    """``nn.Linear`` whose forward uses the quantized weight. ``Tensor[..., in] -> [..., out]``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight_quant: WeightQuantizer, input_quant: nn.Module | None = None,
+                 name: str = "", **kw) -> None:
+        super().__init__(in_features, out_features, bias, **kw)
+        self._init_quant(weight_quant, input_quant, name)
+
+    @classmethod
+    def from_float(cls, lin: nn.Linear, weight_quant: WeightQuantizer,
+                   input_quant: nn.Module | None = None, name: str = "") -> QuantLinear:
+        """A QuantLinear sharing ``lin``'s Parameters (same objects)."""
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, device="meta",
+                  weight_quant=weight_quant, input_quant=input_quant, name=name)
+        new.weight = lin.weight
+        new.bias = lin.bias
+        new.train(lin.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QuantMixin]]:
+    """``(name, layer)`` for every QuantConv2d / QuantLinear of ``model`` (named_modules order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantMixin)]
