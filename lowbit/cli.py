@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lowbit.commands.voc_eval",
     "lowbit.commands.train",
     "lowbit.commands.eval",
+    "lowbit.commands.export",
 )
 
 

@@ -34,3 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     from lowbit.commands.bench_nn import add_bench_subcommands
 
     add_bench_subcommands(bsub)
+    from lowbit.commands.export import add_deploy_bench
+
+    add_deploy_bench(bsub)

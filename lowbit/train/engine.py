@@ -568,7 +568,7 @@ def fit(
     return Trainer(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks).fit()
 
 
-def _config_for_checkpoint(json_path: Path, meta: dict[str, Any]) -> ExperimentConfig:
+def config_for_checkpoint(json_path: Path, meta: dict[str, Any]) -> ExperimentConfig:
     run_dir = json_path.parent.parent if json_path.parent.name == "checkpoints" else \
         json_path.parent
     cfg_file = run_dir / "config.yaml"
@@ -593,7 +593,7 @@ def evaluate_checkpoint(
     checkpoint), load the checkpoint (newest in a run folder) and evaluate on the test set."""
     json_path = resolve_checkpoint(path)
     meta = read_checkpoint_json(json_path)
-    cfg = _config_for_checkpoint(json_path, meta)
+    cfg = config_for_checkpoint(json_path, meta)
     if batch_size is not None:
         cfg = replace(cfg, train=replace(cfg.train, eval_batch_size=batch_size))
     dev = resolve_device(device or cfg.train.device)

@@ -1,0 +1,185 @@
+"""ONNX export: FP32 network and an int8 QDQ model whose weights are lowbit's values.
+
+* :func:`export_onnx` — ``torch.onnx.export(..., dynamo=False)``, opset 17. The network only:
+  a detector's post-processing stays in PyTorch float. Quantized layers export their frozen
+  weight values as FP32 initializers; activation fake-quantizers are switched off while
+  exporting (the FP32 file is the float network; the int8 file does activation quantization).
+* :func:`export_onnx_int8` — ``onnxruntime.quantization.quantize_static`` (QDQ format,
+  per-tensor, activations uint8 calibrated with min/max on the given batches, weights int8
+  symmetric, per output channel), then every weight whose rows are signed powers of two
+  times a per-channel factor (lowbit's "pot" layers, with the BatchNorm the exporter folds
+  into them) is re-quantized exactly: ``scale[o] = top[o] * 2**-6`` with ``top[o]`` the
+  row's largest magnitude, so ``value / scale = +-2**(6 - d)`` is an exact int8 for every
+  magnitude within ``2**6`` of the largest (all codes for bits <= 4: ``n <= 4`` magnitudes;
+  for 5-8-bit LBW the magnitudes below ``2**(e_max-6)`` round to 0 or +-1: ``pot-inexact``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lowbit.nn.act import QNActQuant, UniformActQuant
+
+__all__ = ["export_onnx", "export_onnx_int8", "ort_session", "run_onnx", "OPSET"]
+
+OPSET = 17
+
+
+@contextlib.contextmanager
+def _acts_off(model: nn.Module) -> Iterator[None]:
+    mods = [m for m in model.modules() if isinstance(m, (UniformActQuant, QNActQuant))]
+    old = [m.enabled for m in mods]
+    for m in mods:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m, e in zip(mods, old):
+            m.enabled = e
+
+
+def export_onnx(
+    model: nn.Module, example: Tensor, path: str | os.PathLike[str], *,
+    output_names: Sequence[str] | None = None, dynamic_batch: bool = True,
+) -> Path:
+    """Export ``model`` (eval mode; ``model(example)`` returns a Tensor or tuple of Tensors)
+    to FP32 ONNX at ``path``; checks it with ``onnx.checker``. Input name ``"input"``
+    (``Tensor[N, C, H, W]`` float32), outputs ``output_names`` (default ``out0, out1, ...``)."""
+    import onnx
+
+    model = model.eval()
+    with torch.no_grad(), _acts_off(model):
+        out = model(example)
+        n_out = len(out) if isinstance(out, (tuple, list)) else 1
+        names = list(output_names or [f"out{i}" for i in range(n_out)])
+        axes = {k: {0: "batch"} for k in ["input", *names]} if dynamic_batch else None
+        torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                          output_names=names, opset_version=OPSET, dynamic_axes=axes,
+                          dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return Path(path)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of ``Tensor[N, C, H, W]`` batches."""
+
+    def __init__(self, batches: Sequence[Tensor]) -> None:
+        self._it = iter([{"input": b.detach().float().cpu().numpy()} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _exact_pot(values: np.ndarray, per_row: bool) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``(int8 codes, scale, exact)`` when every row (axis 0; the whole tensor if not
+    ``per_row``) is a multiple ``f * (+-2**-d)`` of its largest magnitude ``f`` (a power-of-two
+    weight, possibly with a folded BatchNorm factor per output channel); None otherwise."""
+    v = values.astype(np.float64)
+    rows = v.reshape(v.shape[0], -1) if per_row else v.reshape(1, -1)
+    top = np.abs(rows).max(axis=1, keepdims=True)
+    if np.any(top == 0):
+        return None
+    mant, _ = np.frexp(rows / top)
+    if not np.all((np.abs(mant) == 0.5) | (rows == 0)):
+        return None
+    scale = top[:, 0] * 2.0 ** -6
+    q = np.round(rows / scale[:, None])
+    exact = bool(np.array_equal(q * scale[:, None], rows))
+    codes = np.clip(q, -127, 127).astype(np.int8).reshape(values.shape)
+    return codes, scale.astype(np.float32) if per_row else scale[:1].reshape(()), exact
+
+
+def _constants_to_initializers(model: Any) -> None:
+    """Move ``Constant`` tensors (non-persistent buffers such as ``frozen_weight``) into graph
+    initializers so that the quantizer sees them as weights."""
+    from onnx import helper
+
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and \
+                node.attribute[0].name == "value":
+            t = helper.get_attribute_value(node.attribute[0])
+            t.name = node.output[0]
+            model.graph.initializer.append(t)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def export_onnx_int8(
+    model: nn.Module, example: Tensor, path: str | os.PathLike[str],
+    calibration: Sequence[Tensor], *, output_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Export an int8 QDQ ONNX model to ``path`` (see the module doc).
+
+    ``calibration``: batches ``Tensor[N, C, H, W]`` (e.g. from the run's dataset) for the
+    activation ranges. Returns ``{"path", "fp32_path", "weights": {initializer: "pot-exact" |
+    "pot-inexact" | "ort"}}``; the file passes ``onnx.checker`` and loads in onnxruntime CPU.
+    """
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    path = Path(path)
+    fp32 = path.with_name(path.stem + ".fp32.onnx")
+    export_onnx(model, example, fp32, output_names=output_names)
+    fp_model = onnx.load(str(fp32))
+    _constants_to_initializers(fp_model)
+    onnx.save(fp_model, str(fp32))
+    fp_inits = {i.name: numpy_helper.to_array(i) for i in fp_model.graph.initializer}
+    quantize_static(str(fp32), str(path), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, extra_options={"WeightSymmetric": True})
+    q = onnx.load(str(path))
+    inits = {i.name: i for i in q.graph.initializer}
+    report: dict[str, str] = {}
+    for node in q.graph.node:
+        # weights: DequantizeLinear(w_quantized, w_scale, w_zero_point) of an FP32 initializer
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        qname = node.input[0]
+        base = qname.removesuffix("_quantized")
+        if base not in fp_inits or inits[qname].data_type != onnx.TensorProto.INT8:
+            continue
+        sname = node.input[1]
+        per_row = numpy_helper.to_array(inits[sname]).size > 1
+        got = _exact_pot(fp_inits[base], per_row)
+        if got is None:
+            report[base] = "ort"
+            continue
+        codes, scale, exact = got
+        inits[qname].CopyFrom(numpy_helper.from_array(codes, qname))
+        inits[sname].CopyFrom(numpy_helper.from_array(
+            np.asarray(scale, dtype=np.float32), sname))
+        report[base] = "pot-exact" if exact else "pot-inexact"
+    onnx.save(q, str(path))
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return {"path": str(path), "fp32_path": str(fp32), "weights": report}
+
+
+def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | None = None):
+    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, x: Tensor) -> list[np.ndarray]:
+    """Outputs of ``session`` on ``x`` (``Tensor[N, C, H, W]``) as float numpy arrays."""
+    return session.run(None, {"input": x.detach().float().cpu().numpy()})

@@ -1,0 +1,353 @@
+"""The packed container: a self-describing safetensors file of bit-packed integer codes.
+
+Layout (one ``.safetensors`` file, no pickle):
+
+* metadata ``format = "lowbit-packed"``, ``version = "1"``, ``header`` = JSON with
+  ``model`` (``{"config": <resolved ExperimentConfig dict>}`` or ``{"arch": <caller's dict>}``)
+  and ``layers``: per quantized layer ``{kind, method, bits, width, offset, shape, numel,
+  coding, nbytes, exponent, axis}``;
+* ``q.<layer>.codes``: ``uint8[nbytes]``, the codes as unsigned fields of ``width`` bits
+  (``field = code - offset``), packed LSB first: field ``i`` occupies stream bits
+  ``[i*width, (i+1)*width)``, stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``; the last
+  byte is zero-padded. ``coding`` ``"raw"`` stores the stream as is, ``"zlib"`` / ``"lzma"``
+  its compressed bytes (chosen per layer only when smaller);
+* ``q.<layer>.scale`` (float64, 0-dim or ``[C]``), ``q.<layer>.zero_point``,
+  ``q.<layer>.levels`` when the :class:`~lowbit.quant.QuantResult` has them;
+* ``f.<key>``: every other ``state_dict`` entry (BN, biases, unquantized layers, activation
+  ranges) in its own dtype.
+
+Power-of-two codes ``c in [-n, n]`` (``n = 2**(bits-2)``) are stored with ``offset = -n``,
+i.e. ``c + n in [0, 2n]``, which fits ``bits`` bits (sign and exponent index in one field).
+Uniform / table codes use ``offset = min(code)``; ``width`` is ``bits`` unless the codes span
+more (DoReFa's odd codes need ``bits + 1``).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import math
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from lowbit.nn import QuantConv2d, QuantLinear, QuantMixin, make_weight_quantizer, quant_layers
+from lowbit.nn.act import QNActQuant
+from lowbit.quant import pot
+from lowbit.quant.registry import QuantResult
+
+__all__ = ["FORMAT", "VERSION", "pack_bits", "unpack_bits", "save_packed", "load_packed",
+           "read_packed_header", "packed_layer_sizes"]
+
+FORMAT = "lowbit-packed"
+VERSION = "1"
+CODINGS = ("raw", "zlib", "lzma")
+
+
+# ------------------------------------------------------------------------- bit packing
+
+
+def pack_bits(fields: Tensor | np.ndarray, width: int) -> np.ndarray:
+    """Pack unsigned integers ``fields[N]`` (each ``< 2**width``) into ``uint8[ceil(N*width/8)]``,
+    LSB first (see the module doc). ValueError if a field does not fit."""
+    if not 1 <= width <= 16:
+        raise ValueError(f"width must be in [1, 16], got {width}")
+    f = np.asarray(fields.cpu() if isinstance(fields, Tensor) else fields).reshape(-1)
+    f = f.astype(np.int64)
+    if f.size and (f.min() < 0 or f.max() >= (1 << width)):
+        raise ValueError(f"fields out of range for {width} bits: [{f.min()}, {f.max()}]")
+    bits = ((f[:, None] >> np.arange(width, dtype=np.int64)) & 1).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little")
+
+
+def unpack_bits(data: np.ndarray | bytes, width: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``count`` fields of ``width`` bits as ``int64[count]``."""
+    buf = np.frombuffer(bytes(data), dtype=np.uint8) if isinstance(data, bytes) else data
+    need = math.ceil(count * width / 8)
+    if buf.size != need:
+        raise ValueError(f"packed stream has {buf.size} bytes, expected {need} "
+                         f"({count} fields x {width} bits)")
+    bits = np.unpackbits(buf, bitorder="little")[: count * width].reshape(count, width)
+    return (bits.astype(np.int64) << np.arange(width, dtype=np.int64)).sum(axis=1)
+
+
+def _encode(stream: np.ndarray, coding: str) -> tuple[bytes, str]:
+    raw = stream.tobytes()
+    if coding == "raw":
+        return raw, "raw"
+    comp = zlib.compress(raw, 9) if coding == "zlib" else lzma.compress(raw, preset=9)
+    return (comp, coding) if len(comp) < len(raw) else (raw, "raw")
+
+
+def _decode(data: bytes, coding: str, where: str) -> np.ndarray:
+    try:
+        if coding == "zlib":
+            data = zlib.decompress(data)
+        elif coding == "lzma":
+            data = lzma.decompress(data)
+        elif coding != "raw":
+            raise ValueError(f"unknown coding {coding!r}")
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise ValueError(f"{where}: corrupt {coding} stream ({exc})") from None
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------- save
+
+
+def _offset_width(res: QuantResult, codes: Tensor) -> tuple[int, int]:
+    if res.kind == "pot":
+        return -pot.pot_levels_count(res.bits), res.bits
+    lo = int(codes.min()) if codes.numel() else 0
+    hi = int(codes.max()) if codes.numel() else 0
+    if res.kind == "uniform" and res.zero_point is not None and lo >= 0:
+        lo = 0  # affine grids: keep the stored field equal to the code
+    return lo, max(res.bits, max(hi - lo, 1).bit_length())
+
+
+def _layer_entry(name: str, layer: QuantMixin, coding: str
+                 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    res = layer.frozen
+    if res is None:
+        raise ValueError(f"layer {name!r} is not converted; call lowbit.nn.convert first")
+    codes = res.codes()
+    if not torch.equal(res.decode(codes), res.values):
+        raise ValueError(f"layer {name!r}: its codes do not reproduce the frozen weight exactly")
+    offset, width = _offset_width(res, codes)
+    stream = pack_bits((codes.reshape(-1).long() - offset).cpu(), width)
+    data, used = _encode(stream, coding)
+    tensors: dict[str, Tensor] = {
+        f"q.{name}.codes": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+        f"q.{name}.scale": res.scale.detach().double().cpu().contiguous(),
+    }
+    if res.zero_point is not None:
+        tensors[f"q.{name}.zero_point"] = res.zero_point.detach().double().cpu().contiguous()
+    if res.levels is not None:
+        tensors[f"q.{name}.levels"] = res.levels.detach().double().cpu().contiguous()
+    entry = {
+        "kind": res.kind, "method": layer.method, "bits": int(res.bits), "width": width,
+        "offset": offset, "shape": list(res.values.shape), "numel": res.values.numel(),
+        "dtype": str(res.values.dtype).removeprefix("torch."), "coding": used,
+        "nbytes": len(data), "raw_nbytes": int(stream.size), "exponent": res.exponent,
+        "axis": res.axis, "layer": "conv" if isinstance(layer, QuantConv2d) else "linear",
+    }
+    return entry, tensors
+
+
+def save_packed(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    config: dict[str, Any] | None = None,
+    arch: dict[str, Any] | None = None,
+    coding: str = "raw",
+) -> dict[str, Any]:
+    """Write a converted model (:func:`lowbit.nn.convert`) as a packed container.
+
+    ``config``: the resolved experiment config dict (``lowbit.config.config_to_dict``) that
+    :func:`load_packed` rebuilds the model from; or ``arch``: any JSON dict handed back to the
+    caller's builder at load time. ``coding``: ``"raw"`` | ``"zlib"`` | ``"lzma"`` (zero-run /
+    entropy coding of each layer's packed stream). Written to a temp file then renamed.
+
+    Returns ``{"path", "bytes" (file size), "codes_bytes", "float_bytes", "fp32_bytes"
+    (4 bytes x every state_dict float element, quantized weights included), "ratio"
+    (fp32_bytes / bytes), "layers"}``.
+    """
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+    layers = quant_layers(model)
+    if not layers:
+        raise ValueError("model has no quantized layer: prepare + convert it first")
+    entries: dict[str, Any] = {}
+    tensors: dict[str, Tensor] = {}
+    qkeys: set[str] = set()
+    for name, layer in layers:
+        e, t = _layer_entry(name, layer, coding)
+        entries[name] = e
+        tensors.update(t)
+        qkeys.add(f"{name}.weight")
+    fp32 = 0
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            fp32 += 4 * value.numel()
+        if key in qkeys:
+            continue
+        tensors[f"f.{key}"] = value.detach().cpu().contiguous().clone()
+    header = {"model": {"config": config} if config is not None else {"arch": arch},
+              "layers": entries}
+    blob = st_save(tensors, metadata={"format": FORMAT, "version": VERSION,
+                                      "header": json.dumps(header)})
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, p)
+    codes_bytes = sum(e["nbytes"] for e in entries.values())
+    return {"path": str(p), "bytes": len(blob), "codes_bytes": codes_bytes,
+            "float_bytes": sum(t.numel() * t.element_size() for k, t in tensors.items()
+                               if k.startswith("f.")),
+            "fp32_bytes": fp32, "ratio": fp32 / len(blob), "layers": entries}
+
+
+def packed_layer_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of the packed code streams of a converted model per coding (no file written)."""
+    out = {c: 0 for c in CODINGS}
+    for name, layer in quant_layers(model):
+        for c in CODINGS:
+            out[c] += _layer_entry(name, layer, c)[0]["nbytes"]
+    return out
+
+
+# ------------------------------------------------------------------------- load
+
+
+def read_packed_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
+    """``(header, file bytes)``; ValueError naming the file when it is not a valid container."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: packed file not found")
+    blob = p.read_bytes()
+    if len(blob) < 8:
+        raise ValueError(f"{p}: truncated packed file ({len(blob)} bytes)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise ValueError(f"{p}: truncated packed file (header says {n} bytes)")
+    try:
+        meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise ValueError(f"{p}: not a lowbit packed file (unreadable header)") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{p}: not a lowbit packed file (format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{p}: unsupported packed version {meta.get('version')!r}")
+    try:
+        header = json.loads(meta["header"])
+        header["layers"]  # noqa: B018 - presence check
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{p}: corrupt packed header JSON") from None
+    return header, blob
+
+
+def _result_for(p: Path, name: str, e: dict[str, Any], t: dict[str, Tensor]) -> QuantResult:
+    where = f"{p}: layer {name!r}"
+    try:
+        kind, bits, width, offset = e["kind"], int(e["bits"]), int(e["width"]), int(e["offset"])
+        shape, numel = [int(s) for s in e["shape"]], int(e["numel"])
+        dtype = getattr(torch, e.get("dtype", "float32"))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(f"{where}: incomplete layer header") from None
+    if math.prod(shape) != numel or not 1 <= bits <= 8 or not bits <= width <= 16:
+        raise ValueError(f"{where}: inconsistent shape/bits/width ({shape}, {bits}, {width})")
+    if kind == "pot" and (width != bits or offset != -pot.pot_levels_count(bits)):
+        raise ValueError(f"{where}: power-of-two codes need width == bits == {bits} and "
+                         f"offset {-pot.pot_levels_count(bits)} (got {width}, {offset})")
+    key = f"q.{name}.codes"
+    if key not in t:
+        raise ValueError(f"{where}: codes tensor {key!r} missing")
+    stream = _decode(t[key].numpy().tobytes(), e.get("coding", "raw"), where)
+    try:
+        fields = unpack_bits(stream, width, numel)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} (bits mismatch or truncated stream)") from None
+    codes = torch.from_numpy(fields + offset).to(torch.int32).reshape(shape)
+    if kind == "pot" and numel and int(codes.abs().max()) > pot.pot_levels_count(bits):
+        raise ValueError(f"{where}: power-of-two code out of range for {bits} bits")
+    res = QuantResult(torch.empty(shape, dtype=dtype), kind, bits, t[f"q.{name}.scale"],
+                      t.get(f"q.{name}.zero_point"), e.get("exponent"),
+                      t.get(f"q.{name}.levels"), e.get("axis"))
+    if kind == "table" and res.levels is not None and numel and \
+            int(codes.max()) >= res.levels.shape[-1]:
+        raise ValueError(f"{where}: table code out of range ({res.levels.shape[-1]} levels)")
+    res.values = res.decode(codes)
+    return res
+
+
+def _install_frozen(layer: QuantMixin, res: QuantResult) -> None:
+    """Make ``layer`` frozen at ``res`` as :meth:`QuantMixin.freeze` does (without running the
+    weight quantizer, whose output on the decoded weight need not be ``res`` again)."""
+    values = res.values.to(layer.weight.device).contiguous()
+    with torch.no_grad():
+        layer.weight.copy_(values)
+    layer.register_buffer("frozen_weight", values, persistent=False)  # type: ignore[attr-defined]
+    res.values = layer.frozen_weight  # type: ignore[attr-defined]
+    layer._frozen = res
+    layer.invalidate()
+
+
+def _swap_to_quant(model: nn.Module, name: str, e: dict[str, Any]) -> QuantMixin:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    mod = getattr(parent, child)
+    if isinstance(mod, QuantMixin):
+        return mod
+    if type(mod) not in (nn.Conv2d, nn.Linear):
+        raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not a Conv2d/Linear")
+    wq = make_weight_quantizer(e["method"], int(e["bits"]))
+    cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
+    new = cls.from_float(mod, wq, name=name)
+    setattr(parent, child, new)
+    return new
+
+
+def load_packed(
+    path: str | os.PathLike[str],
+    builder: Callable[[dict[str, Any] | None], nn.Module] | None = None,
+) -> nn.Module:
+    """Rebuild the converted model written by :func:`save_packed` (eval mode, CPU).
+
+    Files with a config are rebuilt with :func:`lowbit.train.build_model`; otherwise
+    ``builder(arch)`` must return the model (float or prepared: plain Conv2d / Linear layers
+    named in the file are swapped for quantized ones). The returned model's quantized layers
+    are frozen at the decoded codes, so its outputs equal the saved converted model's exactly.
+    ValueError naming the file when it is truncated, has a wrong header or format, or its
+    codes do not match their bit-width.
+    """
+    p = Path(path)
+    header, blob = read_packed_header(p)
+    try:
+        t = st_load(blob)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{p}: corrupt or truncated packed file ({exc})") from None
+    spec = header.get("model") or {}
+    if builder is not None:
+        model = builder(spec.get("arch"))
+    elif spec.get("config") is not None:
+        from lowbit.config import config_from_dict
+        from lowbit.train import build_model
+
+        model = build_model(config_from_dict(spec["config"]))[1]
+    else:
+        raise ValueError(f"{p}: no config inside; pass builder= to rebuild the model")
+    qlayers = {}
+    for name, e in header["layers"].items():
+        try:
+            qlayers[name] = _swap_to_quant(model, name, e)
+        except AttributeError:
+            raise ValueError(f"{p}: layer {name!r} does not exist in the rebuilt model") from None
+    fstate = {k[2:]: v for k, v in t.items() if k.startswith("f.")}
+    missing, unexpected = model.load_state_dict(fstate, strict=False)
+    qkeys = {f"{n}.weight" for n in qlayers}
+    missing = [k for k in missing if k not in qkeys]
+    if missing or unexpected:
+        raise ValueError(f"{p}: does not fit the rebuilt model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    for name, layer in qlayers.items():
+        res = _result_for(p, name, header["layers"][name], t)
+        if tuple(res.values.shape) != tuple(layer.weight.shape):
+            raise ValueError(f"{p}: layer {name!r} shape {tuple(res.values.shape)} does not fit "
+                             f"the model's {tuple(layer.weight.shape)}")
+        layer.qname = layer.qname or name
+        _install_frozen(layer, res)
+    for m in model.modules():
+        if isinstance(m, QNActQuant):
+            m.hard = True
+    return model.eval()

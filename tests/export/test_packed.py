@@ -1,0 +1,110 @@
+"""Packed container: exact round trips, bit packing vs a loop oracle, sizes, bad files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lowbit.export.packed import load_packed, pack_bits, save_packed, unpack_bits
+from lowbit.nn import convert, prepare, quant_layers
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+RECIPES = [
+    {"method": "lbw-exact", "bits": 2},
+    {"method": "lbw-exact", "bits": 4},
+    {"method": "lbw-exact", "bits": 6},
+    {"method": "lbw-exact", "bits": 8},
+    {"method": "uniform", "bits": 8, "params": {"per_channel": True}},
+    {"method": "kmeans", "bits": 4},
+]
+
+
+def _converted(recipe: dict) -> nn.Module:
+    m = prepare(_net(), recipe).eval()
+    m(torch.randn(2, 3, 12, 12))
+    return convert(m)
+
+
+@pytest.mark.parametrize("coding", ["raw", "zlib"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r['method']}{r['bits']}")
+def test_round_trip_exact(tmp_path: Path, recipe: dict, coding: str) -> None:
+    m = _converted(recipe)
+    x = torch.randn(3, 3, 12, 12)
+    f = tmp_path / "m.lbp"
+    save_packed(m, f, arch={"name": "net"}, coding=coding)
+    m2 = load_packed(f, builder=lambda arch: _net())
+    assert torch.equal(m2(x), m(x))
+    for (n1, a), (n2, b) in zip(quant_layers(m), quant_layers(m2)):
+        assert n1 == n2
+        assert torch.equal(a.frozen.values, b.frozen.values)
+        assert torch.equal(a.weight_codes(), b.weight_codes())
+
+
+def _oracle_pack(fields: list[int], width: int) -> bytes:
+    out = bytearray(math.ceil(len(fields) * width / 8))
+    pos = 0
+    for f in fields:
+        for b in range(width):  # one bit at a time, LSB first
+            if (f >> b) & 1:
+                out[pos // 8] |= 1 << (pos % 8)
+            pos += 1
+    return bytes(out)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+def test_pack_bits_matches_loop_oracle(width: int) -> None:
+    rng = np.random.default_rng(width)
+    for count in (0, 1, 7, 13, 100):
+        fields = rng.integers(0, 1 << width, count)
+        packed = pack_bits(fields, width)
+        assert packed.tobytes() == _oracle_pack(fields.tolist(), width)
+        assert np.array_equal(unpack_bits(packed, width, count), fields)
+
+
+def test_sizes_hand_computed(tmp_path: Path) -> None:
+    m = _converted({"method": "lbw-exact", "bits": 4})
+    info = save_packed(m, tmp_path / "m.lbp", arch=None)
+    # 4 bits x weights of both convs and the linear (the default recipe quantizes convs only)
+    numels = [layer.weight.numel() for _, layer in quant_layers(m)]
+    assert info["codes_bytes"] == sum(math.ceil(n * 4 / 8) for n in numels)
+    assert info["bytes"] == (tmp_path / "m.lbp").stat().st_size
+    fp32 = 4 * sum(v.numel() for v in m.state_dict().values() if v.is_floating_point())
+    assert info["fp32_bytes"] == fp32
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    m = _converted({"method": "lbw-exact", "bits": 4})
+    good = tmp_path / "m.lbp"
+    save_packed(m, good, arch=None)
+    blob = good.read_bytes()
+    trunc = tmp_path / "trunc.lbp"
+    trunc.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="trunc.lbp"):
+        load_packed(trunc, builder=lambda a: _net())
+    wrong = tmp_path / "wrong.lbp"
+    wrong.write_bytes(blob.replace(b"lowbit-packed", b"lowbit-paXked"))
+    with pytest.raises(ValueError, match="wrong.lbp.*not a lowbit packed"):
+        load_packed(wrong, builder=lambda a: _net())
+    bits = tmp_path / "bits.lbp"
+    old, new = b'\\"bits\\": 4, \\"width\\": 4', b'\\"bits\\": 6, \\"width\\": 6'
+    bits.write_bytes(blob.replace(old, new))
+    assert bits.read_bytes() != blob
+    with pytest.raises(ValueError, match="bits.lbp"):
+        load_packed(bits, builder=lambda a: _net())
+    garbage = tmp_path / "garbage.lbp"
+    garbage.write_bytes(b"\x00" * 3)
+    with pytest.raises(ValueError, match="garbage.lbp"):
+        load_packed(garbage, builder=lambda a: _net())
