@@ -130,8 +130,9 @@ def select_layers(names: Sequence[str], pattern: str | None) -> list[str]:
 def format_magnitude_table(columns: Mapping[str, list[float]], k_min: int) -> str:
     """Markdown table: one row per magnitude bin, one column per model."""
     names = list(columns)
-    lines = ["| |w| bin | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = ["| magnitude | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for i, row in enumerate(magnitude_rows(k_min)):
+        row = row.replace("|", "\\|")  # literal bars inside a markdown cell
         cells = []
         for c in names:
             v = columns[c][i]

@@ -66,4 +66,4 @@ def test_weight_stats_gaussian_vs_heavy_tails() -> None:
 
 def test_format_table() -> None:
     text = format_magnitude_table({"fp32": [0.0, 1.0, 99.0] + [0.0] * 4}, 5)
-    assert "| |w| = 0 | 0 |" in text and "99.000%" in text
+    assert "| \\|w\\| = 0 | 0 |" in text and "99.000%" in text
