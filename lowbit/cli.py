@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 # Order is the order shown in `lowbit --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "lowbit.commands.demo",
     "lowbit.commands.bench",
     "lowbit.commands.data",
     "lowbit.commands.voc_eval",

@@ -48,7 +48,7 @@ __all__ = [
     "batch_size_of",
 ]
 
-_BUILTIN_MODULES: tuple[str, ...] = ("lowbit.train.digits_task",)
+_BUILTIN_MODULES: tuple[str, ...] = ("lowbit.train.digits_task", "lowbit.train.detect_task")
 _REGISTRY: dict[str, Callable[[], Any]] = {}
 _builtins_loaded = False
 

@@ -1,4 +1,5 @@
-"""Backbones with torchvision's module names: ResNet-18/34/50/101 and VGG-16.
+"""Backbones with torchvision's module names: ResNet-18/34/50/101 and VGG-16; Darknet-53
+(YOLOv3, lowbit's own names, see :mod:`lowbit.detection.backbones.darknet`).
 
 A user's local ImageNet state_dict (torchvision layout, ``.pth`` or ``.safetensors``) loads
 with ``strict=True`` via the ``weights=`` argument or :func:`load_backbone_weights`; nothing is
@@ -17,6 +18,7 @@ from lowbit.detection.backbones.common import (
     load_backbone_weights,
     read_state_dict,
 )
+from lowbit.detection.backbones.darknet import Darknet, darknet53, darknet_tiny
 from lowbit.detection.backbones.resnet import (
     BasicBlock,
     Bottleneck,
@@ -34,6 +36,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "resnet101": resnet101,
     "vgg16": vgg16,
+    "darknet53": darknet53,
+    "darknet_tiny": darknet_tiny,
 }
 
 
@@ -54,11 +58,14 @@ __all__ = [
     "VGG",
     "BasicBlock",
     "Bottleneck",
+    "Darknet",
     "FrozenBatchNorm2d",
     "LoadResult",
     "ResNet",
     "convert_frozen_batchnorm",
     "create_backbone",
+    "darknet53",
+    "darknet_tiny",
     "freeze_modules",
     "list_backbones",
     "load_backbone_weights",

@@ -1,0 +1,115 @@
+"""Faster R-CNN (Ren et al. 2015) on a ResNet's layer3 with a two fully connected box head.
+
+Structure: backbone up to layer3 (stride 16; layer4 is not built into the forward pass and is
+removed after the optional ImageNet weights are loaded), RPN on layer3, RoIAlign ``7 x 7``
+(``aligned=True``, 2 samples per bin side) on layer3, ``fc6`` → ``fc7`` (the layers that
+SVD compression targets), ``cls_score`` and per-class ``bbox_pred``.
+
+Registered names:
+
+* ``faster_rcnn_resnet50``: ImageNet-style setting (600 px, anchors 128-512, frozen BN, 1024-d
+  ``fc6``/``fc7`` on 1024 x 7 x 7 RoI features).
+* ``faster_rcnn_resnet18``: CPU-sized (width 0.5, native image size, anchors 16-128 px, 256-d
+  ``fc6``/``fc7``, 128 RPN anchors and 64 RoIs per image, 300/100 proposals train/test).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lowbit.detection.models.config import FasterRCNNConfig, make_config
+from lowbit.detection.models.generalized_rcnn import TwoStageDetector
+from lowbit.detection.models.heads import FasterRCNNHead
+from lowbit.detection.models.roi_heads import RoIHeads
+from lowbit.detection.registry import register_model
+
+__all__ = ["FasterRCNN", "build_faster_rcnn"]
+
+
+class FasterRCNN(TwoStageDetector):
+    """Faster R-CNN detector; see the module docstring. Build with :func:`build_faster_rcnn`
+    or :func:`lowbit.detection.create_model`."""
+
+
+def build_faster_rcnn(cfg: FasterRCNNConfig) -> FasterRCNN:
+    """Faster R-CNN from a resolved :class:`FasterRCNNConfig`."""
+    backbone = cfg.build_backbone(("layer3",), dilate_layer4=False)
+    backbone.layer4 = nn.Identity()  # unused: the box head replaces it
+    c3 = backbone.out_channels["layer3"]
+    s3 = backbone.strides["layer3"]
+    head = FasterRCNNHead(
+        c3,
+        cfg.num_classes,
+        pool_size=cfg.pool_size,
+        spatial_scale=1.0 / s3,
+        sampling_ratio=cfg.sampling_ratio,
+        representation_size=cfg.representation_size,
+        class_agnostic=cfg.class_agnostic,
+    )
+    roi_heads = RoIHeads(
+        head,
+        fg_iou_thresh=cfg.box_fg_iou_thresh,
+        bg_iou_thresh=cfg.box_bg_iou_thresh,
+        batch_size_per_image=cfg.box_batch_size_per_image,
+        positive_fraction=cfg.box_positive_fraction,
+        postprocess=cfg.postprocess_params(),
+    )
+    model = FasterRCNN(
+        backbone,
+        cfg.build_rpn(c3, s3),
+        roi_heads,
+        cfg.build_transform(),
+        cfg.num_classes,
+        rpn_feature="layer3",
+        head_feature="layer3",
+    )
+    model.config = {"arch": "faster_rcnn", **cfg.to_dict()}
+    return model
+
+
+PAPER_PRESET: dict[str, Any] = {
+    "norm": "frozen_bn",
+    "freeze_at": 2,
+    "min_size": 600,
+    "max_size": 1000,
+    "anchor_sizes": (128, 256, 512),
+    "aspect_ratios": (0.5, 1.0, 2.0),
+    "rpn_channels": 512,
+    "rpn_pre_nms_top_n_test": 6000,
+    "rpn_post_nms_top_n_test": 300,
+    "representation_size": 1024,
+}
+
+CPU_PRESET: dict[str, Any] = {
+    "backbone": "resnet18",
+    "width": 0.5,
+    "norm": "bn",
+    "freeze_at": 0,
+    "min_size": None,
+    "max_size": None,
+    "anchor_sizes": (16, 32, 64, 128),
+    "aspect_ratios": (1.0, 2.0),
+    "rpn_channels": None,
+    "rpn_batch_size_per_image": 128,
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 600,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 64,
+    "representation_size": 256,
+}
+
+
+@register_model("faster_rcnn_resnet50")
+def faster_rcnn_resnet50(num_classes: int, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN + ResNet-50 layer3 + two FC layers (1024-d), 600 px."""
+    preset = {**PAPER_PRESET, "backbone": "resnet50"}
+    return build_faster_rcnn(make_config(FasterRCNNConfig, preset, num_classes, kwargs))
+
+
+@register_model("faster_rcnn_resnet18")
+def faster_rcnn_resnet18(num_classes: int, **kwargs: Any) -> FasterRCNN:
+    """CPU-sized Faster R-CNN: ResNet-18 at width 0.5, 256-d fc6/fc7, native image size."""
+    return build_faster_rcnn(make_config(FasterRCNNConfig, CPU_PRESET, num_classes, kwargs))

@@ -1,0 +1,186 @@
+"""Two-stage detector skeleton (torchvision's ``GeneralizedRCNN``): transform → backbone → RPN →
+RoI heads → post-processing.
+
+The split that quantization and export rely on::
+
+    images (list, [0, 1])  ──transform──>  batch Tensor[N, 3, H, W] (normalised, padded)
+    batch ──backbone──> features ──rpn.head──> objectness, rpn_deltas        (network)
+    objectness, rpn_deltas ──rpn.filter_proposals──> proposals                (float)
+    features, proposals ──roi_heads.head──> class_logits, box_deltas          (network)
+    class_logits, box_deltas, proposals ──postprocess──> detections           (float)
+
+:meth:`TwoStageDetector.forward_raw` runs the network parts (and the proposal filter between
+them) on an already prepared batch and returns the raw tensors; :meth:`postprocess` turns those
+into detections. ``forward`` is the torchvision API: train mode ``model(images, targets)`` →
+dict of losses, eval mode ``model(images)`` → list of ``dict(boxes, labels, scores)`` in the
+original image sizes, ``labels`` 0-based foreground classes (the dataset's convention; inside
+the detector background is 0 and class ``c`` is ``c + 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lowbit.detection.models.postprocess import postprocess_detections
+from lowbit.detection.models.roi_heads import RoIHeads
+from lowbit.detection.models.rpn import RegionProposalNetwork
+from lowbit.detection.models.transform import (
+    DetectorTransform,
+    to_internal_targets,
+    validate_images,
+    validate_targets,
+)
+
+__all__ = ["TwoStageDetector"]
+
+
+class TwoStageDetector(nn.Module):
+    """Backbone + RPN + RoI heads, with the pre/post-processing kept outside the network.
+
+    Args:
+        backbone: a :class:`~lowbit.detection.backbones.ResNet`-like module whose
+            ``forward_features`` returns a dict of feature maps.
+        rpn: region proposal network, run on ``features[rpn_feature]``.
+        roi_heads: second stage, run on ``features[head_feature]``.
+        transform: pre-processing (normalise, resize, batch).
+        num_classes: foreground classes ``C``.
+        rpn_feature, head_feature: names of the feature maps the two stages read.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        transform: DetectorTransform,
+        num_classes: int,
+        rpn_feature: str = "layer3",
+        head_feature: str = "layer3",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = int(num_classes)
+        self.rpn_feature = rpn_feature
+        self.head_feature = head_feature
+
+    def features(self, batch: Tensor) -> dict[str, Tensor]:
+        """Backbone feature maps of a prepared ``Tensor[N, 3, H, W]`` batch."""
+        return self.backbone.forward_features(batch)
+
+    def forward(
+        self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Any]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """torchvision's API.
+
+        Args:
+            images: list of ``Tensor[3, H_i, W_i]`` RGB in ``[0, 1]`` (or ``Tensor[N, 3, H,
+                W]``).
+            targets: training only; per image ``boxes`` float ``Tensor[K, 4]`` (0-based
+                continuous xyxy, original image pixels) and ``labels`` int64 ``Tensor[K]``
+                (0-based foreground classes). Invalid targets raise ``ValueError`` naming the
+                image (its ``image_id`` if present).
+
+        Returns:
+            Train mode: ``{"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+            "loss_box_reg"}`` scalar tensors. Eval mode: per image ``boxes`` ``float32[D,
+            4]``, ``labels`` ``int64[D]`` (0-based), ``scores`` ``float32[D]`` sorted
+            decreasing, in the original image's pixels.
+        """
+        ims = validate_images(images)
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            validate_targets(targets, self.num_classes, original_sizes)
+            targets = to_internal_targets(targets)
+        elif targets is not None:
+            validate_targets(targets, self.num_classes, original_sizes)
+        batch, image_sizes, targets = self.transform(ims, targets)
+        feats = self.features(batch)
+        proposals, rpn_losses = self.rpn(feats[self.rpn_feature], image_sizes, targets)
+        head_feature = feats[self.head_feature]
+        if self.training:
+            _, head_losses = self.roi_heads(head_feature, proposals, image_sizes, targets)
+            return {**rpn_losses, **head_losses}
+        dets, _ = self.roi_heads(head_feature, proposals, image_sizes)
+        return self.transform.postprocess(dets, image_sizes, original_sizes)
+
+    def forward_raw(
+        self,
+        batch: Tensor,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        proposals: Sequence[Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Raw network outputs for a prepared batch (no losses, no final post-processing).
+
+        Args:
+            batch: ``Tensor[N, 3, H, W]`` already normalised and padded (the first output of
+                :attr:`transform`).
+            image_sizes: ``(h, w)`` per image before padding (second output of
+                :attr:`transform`); default: every image fills the batch.
+            proposals: per image ``Tensor[P_i, 4]``; default: the RPN's own (float filter
+                :meth:`RegionProposalNetwork.filter_proposals`, in eval-mode sizes when the
+                model is in eval mode).
+
+        Returns:
+            ``objectness`` ``[N, A, H', W']``, ``rpn_deltas`` ``[N, 4A, H', W']``,
+            ``anchors`` ``[H'W'A, 4]``, ``proposals`` (list), ``class_logits``
+            ``[R, C + 1]``, ``box_deltas`` ``[R, 4]`` or ``[R, 4 (C + 1)]``, ``image_sizes``.
+        """
+        if image_sizes is None:
+            image_sizes = [(int(batch.shape[-2]), int(batch.shape[-1]))] * batch.shape[0]
+        feats = self.features(batch)
+        f_rpn = feats[self.rpn_feature]
+        objectness, rpn_deltas = self.rpn.head(f_rpn)
+        anchors = self.rpn.anchor_generator(f_rpn)
+        if proposals is None:
+            proposals = self.rpn.filter_proposals(objectness, rpn_deltas, anchors, image_sizes)
+        class_logits, box_deltas = self.roi_heads.head(feats[self.head_feature], list(proposals))
+        return {
+            "objectness": objectness,
+            "rpn_deltas": rpn_deltas,
+            "anchors": anchors,
+            "proposals": list(proposals),
+            "class_logits": class_logits,
+            "box_deltas": box_deltas,
+            "image_sizes": list(image_sizes),
+        }
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        head_outputs: dict[str, Any],
+        proposals: Sequence[Tensor] | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Detections from :meth:`forward_raw` outputs (decode, clip, threshold, NMS, top-k).
+
+        Args:
+            head_outputs: dict with ``class_logits`` and ``box_deltas`` (and ``proposals`` /
+                ``image_sizes`` when those arguments are not given), e.g. from
+                :meth:`forward_raw`.
+            proposals: per image ``Tensor[P_i, 4]``.
+            image_sizes: ``(h, w)`` per image; boxes are clipped to it.
+
+        Returns:
+            As eval-mode ``forward`` but in the prepared batch's pixel frame.
+        """
+        props = list(head_outputs["proposals"] if proposals is None else proposals)
+        if image_sizes is None:
+            image_sizes = head_outputs["image_sizes"]
+        return postprocess_detections(
+            head_outputs["class_logits"],
+            head_outputs["box_deltas"],
+            props,
+            image_sizes,
+            self.roi_heads.postprocess_params,
+        )

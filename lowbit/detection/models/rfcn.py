@@ -1,0 +1,119 @@
+"""R-FCN (Dai, Li, He, Sun 2016) on a ResNet, the detector of the LBW-Net paper.
+
+Structure (the R-FCN paper's ResNet setting): the RPN reads layer3 (``conv4``, stride 16); the
+head reads layer4 (``conv5``) made stride 16 by dilation, applies a 1x1 "new" conv (1024
+channels for ResNet-50/101), then 1x1 convs to ``(C + 1) k^2`` position-sensitive score maps
+and ``4 k^2`` box maps (class-agnostic; ``4 (C + 1) k^2`` per-class), PSRoI pooling and
+average voting. There is no fully connected layer, so every weight layer is a convolution
+that LBW quantization covers.
+
+Registered names:
+
+* ``rfcn_resnet50``, ``rfcn_resnet101``: the paper's setting (VOC, ``k = 7``, 600 px images,
+  300 proposals, OHEM, frozen BN + frozen stem and layer1 for ImageNet-initialised backbones).
+* ``rfcn_resnet18``: CPU-sized (width 0.5, native image size, anchors 16-128 px,
+  ``k = 3``, 128 RPN anchors and 64 RoIs per image, 300/100 proposals train/test). ``k = 3``
+  rather than 7 because at stride 16 the digits devkit's objects (10-110 px) cover 1-7
+  feature cells, so a 7x7 grid mostly repeats cells; the paper's configs keep 7.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowbit.detection.models.config import RFCNConfig, make_config
+from lowbit.detection.models.generalized_rcnn import TwoStageDetector
+from lowbit.detection.models.heads import RFCNHead
+from lowbit.detection.models.roi_heads import RoIHeads
+from lowbit.detection.registry import register_model
+
+__all__ = ["RFCN", "build_rfcn"]
+
+
+class RFCN(TwoStageDetector):
+    """R-FCN detector; see the module docstring. Build with :func:`build_rfcn` or
+    :func:`lowbit.detection.create_model`."""
+
+
+def build_rfcn(cfg: RFCNConfig) -> RFCN:
+    """R-FCN from a resolved :class:`RFCNConfig`."""
+    backbone = cfg.build_backbone(("layer3", "layer4"), dilate_layer4=cfg.dilate_layer4)
+    c3 = backbone.out_channels["layer3"]
+    c4 = backbone.out_channels["layer4"]
+    s3 = backbone.strides["layer3"]
+    s4 = backbone.strides["layer4"]
+    reduce_dim = cfg.reduce_dim if cfg.reduce_dim is not None else max(1, c4 // 2)
+    head = RFCNHead(c4, cfg.num_classes, cfg.k, reduce_dim, cfg.class_agnostic, 1.0 / s4)
+    roi_heads = RoIHeads(
+        head,
+        fg_iou_thresh=cfg.box_fg_iou_thresh,
+        bg_iou_thresh=cfg.box_bg_iou_thresh,
+        batch_size_per_image=cfg.box_batch_size_per_image,
+        positive_fraction=cfg.box_positive_fraction,
+        postprocess=cfg.postprocess_params(),
+        ohem=cfg.ohem,
+    )
+    model = RFCN(
+        backbone,
+        cfg.build_rpn(c3, s3),
+        roi_heads,
+        cfg.build_transform(),
+        cfg.num_classes,
+        rpn_feature="layer3",
+        head_feature="layer4",
+    )
+    model.config = {"arch": "rfcn", **cfg.to_dict()}
+    return model
+
+
+PAPER_PRESET: dict[str, Any] = {
+    "norm": "frozen_bn",
+    "freeze_at": 2,
+    "min_size": 600,
+    "max_size": 1000,
+    "anchor_sizes": (128, 256, 512),
+    "aspect_ratios": (0.5, 1.0, 2.0),
+    "rpn_channels": 512,
+    "k": 7,
+    "ohem": True,
+}
+
+CPU_PRESET: dict[str, Any] = {
+    "backbone": "resnet18",
+    "width": 0.5,
+    "norm": "bn",
+    "freeze_at": 0,
+    "min_size": None,
+    "max_size": None,
+    "anchor_sizes": (16, 32, 64, 128),
+    "aspect_ratios": (1.0, 2.0),
+    "rpn_channels": None,
+    "rpn_batch_size_per_image": 128,
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 600,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 64,
+    "k": 3,
+    "ohem": False,
+}
+
+
+@register_model("rfcn_resnet50")
+def rfcn_resnet50(num_classes: int, **kwargs: Any) -> RFCN:
+    """R-FCN + ResNet-50, the paper's setting (``k = 7``, OHEM, 600 px)."""
+    preset = {**PAPER_PRESET, "backbone": "resnet50"}
+    return build_rfcn(make_config(RFCNConfig, preset, num_classes, kwargs))
+
+
+@register_model("rfcn_resnet101")
+def rfcn_resnet101(num_classes: int, **kwargs: Any) -> RFCN:
+    """R-FCN + ResNet-101, the paper's setting."""
+    preset = {**PAPER_PRESET, "backbone": "resnet101"}
+    return build_rfcn(make_config(RFCNConfig, preset, num_classes, kwargs))
+
+
+@register_model("rfcn_resnet18")
+def rfcn_resnet18(num_classes: int, **kwargs: Any) -> RFCN:
+    """CPU-sized R-FCN: ResNet-18 at width 0.5, ``k = 3``, native image size."""
+    return build_rfcn(make_config(RFCNConfig, CPU_PRESET, num_classes, kwargs))

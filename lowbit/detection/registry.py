@@ -1,0 +1,63 @@
+"""Detector registry: ``create_model(name, num_classes, **kw)`` and ``list_models()``.
+
+Entries are small functions ``fn(num_classes, **kw) -> nn.Module`` registered with
+:func:`register_model` (timm's pattern: tiny registered entry points over one builder). The
+built-in entries live in :mod:`lowbit.detection.models` and are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+ModelFn = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFn] = {}
+# Modules whose import registers the built-in entries (those present in this checkout).
+_BUILTINS = (
+    "lowbit.detection.models",
+    "lowbit.detection.models.ssd",
+    "lowbit.detection.models.yolov3",
+)
+
+
+def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
+    """Decorator adding ``fn`` under ``name``; raises ``ValueError`` on a duplicate name."""
+
+    def deco(fn: ModelFn) -> ModelFn:
+        if name in _MODELS:
+            raise ValueError(f"detection model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTINS:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build the registered detector ``name`` for ``num_classes`` foreground classes.
+
+    Keywords override the preset's fields (see :class:`~lowbit.detection.models.RFCNConfig`,
+    :class:`~lowbit.detection.models.FasterRCNNConfig`); an unknown name or keyword raises
+    ``ValueError`` listing the valid ones.
+    """
+    _load_builtins()
+    if name not in _MODELS:
+        raise ValueError(f"unknown detection model {name!r}; known: {', '.join(list_models())}")
+    return _MODELS[name](num_classes, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Registered detector names, sorted."""
+    _load_builtins()
+    return sorted(_MODELS)
