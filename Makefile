@@ -23,7 +23,7 @@ $(DEV_STAMP): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/lowbit bench quantizers $(DEMO_ARGS)
+	$(BIN)/lowbit demo $(DEMO_ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -33,11 +33,11 @@ __all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo"]
 class DemoSettings:
     """Sizes of one demo run (data, schedule, model)."""
 
-    train_images: int = 2000
-    test_images: int = 500
+    train_images: int = 1000
+    test_images: int = 300
     image_size: int = 256
     fp32_epochs: int = 6
-    qat_epochs: int = 2
+    qat_epochs: int = 1
     batch_size: int = 8
     lr: float = 0.02
     qat_lr: float = 0.004
