@@ -171,3 +171,18 @@ def test_lbw_4bit_prepare_still_trains():
     assert sum(isinstance(m, QuantConv2d) for m in model.modules()) == n_conv
     first, last = _train(model, 12, 0.01)
     assert math.isfinite(last) and last < 0.8 * first
+
+
+def test_extra_anchor_positives():
+    # GT (30, 61) = COCO anchor 3; anchor 4 (62, 45) has shape IoU 1350 / 3270 = 0.41, the
+    # others < 0.4: with extra_anchor_iou=0.4 the class loss (2 log 2 per positive at zero
+    # logits) doubles; anchors 3 and 4 are both on the stride-16 scale.
+    size = 128
+    outs = [torch.zeros(1, 3 * (5 + 2), size // s, size // s) for s in (8, 16, 32)]
+    strides = [(8.0, 8.0), (16.0, 16.0), (32.0, 32.0)]
+    t = [{"boxes": torch.tensor([[40.0, 40, 70, 101]]), "labels": torch.tensor([0])}]
+    anchors = torch.tensor(COCO_ANCHORS, dtype=torch.float)
+    one = yolov3_loss(outs, strides, anchors, t, (size, size))
+    two = yolov3_loss(outs, strides, anchors, t, (size, size), extra_anchor_iou=0.4)
+    assert one["loss_cls"].item() == pytest.approx(2 * math.log(2), rel=1e-5)
+    assert two["loss_cls"].item() == pytest.approx(4 * math.log(2), rel=1e-5)

@@ -46,9 +46,9 @@ Registered names:
 
 * ``ssd300_vgg16``: the paper's SSD300 (VGG-16, 300 px, 6 maps 38-19-10-5-3-1, 8732 boxes).
 * ``ssd_lite_vgg``: CPU-sized for the digits devkit: VGG-16 layout with batch norm at width
-  0.25, 256 px, maps 32-16-8-4-2-1 (every extra 3x3 conv stride 2), scales 0.05 ... 0.5 of
-  the image (digits are 6-140 px), aspect ratios ``{1, 2, 1/2}`` on every map (4 boxes per
-  location, 5460 boxes).
+  0.125 (8-16-32-64-64 VGG channels, 128 in conv6/7), 256 px, maps 32-16-8-4-2-1 (every
+  extra 3x3 conv stride 2), scales 0.05 ... 0.5 of the image (digits are 6-140 px), aspect
+  ratios ``{1, 2, 1/2}`` on every map (4 boxes per location, 5460 boxes).
 """
 
 from __future__ import annotations
@@ -762,7 +762,7 @@ def build_ssd(cfg: SSDConfig) -> SSD:
 SSD300_PRESET: dict[str, Any] = {}
 
 SSD_LITE_PRESET: dict[str, Any] = {
-    "width": 0.25,
+    "width": 0.125,
     "batch_norm": True,
     "image_size": 256,
     "extras": ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 2, 1), (128, 256, 2, 1)),
@@ -783,5 +783,5 @@ def ssd300_vgg16(num_classes: int, **kwargs: Any) -> SSD:
 
 @register_model("ssd_lite_vgg")
 def ssd_lite_vgg(num_classes: int, **kwargs: Any) -> SSD:
-    """CPU-sized SSD: VGG-16-BN layout at width 0.25, 256 px, 6 maps 32 ... 1, 4 boxes each."""
+    """CPU-sized SSD: VGG-16-BN layout at width 0.125, 256 px, 6 maps 32 ... 1, 4 boxes each."""
     return build_ssd(make_config(SSDConfig, SSD_LITE_PRESET, num_classes, kwargs))  # type: ignore[arg-type]
