@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lowbit.commands.train",
     "lowbit.commands.eval",
     "lowbit.commands.export",
+    "lowbit.commands.stats",
 )
 
 

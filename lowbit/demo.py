@@ -102,7 +102,7 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None) -
     return cfg
 
 
-def _load_run_model(run_dir: Path) -> tuple[Any, nn.Module, Any]:
+def load_run_model(run_dir: Path) -> tuple[Any, nn.Module, Any]:
     """(task, converted eval-mode model, config) of a finished run."""
     import lowbit.nn as L
     from lowbit.config import load_config
@@ -118,7 +118,7 @@ def _load_run_model(run_dir: Path) -> tuple[Any, nn.Module, Any]:
     return task, model, cfg
 
 
-def _effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Conv weights as the forward uses them: frozen quantized values, else the float weight."""
     out = {}
     for name, m in model.named_modules():
@@ -132,7 +132,7 @@ def _memory(model: nn.Module) -> dict[str, float]:
     """Weight memory of the conv weights (bits x weights + per-layer scale) and zero share."""
     import lowbit.nn as L
 
-    ws = _effective_weights(model)
+    ws = effective_weights(model)
     n = sum(w.numel() for w in ws.values())
     zeros = sum(int((w == 0).sum()) for w in ws.values())
     qbytes = 0.0
@@ -167,7 +167,7 @@ def _pick_layers(names: list[str]) -> dict[str, str]:
     return out
 
 
-def _histogram(w: torch.Tensor, title: str, path: Path) -> dict[str, float]:
+def save_histogram(w: torch.Tensor, title: str, path: Path) -> dict[str, float]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +214,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
                   flush=True)
         t0 = time.perf_counter()
         res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun continues, loses nothing
-        _, model, _ = _load_run_model(run_dir)
+        _, model, _ = load_run_model(run_dir)
         mem = _memory(model)
         results["runs"][run] = {
             "mAP": float(res.metrics["main"]),
@@ -228,8 +228,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         r["drop"] = fp - r["mAP"]
 
     # weight statistics of two layers (Tables 3.2-3.3, Fig. 3.2)
-    models = {run: _load_run_model(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
-    weights = {run: _effective_weights(m) for run, (_, m, _) in models.items()}
+    models = {run: load_run_model(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
+    weights = {run: effective_weights(m) for run, (_, m, _) in models.items()}
     chosen = _pick_layers(list(weights["fp32"]))
     stats_md, stats_json = [], {}
     for label, lname in chosen.items():
@@ -238,7 +238,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         cols = {f"{r[3]}-bit LBW" if r != "fp32" else "32-bit float": magnitude_table(w, k_min)
                 for r, w in cols_w.items()}
         png = out / f"hist_{label.split()[0].lower()}.png"
-        st = _histogram(cols_w["fp32"], f"{label} ({lname}), FP32", png)
+        st = save_histogram(cols_w["fp32"], f"{label} ({lname}), FP32", png)
         stats_json[label] = {"layer": lname, "k_min": k_min, "table": cols, "fp32_stats": st,
                              "histogram": png.name}
         stats_md += [f"### {label}: `{lname}`", "", format_magnitude_table(cols, k_min), "",

@@ -58,3 +58,21 @@ def test_picture_is_a_png_of_the_expected_size(demo_out: Path) -> None:
         assert im.format == "PNG"
         # 2 models side by side, 2 images (quick preset), 64 px shown at 2x, 6 px gaps, title row
         assert im.size == (2 * 128 + 6, 16 + 2 * 128 + 6)
+
+
+def test_stats_command_on_demo_runs(demo_out: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = demo_out / "runs"
+    rc = main(["stats", str(runs / "fp32"), str(runs / "lbw4"), "--labels", "fp32,lbw4",
+               "--layers", r"rpn", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["layers"]
+    for lname, entry in res["layers"].items():
+        for col in entry["table"].values():
+            assert sum(col) == pytest.approx(100.0)
+        ckpt = load_checkpoint(resolve_checkpoint(runs / "lbw4"))
+        wq, _ = lbw_exact(ckpt.model_state[lname + ".weight"], 4)
+        direct = 100.0 * float((wq == 0).sum()) / wq.numel()
+        assert entry["table"]["lbw4"][0] == pytest.approx(direct)
+        assert entry["stats"]["lbw4"]["sparsity"] == pytest.approx(direct / 100)
+    assert main(["stats", str(runs / "fp32"), "--layers", "no-such-layer"]) == 2
