@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
         select_layers,
         weight_stats,
     )
-    from lowbit.demo import effective_weights, save_histogram, load_run_model
+    from lowbit.demo import effective_weights, load_run_model, save_histogram
 
     runs = [Path(p) for p in args.runs]
     labels = args.labels.split(",") if args.labels else [p.name for p in runs]
