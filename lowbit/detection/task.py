@@ -80,6 +80,10 @@ class DetectTask:
         "rfcn_resnet101",
         "faster_rcnn_resnet18",
         "faster_rcnn_resnet50",
+        "ssd300_vgg16",
+        "ssd_lite_vgg",
+        "yolov3_darknet53",
+        "yolov3_tiny_darknet",
     )
 
     def __init__(self) -> None:
