@@ -10,7 +10,8 @@ Registered names:
 * ``faster_rcnn_resnet50``: ImageNet-style setting (600 px, anchors 128-512, frozen BN, 1024-d
   ``fc6``/``fc7`` on 1024 x 7 x 7 RoI features).
 * ``faster_rcnn_resnet18``: CPU-sized (width 0.5, native image size, anchors 16-128 px, 256-d
-  ``fc6``/``fc7``, 128 RPN anchors and 64 RoIs per image, 300/100 proposals train/test).
+  ``fc6``/``fc7``, RoIAlign with 1 sample per bin, 128 RPN anchors and 128 RoIs per image
+  (half foreground at most), 300/100 proposals train/test).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ CPU_PRESET: dict[str, Any] = {
     "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 600,
     "rpn_post_nms_top_n_test": 100,
-    "box_batch_size_per_image": 64,
+    "box_batch_size_per_image": 128,
+    "box_positive_fraction": 0.5,
     "representation_size": 256,
+    "sampling_ratio": 1,  # one RoIAlign point per bin: bins are < 1 cell here; 1.6x faster
 }
 
 

@@ -12,7 +12,8 @@ Registered names:
 * ``rfcn_resnet50``, ``rfcn_resnet101``: the paper's setting (VOC, ``k = 7``, 600 px images,
   300 proposals, OHEM, frozen BN + frozen stem and layer1 for ImageNet-initialised backbones).
 * ``rfcn_resnet18``: CPU-sized (width 0.5, native image size, anchors 16-128 px,
-  ``k = 3``, 128 RPN anchors and 64 RoIs per image, 300/100 proposals train/test). ``k = 3``
+  ``k = 3``, 128 RPN anchors and 128 RoIs per image (half foreground at most), 300/100
+  proposals train/test). ``k = 3``
   rather than 7 because at stride 16 the digits devkit's objects (10-110 px) cover 1-7
   feature cells, so a 7x7 grid mostly repeats cells; the paper's configs keep 7.
 """
@@ -93,7 +94,8 @@ CPU_PRESET: dict[str, Any] = {
     "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 600,
     "rpn_post_nms_top_n_test": 100,
-    "box_batch_size_per_image": 64,
+    "box_batch_size_per_image": 128,
+    "box_positive_fraction": 0.5,
     "k": 3,
     "ohem": False,
 }
