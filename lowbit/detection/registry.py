@@ -14,10 +14,11 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "model_size_option", "register_model"]
 
 ModelFn = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFn] = {}
+_SIZE_OPTIONS: dict[str, str | None] = {}
 # Modules whose import registers the built-in entries (those present in this checkout).
 _BUILTINS = (
     "lowbit.detection.models",
@@ -26,16 +27,36 @@ _BUILTINS = (
 )
 
 
-def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
-    """Decorator adding ``fn`` under ``name``; raises ``ValueError`` on a duplicate name."""
+def register_model(
+    name: str, size_option: str | None = "min_size"
+) -> Callable[[ModelFn], ModelFn]:
+    """Decorator adding ``fn`` under ``name``; raises ``ValueError`` on a duplicate name.
+
+    Args:
+        name: the registry name.
+        size_option: the keyword of ``fn`` that sets the input size from one number (a
+            config's ``data.image_size``): ``"min_size"`` (shorter side, the two-stage
+            detectors), ``"image_size"`` (fixed square input, SSD / YOLOv3), or ``None`` (no
+            such keyword). Read back with :func:`model_size_option`.
+    """
 
     def deco(fn: ModelFn) -> ModelFn:
         if name in _MODELS:
             raise ValueError(f"detection model {name!r} is already registered")
         _MODELS[name] = fn
+        _SIZE_OPTIONS[name] = size_option
         return fn
 
     return deco
+
+
+def model_size_option(name: str) -> str | None:
+    """The keyword of the registered model ``name`` that one input-size number sets (see
+    :func:`register_model`); raises ``ValueError`` for an unknown name."""
+    _load_builtins()
+    if name not in _MODELS:
+        raise ValueError(f"unknown detection model {name!r}; known: {', '.join(list_models())}")
+    return _SIZE_OPTIONS[name]
 
 
 def _load_builtins() -> None:

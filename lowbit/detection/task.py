@@ -4,9 +4,12 @@ Config mapping (sections of :class:`lowbit.config.ExperimentConfig`):
 
 * ``model.name``: any :func:`lowbit.detection.list_models` entry; ``model.num_classes``
   (default: the data set's class count); ``model.kwargs`` go to
-  :func:`lowbit.detection.create_model` (``RFCNConfig`` / ``FasterRCNNConfig`` fields).
-  ``data.image_size``, when set, is the detector's ``min_size`` (shorter image side), unless
-  ``model.kwargs.min_size`` is given.
+  :func:`lowbit.detection.create_model` (``RFCNConfig`` / ``FasterRCNNConfig`` /
+  ``SSDConfig`` / ``YOLOv3Config`` fields).
+  ``data.image_size``, when set, is the detector's input size unless ``model.kwargs`` sets it:
+  ``min_size`` (shorter image side) of R-FCN / Faster R-CNN, ``image_size`` (the fixed square
+  input side) of SSD / YOLOv3 (YOLOv3 needs a multiple of 32); see
+  :func:`lowbit.detection.registry.model_size_option`.
 * ``data.kind: digits``: the built-in devkit at ``data.root``, written there with
   :func:`lowbit.data.digits.generate_digits` if missing (``data.kwargs``: ``train``,
   ``test``, ``size``, ``seed`` of the generator). Its splits are ``trainval`` / ``test``
@@ -40,7 +43,7 @@ from torch.utils.data import Dataset
 
 from lowbit.data.transforms import RandomHorizontalFlip, collate_detection
 from lowbit.data.voc import VOCDetection
-from lowbit.detection.registry import create_model
+from lowbit.detection.registry import create_model, model_size_option
 from lowbit.eval.voc import evaluate_voc
 
 __all__ = ["DetectTask", "register_detect_task"]
@@ -132,12 +135,30 @@ class DetectTask:
 
     # ------------------------------------------------------------------ model
     def build_model(self, cfg: Any) -> nn.Module:
-        """``create_model(model.name, num_classes, **model.kwargs)``."""
+        """``create_model(model.name, num_classes, **model.kwargs)``; ``data.image_size`` sets
+        the model's size keyword (:func:`~lowbit.detection.registry.model_size_option`:
+        ``min_size`` for the two-stage detectors, ``image_size`` for SSD / YOLOv3) unless
+        ``model.kwargs`` sets it. A size the model rejects raises ``ValueError`` naming
+        ``data.image_size``."""
         num_classes = cfg.model.num_classes or self._num_classes or _infer_num_classes(cfg)
         kw = dict(cfg.model.kwargs)
-        if cfg.data.image_size is not None and "min_size" not in kw:
-            kw["min_size"] = int(cfg.data.image_size)
-        model = create_model(cfg.model.name, int(num_classes), **kw)
+        size = cfg.data.image_size
+        key = model_size_option(cfg.model.name)
+        if size is not None and key is None:
+            raise ValueError(
+                f"data.image_size={size}: model {cfg.model.name!r} takes no input-size option; "
+                f"leave data.image_size unset"
+            )
+        if size is None or key in kw:
+            model = create_model(cfg.model.name, int(num_classes), **kw)
+        else:
+            kw[key] = int(size)
+            try:
+                model = create_model(cfg.model.name, int(num_classes), **kw)
+            except ValueError as e:
+                if key not in str(e):
+                    raise
+                raise ValueError(f"data.image_size={size} (model option {key}): {e}") from e
         model.name = cfg.model.name
         return model
 

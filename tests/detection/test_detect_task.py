@@ -26,12 +26,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(root, name="rfcn_resnet18", kwargs=None, **data_kw):
@@ -73,6 +68,32 @@ def test_fit_and_evaluate_checkpoint(tmp_path, name):
     assert "mAP_area" in m and "AP_seven" in m
     again = evaluate_checkpoint(tmp_path / "run")
     assert again.metrics["main"] == pytest.approx(m["main"])
+
+
+@pytest.mark.parametrize("name", DetectTask.model_names)
+def test_data_image_size_sets_the_input_size_of_every_detector(tmp_path, name):
+    cfg = make_cfg(tmp_path / "d", name, {"width": 0.0625})
+    cfg.data.image_size = 96
+    model = DetectTask().build_model(cfg)
+    # a 64 x 128 image: the two-stage detectors scale the shorter side to 96 and keep the
+    # aspect ratio; SSD / YOLOv3 warp every image to a fixed 96 x 96 input
+    single_stage = name.startswith(("ssd", "yolo"))
+    expect = (96, 96) if single_stage else (96, 192)
+    _, sizes, _ = model.transform([torch.rand(3, 64, 128)])
+    assert sizes == [expect]
+    assert model.config["image_size" if single_stage else "min_size"] == 96
+
+
+def test_data_image_size_errors_and_model_kwargs_precedence(tmp_path):
+    cfg = make_cfg(tmp_path / "d", "yolov3_tiny_darknet", {"width": 0.0625})
+    cfg.data.image_size = 100
+    with pytest.raises(ValueError, match=r"data\.image_size=100 .*multiple of 32"):
+        DetectTask().build_model(cfg)
+    cfg.model.kwargs["image_size"] = 64  # the model's own option wins over data.image_size
+    assert DetectTask().build_model(cfg).transform.size == 64
+    cfg = make_cfg(tmp_path / "d", "rfcn_resnet18", {"width": 0.0625, "min_size": 48})
+    cfg.data.image_size = 96
+    assert DetectTask().build_model(cfg).transform.min_size == 48
 
 
 def test_task_batches_and_losses(tmp_path):

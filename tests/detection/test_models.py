@@ -35,13 +35,7 @@ NUM_CLASSES = 3
 COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_batch(seed: int = 0, sizes=((64, 96), (96, 64), (80, 80))):
@@ -335,6 +329,75 @@ def test_rfcn_voting_averages_position_sensitive_bins():
     assert torch.allclose(logits[0], expect / (k * k), atol=1e-6)
     logits.sum().backward()
     assert head.rfcn_cls.weight.grad.abs().sum() > 0
+
+
+class _FixedHead(nn.Module):
+    """A second-stage head whose outputs are parameters: one row per RoI, in order."""
+
+    def __init__(self, num_rois: int, num_classes: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.logits = nn.Parameter(torch.randn(num_rois, num_classes + 1, generator=g))
+        self.deltas = nn.Parameter(torch.randn(num_rois, 4, generator=g) * 0.3)
+
+    def forward(self, feature, proposals):
+        assert sum(p.shape[0] for p in proposals) == self.logits.shape[0]
+        return self.logits * 1.0, self.deltas * 1.0
+
+
+def test_ohem_backpropagates_the_top_b_rois_by_loss_per_image():
+    """R-FCN's OHEM (Dai et al. 2016, sec. 2): the loss of every RoI (proposals + ground
+    truth) is computed, and per image the B RoIs with the highest cls + box loss are the only
+    ones back-propagated; the losses are averaged over them. Loop oracle below."""
+    from lowbit.detection.models import RoIHeads
+    from lowbit.detection.ops import BoxCoder, box_iou
+
+    g = torch.Generator().manual_seed(0)
+    gts = [torch.tensor([[10.0, 10, 30, 34], [36, 8, 60, 30]]), torch.tensor([[20.0, 20, 50, 44]])]
+    gt_labels = [torch.tensor([1, 3]), torch.tensor([2])]  # internal labels, 0 = background
+    proposals = []
+    for gt, n in zip(gts, (14, 11)):
+        jitter = gt[torch.arange(n) % gt.shape[0]] + torch.randn(n, 4, generator=g) * 4
+        rand = torch.rand(n, 2, generator=g) * 40
+        rand = torch.cat((rand, rand + 8 + torch.rand(n, 2, generator=g) * 16), 1)
+        use_jitter = torch.arange(n)[:, None] % 2 == 0  # half near a ground truth
+        proposals.append(torch.where(use_jitter, jitter, rand).clamp(0, 64))
+    b = 6
+    num_rois = sum(p.shape[0] + t.shape[0] for p, t in zip(proposals, gts))
+    head = _FixedHead(num_rois, NUM_CLASSES)
+    roi_heads = RoIHeads(head, 0.5, 0.5, batch_size_per_image=b, ohem=True).train()
+    targets = [{"boxes": t, "labels": lab} for t, lab in zip(gts, gt_labels)]
+    _, losses = roi_heads(torch.zeros(2, 1, 4, 4), proposals, [(64, 64)] * 2, targets)
+
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    row, chosen, cls_sum, box_sum, num_fg = 0, [], 0.0, 0.0, 0
+    for props, gt, lab in zip(proposals, gts, gt_labels):
+        rois = torch.cat((props, gt))
+        per_roi = []
+        for r in range(rois.shape[0]):
+            iou = box_iou(gt, rois[r : r + 1])[:, 0]
+            fg = bool(iou.max() >= 0.5)
+            label = int(lab[iou.argmax()]) if fg else 0
+            logit = head.logits[row + r].detach()
+            ce = float(torch.logsumexp(logit, 0) - logit[label])
+            box = 0.0
+            if fg:
+                t = coder.encode(gt[iou.argmax()][None], rois[r : r + 1])[0]
+                d = (head.deltas[row + r].detach() - t).abs()
+                box = float(torch.where(d < 1 / 9, 0.5 * d**2 * 9, d - 0.5 / 9).sum())
+            per_roi.append((ce + box, ce, box, row + r, fg))
+        num_fg += sum(p[4] for p in per_roi)
+        top = sorted(per_roi, key=lambda p: -p[0])[:b]
+        chosen += [p[3] for p in top]
+        cls_sum += sum(p[1] for p in top)
+        box_sum += sum(p[2] for p in top)
+        row += rois.shape[0]
+    assert num_fg >= 4 and num_rois > 2 * b  # positives exist and the selection binds
+    assert losses["loss_classifier"].item() == pytest.approx(cls_sum / (2 * b), rel=1e-5)
+    assert losses["loss_box_reg"].item() == pytest.approx(box_sum / (2 * b), rel=1e-5)
+    (losses["loss_classifier"] + losses["loss_box_reg"]).backward()
+    with_grad = torch.nonzero(head.logits.grad.abs().sum(1) > 0).flatten().tolist()
+    assert sorted(with_grad) == sorted(chosen)
 
 
 def test_prepare_lbw_exact_4bit_still_trains():

@@ -6,14 +6,7 @@ import pytest
 import torch
 
 from lowbit.detection.ops import batched_nms, nms
-
-
-def iou_oracle(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from tests.detection._oracles import iou_oracle
 
 
 def nms_oracle(boxes: torch.Tensor, scores: torch.Tensor, thr: float) -> list[int]:

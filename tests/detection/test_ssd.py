@@ -14,7 +14,6 @@ from torch import nn
 
 from lowbit.detection.backbones import vgg16
 from lowbit.detection.models.ssd import (
-    SSD,
     DefaultBoxGenerator,
     ssd300_vgg16,
     ssd_box_sizes,
@@ -24,30 +23,10 @@ from lowbit.detection.models.ssd import (
 )
 from lowbit.detection.ops import BoxCoder, box_iou
 from lowbit.detection.registry import create_model, list_models
-from tests.detection._synthetic import NUM_CLASSES, synthetic_batch
+from tests.detection._synthetic import NUM_CLASSES, check_lbw_4bit_trains, tiny_ssd, train_steps
+from tests.detection._synthetic import TINY_SSD as TINY
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is ~10x faster than two on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-TINY = {
-    "width": 0.0625,
-    "image_size": 64,
-    "steps": None,
-    "min_ratio": 0.15,
-    "max_ratio": 0.9,
-}
-
-
-def tiny_ssd(**kw) -> SSD:
-    torch.manual_seed(0)
-    return ssd_lite_vgg(NUM_CLASSES, **{**TINY, **kw})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- default boxes
@@ -223,36 +202,14 @@ def test_vgg_part_loads_torchvision_layout(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training
-def _train(model: nn.Module, steps: int, lr: float) -> tuple[float, float]:
-    images, targets = synthetic_batch(8)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        losses.append(loss.item())
-    return sum(losses[:2]) / 2, sum(losses[-2:]) / 2
-
-
 def test_few_iterations_lower_the_loss():
-    first, last = _train(tiny_ssd(), 12, 0.01)
+    first, last = train_steps(tiny_ssd(), 12, 0.01)
     assert last < 0.8 * first
 
 
 def test_lbw_4bit_prepare_still_trains():
-    from lowbit.nn import QuantConv2d, prepare
-
     model = tiny_ssd()
-    n_conv = sum(type(m) is nn.Conv2d for m in model.modules())
-    prepare(model, {"method": "lbw-exact", "bits": 4})
-    assert sum(isinstance(m, QuantConv2d) for m in model.modules()) == n_conv
-    assert not any(type(m) is nn.Conv2d for m in model.modules())
-    first, last = _train(model, 12, 0.01)
-    assert math.isfinite(last) and last < 0.8 * first
+    check_lbw_4bit_trains(model)
     model.eval()
     with torch.no_grad():
         dets = model([torch.rand(3, 64, 64)])

@@ -12,33 +12,16 @@ from torch import nn
 from lowbit.detection.backbones import create_backbone, darknet53
 from lowbit.detection.models.yolov3 import (
     COCO_ANCHORS,
-    YOLOv3,
     best_anchors,
     yolo_decode,
     yolov3_darknet53,
     yolov3_loss,
-    yolov3_tiny_darknet,
 )
 from lowbit.detection.registry import create_model, list_models
-from tests.detection._synthetic import NUM_CLASSES, synthetic_batch
+from tests.detection._synthetic import NUM_CLASSES, check_lbw_4bit_trains, tiny_yolo, train_steps
+from tests.detection._synthetic import TINY_YOLO as TINY
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is ~10x faster than two on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-TINY_ANCHORS = ((4, 6), (6, 8), (8, 8), (10, 12), (12, 14), (16, 16), (18, 22), (24, 24), (30, 32))
-TINY = {"width": 0.125, "image_size": 64, "anchors": TINY_ANCHORS}
-
-
-def tiny_yolo(**kw) -> YOLOv3:
-    torch.manual_seed(0)
-    return yolov3_tiny_darknet(NUM_CLASSES, **{**TINY, **kw})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_darknet53_layout():
@@ -142,35 +125,13 @@ def test_invalid_targets_name_the_image():
         model([torch.rand(3, 64, 64)], [bad])
 
 
-def _train(model: nn.Module, steps: int, lr: float) -> tuple[float, float]:
-    images, targets = synthetic_batch(8)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        losses.append(loss.item())
-    return sum(losses[:2]) / 2, sum(losses[-2:]) / 2
-
-
 def test_few_iterations_lower_the_loss():
-    first, last = _train(tiny_yolo(), 12, 0.01)
+    first, last = train_steps(tiny_yolo(), 12, 0.01)
     assert last < 0.8 * first
 
 
 def test_lbw_4bit_prepare_still_trains():
-    from lowbit.nn import QuantConv2d, prepare
-
-    model = tiny_yolo()
-    n_conv = sum(type(m) is nn.Conv2d for m in model.modules())
-    prepare(model, {"method": "lbw-exact", "bits": 4})
-    assert sum(isinstance(m, QuantConv2d) for m in model.modules()) == n_conv
-    first, last = _train(model, 12, 0.01)
-    assert math.isfinite(last) and last < 0.8 * first
+    check_lbw_4bit_trains(tiny_yolo())
 
 
 def test_extra_anchor_positives():

@@ -1,11 +1,13 @@
-"""Pieces shared by the backbones: frozen batch norm, freezing, and the weights loader."""
+"""Pieces shared by the backbones: frozen batch norm, freezing, the weights loader, and the
+stem-then-stages forward pass of ResNet and Darknet (:class:`StagedBackbone`)."""
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -13,11 +15,15 @@ from torch import Tensor, nn
 __all__ = [
     "FrozenBatchNorm2d",
     "LoadResult",
+    "StagedBackbone",
     "convert_frozen_batchnorm",
     "freeze_modules",
     "load_backbone_weights",
     "read_state_dict",
+    "with_weights",
 ]
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -165,3 +171,59 @@ def load_backbone_weights(
     except RuntimeError as e:
         raise RuntimeError(f"cannot load backbone weights from {source}: {e}") from e
     return LoadResult(list(res.missing_keys), list(res.unexpected_keys), ignored)
+
+
+def with_weights(
+    model: ModuleT, weights: str | os.PathLike | Mapping[str, Tensor] | None
+) -> ModuleT:
+    """``model`` after :func:`load_backbone_weights` with ``strict=True`` (unchanged when
+    ``weights`` is ``None``): the ``weights=`` argument of every backbone constructor."""
+    if weights is not None:
+        load_backbone_weights(model, weights, strict=True)
+    return model
+
+
+class StagedBackbone(nn.Module):
+    """A stem, then submodules named ``stage_names`` run in order, then an optional
+    classification head (``avgpool`` + ``fc``): the forward pass of ResNet and Darknet.
+
+    Subclasses set the class attribute ``stage_names``, implement :meth:`forward_stem`, and in
+    ``__init__`` set ``return_layers`` (a subset of ``stage_names``, in network order) and
+    ``avgpool`` / ``fc`` (both ``None`` for a detection backbone without head).
+    """
+
+    stage_names: tuple[str, ...] = ()
+    head_prefixes: tuple[str, ...] = ("fc.",)
+    return_layers: tuple[str, ...]
+    avgpool: nn.Module | None
+    fc: nn.Module | None
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """The layers before the first stage."""
+        raise NotImplementedError
+
+    def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """``Tensor[N, 3, H, W]`` → ``OrderedDict`` of the ``return_layers`` maps.
+
+        Stage ``s`` has ``out_channels[s]`` channels and spatial size ``ceil(H / strides[s])``
+        (for the usual sizes). Stages after the deepest requested one are not run.
+        """
+        x = self.forward_stem(x)
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        last = self.return_layers[-1]
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self.return_layers:
+                out[name] = x
+            if name == last:
+                break
+        return out
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor] | Tensor:
+        """Without a head: :meth:`forward_features`. With one: logits ``Tensor[N, classes]``."""
+        if self.fc is None or self.avgpool is None:
+            return self.forward_features(x)
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))

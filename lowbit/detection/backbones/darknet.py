@@ -25,17 +25,16 @@ Options: ``width`` multiplies every channel count (``round(c * width)``, at leas
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from lowbit.detection.backbones.common import (
     FrozenBatchNorm2d,
+    StagedBackbone,
     freeze_modules,
-    load_backbone_weights,
+    with_weights,
 )
 
 __all__ = ["ConvBNAct", "DarkResidual", "Darknet", "darknet53", "darknet_tiny"]
@@ -80,7 +79,7 @@ class DarkResidual(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
-class Darknet(nn.Module):
+class Darknet(StagedBackbone):
     """Darknet trunk (see the module docstring).
 
     Args:
@@ -99,6 +98,7 @@ class Darknet(nn.Module):
     """
 
     head_prefixes = ("fc.",)
+    stage_names = DARKNET_STAGES
 
     def __init__(
         self,
@@ -156,31 +156,10 @@ class Darknet(nn.Module):
         parts = [self.conv1] + [getattr(self, s) for s in DARKNET_STAGES]
         freeze_modules(parts[:freeze_at])
 
-    def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """``Tensor[N, 3, H, W]`` → ``OrderedDict`` of the ``return_layers`` maps.
-
-        Stage ``s`` has ``out_channels[s]`` channels and spatial size ``ceil(H / strides[s])``;
-        stages after the deepest requested one are not run.
-        """
-        x = self.conv1(x)
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        last = self.return_layers[-1]
-        for name in DARKNET_STAGES:
-            x = getattr(self, name)(x)
-            if name in self.return_layers:
-                out[name] = x
-            if name == last:
-                break
-        return out
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor] | Tensor:
-        """Without a head: :meth:`forward_features`. With one: logits ``Tensor[N, classes]``."""
-        if self.fc is None:
-            return self.forward_features(x)
-        x = self.conv1(x)
-        for name in DARKNET_STAGES:
-            x = getattr(self, name)(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """``conv1`` (stride 1); the stages, ``forward`` and ``forward_features`` come from
+        :class:`~lowbit.detection.backbones.common.StagedBackbone`."""
+        return self.conv1(x)
 
 
 def darknet53(
@@ -189,10 +168,7 @@ def darknet53(
     """Darknet-53 (depths 1-2-8-8-4). ``weights``: local state_dict or file in this module's
     layout, loaded strictly (``fc.*`` skipped without a head). Other keywords: :class:`Darknet`."""
     kwargs.setdefault("depths", DARKNET53_DEPTHS)
-    model = Darknet(width=width, **kwargs)
-    if weights is not None:
-        load_backbone_weights(model, weights, strict=True)
-    return model
+    return with_weights(Darknet(width=width, **kwargs), weights)
 
 
 def darknet_tiny(

@@ -22,18 +22,17 @@ Options beyond torchvision:
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from lowbit.detection.backbones.common import (
     FrozenBatchNorm2d,
+    StagedBackbone,
     convert_frozen_batchnorm,
     freeze_modules,
-    load_backbone_weights,
+    with_weights,
 )
 
 __all__ = [
@@ -131,7 +130,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(StagedBackbone):
     """ResNet trunk, optionally with torchvision's classification head.
 
     Args:
@@ -153,6 +152,7 @@ class ResNet(nn.Module):
     """
 
     head_prefixes = ("fc.",)
+    stage_names = STAGES
 
     def __init__(
         self,
@@ -248,31 +248,11 @@ class ResNet(nn.Module):
             )
         return nn.Sequential(*layers)
 
-    def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """``Tensor[N, 3, H, W]`` → ``OrderedDict`` of the ``return_layers`` maps.
-
-        Stage ``s`` has ``out_channels[s]`` channels and spatial size ``ceil(H / strides[s])``
-        (for the usual sizes). Stages after the deepest requested one are not run.
-        """
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        last = self.return_layers[-1]
-        for name in STAGES:
-            x = getattr(self, name)(x)
-            if name in self.return_layers:
-                out[name] = x
-            if name == last:
-                break
-        return out
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor] | Tensor:
-        """Without a head: :meth:`forward_features`. With one: logits ``Tensor[N, classes]``."""
-        if self.fc is None:
-            return self.forward_features(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for name in STAGES:
-            x = getattr(self, name)(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """``conv1`` → ``bn1`` → ``relu`` → ``maxpool`` (stride 4); the stages, ``forward``
+        and ``forward_features`` come from
+        :class:`~lowbit.detection.backbones.common.StagedBackbone`."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
 def _build(
@@ -282,10 +262,7 @@ def _build(
     weights: str | os.PathLike | Mapping[str, Tensor] | None,
     kwargs: dict,
 ) -> ResNet:
-    model = ResNet(block, layers, width=width, **kwargs)
-    if weights is not None:
-        load_backbone_weights(model, weights, strict=True)
-    return model
+    return with_weights(ResNet(block, layers, width=width, **kwargs), weights)
 
 
 def resnet18(

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lowbit.detection.backbones.common import freeze_modules, load_backbone_weights
+from lowbit.detection.backbones.common import freeze_modules, with_weights
 
 __all__ = ["VGG", "vgg16"]
 
@@ -143,7 +143,4 @@ def vgg16(
 ) -> VGG:
     """VGG-16 (configuration "D", no batch norm). ``weights``: local torchvision-layout
     state_dict or file, loaded strictly. Other keywords: :class:`VGG`."""
-    model = VGG(CFG_D, width=width, **kwargs)
-    if weights is not None:
-        load_backbone_weights(model, weights, strict=True)
-    return model
+    return with_weights(VGG(CFG_D, width=width, **kwargs), weights)

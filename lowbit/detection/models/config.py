@@ -22,9 +22,28 @@ from lowbit.detection.models.rpn import RegionProposalNetwork, RPNHead
 from lowbit.detection.models.transform import IMAGENET_MEAN, IMAGENET_STD, DetectorTransform
 from lowbit.detection.ops import AnchorGenerator
 
-__all__ = ["FasterRCNNConfig", "RFCNConfig", "TwoStageConfig", "make_config"]
+__all__ = [
+    "PAPER_TWO_STAGE_PRESET",
+    "FasterRCNNConfig",
+    "RFCNConfig",
+    "TwoStageConfig",
+    "make_config",
+]
 
 _RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+# The ImageNet-initialised setting shared by the R-FCN and Faster R-CNN papers' entries:
+# frozen BN, frozen stem + layer1, 600 / 1000 px images, anchors 128-512 px at three ratios,
+# a 512-channel RPN conv. Each model's ``PAPER_PRESET`` adds its own fields on top.
+PAPER_TWO_STAGE_PRESET: dict[str, Any] = {
+    "norm": "frozen_bn",
+    "freeze_at": 2,
+    "min_size": 600,
+    "max_size": 1000,
+    "anchor_sizes": (128, 256, 512),
+    "aspect_ratios": (0.5, 1.0, 2.0),
+    "rpn_channels": 512,
+}
 
 
 def _floats(v: Sequence[float]) -> tuple[float, ...]:

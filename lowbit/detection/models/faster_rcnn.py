@@ -20,10 +20,13 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.detection.models.config import FasterRCNNConfig, make_config
-from lowbit.detection.models.generalized_rcnn import TwoStageDetector
+from lowbit.detection.models.config import (
+    PAPER_TWO_STAGE_PRESET,
+    FasterRCNNConfig,
+    make_config,
+)
+from lowbit.detection.models.generalized_rcnn import TwoStageDetector, assemble_two_stage
 from lowbit.detection.models.heads import FasterRCNNHead
-from lowbit.detection.models.roi_heads import RoIHeads
 from lowbit.detection.registry import register_model
 
 __all__ = ["FasterRCNN", "build_faster_rcnn"]
@@ -49,35 +52,14 @@ def build_faster_rcnn(cfg: FasterRCNNConfig) -> FasterRCNN:
         representation_size=cfg.representation_size,
         class_agnostic=cfg.class_agnostic,
     )
-    roi_heads = RoIHeads(
-        head,
-        fg_iou_thresh=cfg.box_fg_iou_thresh,
-        bg_iou_thresh=cfg.box_bg_iou_thresh,
-        batch_size_per_image=cfg.box_batch_size_per_image,
-        positive_fraction=cfg.box_positive_fraction,
-        postprocess=cfg.postprocess_params(),
-    )
-    model = FasterRCNN(
-        backbone,
-        cfg.build_rpn(c3, s3),
-        roi_heads,
-        cfg.build_transform(),
-        cfg.num_classes,
-        rpn_feature="layer3",
+    return assemble_two_stage(
+        FasterRCNN, cfg, backbone, head, arch="faster_rcnn", rpn_feature="layer3",
         head_feature="layer3",
-    )
-    model.config = {"arch": "faster_rcnn", **cfg.to_dict()}
-    return model
+    )  # fmt: skip
 
 
 PAPER_PRESET: dict[str, Any] = {
-    "norm": "frozen_bn",
-    "freeze_at": 2,
-    "min_size": 600,
-    "max_size": 1000,
-    "anchor_sizes": (128, 256, 512),
-    "aspect_ratios": (0.5, 1.0, 2.0),
-    "rpn_channels": 512,
+    **PAPER_TWO_STAGE_PRESET,
     "rpn_pre_nms_top_n_test": 6000,
     "rpn_post_nms_top_n_test": 300,
     "representation_size": 1024,

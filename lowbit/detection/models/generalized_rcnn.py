@@ -20,11 +20,12 @@ the detector background is 0 and class ``c`` is ``c + 1``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from lowbit.detection.models.config import TwoStageConfig
 from lowbit.detection.models.postprocess import postprocess_detections
 from lowbit.detection.models.roi_heads import RoIHeads
 from lowbit.detection.models.rpn import RegionProposalNetwork
@@ -35,7 +36,9 @@ from lowbit.detection.models.transform import (
     validate_targets,
 )
 
-__all__ = ["TwoStageDetector"]
+__all__ = ["TwoStageDetector", "assemble_two_stage"]
+
+DetectorT = TypeVar("DetectorT", bound="TwoStageDetector")
 
 
 class TwoStageDetector(nn.Module):
@@ -184,3 +187,54 @@ class TwoStageDetector(nn.Module):
             image_sizes,
             self.roi_heads.postprocess_params,
         )
+
+
+def assemble_two_stage(
+    detector_cls: type[DetectorT],
+    cfg: TwoStageConfig,
+    backbone: nn.Module,
+    head: nn.Module,
+    *,
+    arch: str,
+    rpn_feature: str,
+    head_feature: str,
+    ohem: bool = False,
+) -> DetectorT:
+    """The part of every two-stage builder after its backbone and head: the RPN on
+    ``backbone``'s ``rpn_feature`` map, :class:`RoIHeads` around ``head`` (sampling IoUs,
+    batch size, positive fraction and post-processing from ``cfg``; ``ohem`` as
+    :class:`RoIHeads`), the transform, and ``model.config = {"arch": arch, **cfg.to_dict()}``.
+
+    The RPN is built after the head (the order of random initialisation of the builders this
+    replaced, so a seeded build gives the same weights).
+
+    Args:
+        detector_cls: the :class:`TwoStageDetector` subclass to build.
+        cfg: the resolved config.
+        backbone: a backbone with ``out_channels`` / ``strides`` dicts naming ``rpn_feature``.
+        head: the second-stage network head ``(feature, proposals) -> (logits, deltas)``.
+        arch: the ``"arch"`` entry of ``model.config`` (how checkpoints rebuild the model).
+        rpn_feature, head_feature: feature maps the RPN and the head read.
+        ohem: online hard example mining in :class:`RoIHeads`.
+    """
+    roi_heads = RoIHeads(
+        head,
+        fg_iou_thresh=cfg.box_fg_iou_thresh,
+        bg_iou_thresh=cfg.box_bg_iou_thresh,
+        batch_size_per_image=cfg.box_batch_size_per_image,
+        positive_fraction=cfg.box_positive_fraction,
+        postprocess=cfg.postprocess_params(),
+        ohem=ohem,
+    )
+    rpn = cfg.build_rpn(backbone.out_channels[rpn_feature], backbone.strides[rpn_feature])
+    model = detector_cls(
+        backbone,
+        rpn,
+        roi_heads,
+        cfg.build_transform(),
+        cfg.num_classes,
+        rpn_feature=rpn_feature,
+        head_feature=head_feature,
+    )
+    model.config = {"arch": arch, **cfg.to_dict()}
+    return model

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.detection.models.config import RFCNConfig, make_config
-from lowbit.detection.models.generalized_rcnn import TwoStageDetector
+from lowbit.detection.models.config import PAPER_TWO_STAGE_PRESET, RFCNConfig, make_config
+from lowbit.detection.models.generalized_rcnn import TwoStageDetector, assemble_two_stage
 from lowbit.detection.models.heads import RFCNHead
-from lowbit.detection.models.roi_heads import RoIHeads
 from lowbit.detection.registry import register_model
 
 __all__ = ["RFCN", "build_rfcn"]
@@ -39,45 +38,17 @@ class RFCN(TwoStageDetector):
 def build_rfcn(cfg: RFCNConfig) -> RFCN:
     """R-FCN from a resolved :class:`RFCNConfig`."""
     backbone = cfg.build_backbone(("layer3", "layer4"), dilate_layer4=cfg.dilate_layer4)
-    c3 = backbone.out_channels["layer3"]
     c4 = backbone.out_channels["layer4"]
-    s3 = backbone.strides["layer3"]
     s4 = backbone.strides["layer4"]
     reduce_dim = cfg.reduce_dim if cfg.reduce_dim is not None else max(1, c4 // 2)
     head = RFCNHead(c4, cfg.num_classes, cfg.k, reduce_dim, cfg.class_agnostic, 1.0 / s4)
-    roi_heads = RoIHeads(
-        head,
-        fg_iou_thresh=cfg.box_fg_iou_thresh,
-        bg_iou_thresh=cfg.box_bg_iou_thresh,
-        batch_size_per_image=cfg.box_batch_size_per_image,
-        positive_fraction=cfg.box_positive_fraction,
-        postprocess=cfg.postprocess_params(),
+    return assemble_two_stage(
+        RFCN, cfg, backbone, head, arch="rfcn", rpn_feature="layer3", head_feature="layer4",
         ohem=cfg.ohem,
-    )
-    model = RFCN(
-        backbone,
-        cfg.build_rpn(c3, s3),
-        roi_heads,
-        cfg.build_transform(),
-        cfg.num_classes,
-        rpn_feature="layer3",
-        head_feature="layer4",
-    )
-    model.config = {"arch": "rfcn", **cfg.to_dict()}
-    return model
+    )  # fmt: skip
 
 
-PAPER_PRESET: dict[str, Any] = {
-    "norm": "frozen_bn",
-    "freeze_at": 2,
-    "min_size": 600,
-    "max_size": 1000,
-    "anchor_sizes": (128, 256, 512),
-    "aspect_ratios": (0.5, 1.0, 2.0),
-    "rpn_channels": 512,
-    "k": 7,
-    "ohem": True,
-}
+PAPER_PRESET: dict[str, Any] = {**PAPER_TWO_STAGE_PRESET, "k": 7, "ohem": True}
 
 CPU_PRESET: dict[str, Any] = {
     "backbone": "resnet18",

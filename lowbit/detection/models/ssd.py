@@ -85,6 +85,7 @@ __all__ = [
     "DefaultBoxGenerator",
     "L2Norm",
     "build_ssd",
+    "check_postprocess_caps",
     "cxcywh_to_xyxy",
     "multiclass_nms",
     "ssd_box_sizes",
@@ -515,6 +516,24 @@ def ssd_loss(
 
 
 # ---------------------------------------------------------------------------- post-processing
+def check_postprocess_caps(
+    topk_candidates: int, detections_per_img: int, pre_nms_top_n: int | None
+) -> None:
+    """Raise ``ValueError`` naming the option unless the caps of :func:`multiclass_nms` are
+    whole numbers ``>= 1`` (``pre_nms_top_n`` may be ``None``)."""
+    caps = {
+        "topk_candidates": topk_candidates,
+        "detections_per_img": detections_per_img,
+        "pre_nms_top_n": pre_nms_top_n,
+    }
+    for name, v in caps.items():
+        if v is None and name == "pre_nms_top_n":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            extra = " or None" if name == "pre_nms_top_n" else ""
+            raise ValueError(f"{name} must be an int >= 1{extra}, got {v!r}")
+
+
 @torch.no_grad()
 def multiclass_nms(
     boxes: Tensor,
@@ -523,17 +542,30 @@ def multiclass_nms(
     nms_thresh: float,
     topk_candidates: int,
     detections_per_img: int,
+    pre_nms_top_n: int | None = None,
 ) -> dict[str, Tensor]:
-    """Per-class threshold, top-k, NMS and final top-k for one image.
+    """Pre-NMS threshold and caps, per-class NMS and final top-k for one image.
+
+    Order: keep scores strictly above ``score_thresh``; per class keep the
+    ``topk_candidates`` highest; over all classes keep the ``pre_nms_top_n`` highest
+    (``None``: no per-image cap); per-class NMS; the ``detections_per_img`` highest survivors.
+    So NMS never sees more than ``min(C topk_candidates, pre_nms_top_n)`` boxes, however flat
+    the scores of an untrained model are. Ties at a cap: ``torch.topk``'s choice.
 
     Args:
         boxes: ``Tensor[P, 4]`` xyxy (shared by all classes) or ``Tensor[P, C, 4]``.
         scores: ``Tensor[P, C]`` per foreground class (column ``c`` is label ``c``).
+        score_thresh: pre-NMS score threshold (strict).
+        nms_thresh: IoU above which a lower-scored box of the same class is suppressed.
+        topk_candidates: per-class cap before NMS (``>= 1``).
+        detections_per_img: cap on the output (``>= 1``).
+        pre_nms_top_n: per-image cap before NMS, over all classes (``>= 1`` or ``None``).
 
     Returns:
         ``boxes float32[D, 4]``, ``labels int64[D]`` (0-based), ``scores float32[D]`` sorted
         decreasing, ``D <= detections_per_img``; scores strictly above ``score_thresh``.
     """
+    check_postprocess_caps(topk_candidates, detections_per_img, pre_nms_top_n)
     c = scores.shape[1]
     all_boxes, all_scores, all_labels = [], [], []
     for k in range(c):
@@ -548,6 +580,9 @@ def multiclass_nms(
     b = torch.cat(all_boxes).float()
     s = torch.cat(all_scores).float()
     lab = torch.cat(all_labels)
+    if pre_nms_top_n is not None and s.numel() > pre_nms_top_n:
+        top = s.topk(pre_nms_top_n).indices
+        b, s, lab = b[top], s[top], lab[top]
     keep = batched_nms(b, s, lab, nms_thresh)[:detections_per_img]
     return {"boxes": b[keep].contiguous(), "labels": lab[keep], "scores": s[keep]}
 
@@ -567,8 +602,10 @@ class SSDConfig:
     ``image_std``. Default boxes: ``min_sizes`` / ``max_sizes`` in pixels (``None``: from
     :func:`ssd_box_sizes` with ``min_ratio`` / ``max_ratio``), ``aspect_ratios`` per map,
     ``steps`` per map (``None``: the maps' own sizes), ``clip``. Loss: ``iou_thresh``,
-    ``neg_pos_ratio``. Post-processing: ``score_thresh``, ``nms_thresh``,
-    ``topk_candidates`` (per class, before NMS), ``detections_per_img``.
+    ``neg_pos_ratio``. Post-processing (:func:`multiclass_nms`): ``score_thresh`` (pre-NMS,
+    on the softmax probability), ``topk_candidates`` (per class, before NMS),
+    ``pre_nms_top_n`` (per image over all classes, before NMS; ``None``: no cap; mmdetection's
+    ``nms_pre``), ``nms_thresh``, ``detections_per_img`` (after NMS).
     """
 
     num_classes: int
@@ -592,6 +629,7 @@ class SSDConfig:
     nms_thresh: float = 0.45
     topk_candidates: int = 200
     detections_per_img: int = 200
+    pre_nms_top_n: int | None = 1000
     box_coder_weights: tuple[float, ...] = field(default=(10.0, 10.0, 5.0, 5.0))
 
     def __post_init__(self) -> None:
@@ -625,8 +663,7 @@ class SSDConfig:
             raise ValueError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
         if self.neg_pos_ratio < 0:
             raise ValueError(f"neg_pos_ratio must be >= 0, got {self.neg_pos_ratio}")
-        if self.topk_candidates < 1 or self.detections_per_img < 1:
-            raise ValueError("topk_candidates and detections_per_img must be >= 1")
+        check_postprocess_caps(self.topk_candidates, self.detections_per_img, self.pre_nms_top_n)
 
     def box_sizes(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(min_sizes, max_sizes)`` in pixels, given or from :func:`ssd_box_sizes`."""
@@ -694,8 +731,9 @@ class SSD(nn.Module):
         self, raw_outputs: dict[str, Tensor], image_sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Float post-processing of :meth:`forward_raw` outputs: softmax, decode, clip to
-        ``image_sizes`` (``(h, w)`` per image in the batch's pixels), per-class threshold /
-        top-``topk_candidates`` / NMS, top ``detections_per_img``.
+        ``image_sizes`` (``(h, w)`` per image in the batch's pixels), then
+        :func:`multiclass_nms`: ``score_thresh``, per-class top-``topk_candidates``, per-image
+        top-``pre_nms_top_n``, NMS, top ``detections_per_img``.
 
         Returns:
             Per image ``boxes float32[D, 4]`` (batch pixels), ``labels int64[D]`` (0-based
@@ -711,7 +749,7 @@ class SSD(nn.Module):
             out.append(
                 multiclass_nms(
                     boxes, scores[i], cfg.score_thresh, cfg.nms_thresh, cfg.topk_candidates,
-                    cfg.detections_per_img,
+                    cfg.detections_per_img, cfg.pre_nms_top_n,
                 )  # fmt: skip
             )
         return out
@@ -775,13 +813,13 @@ SSD_LITE_PRESET: dict[str, Any] = {
 }
 
 
-@register_model("ssd300_vgg16")
+@register_model("ssd300_vgg16", size_option="image_size")
 def ssd300_vgg16(num_classes: int, **kwargs: Any) -> SSD:
     """SSD300 on VGG-16 (the paper's VOC setting; pass ``backbone_weights=`` for ImageNet)."""
     return build_ssd(make_config(SSDConfig, SSD300_PRESET, num_classes, kwargs))  # type: ignore[arg-type]
 
 
-@register_model("ssd_lite_vgg")
+@register_model("ssd_lite_vgg", size_option="image_size")
 def ssd_lite_vgg(num_classes: int, **kwargs: Any) -> SSD:
     """CPU-sized SSD: VGG-16-BN layout at width 0.125, 256 px, 6 maps 32 ... 1, 4 boxes each."""
     return build_ssd(make_config(SSDConfig, SSD_LITE_PRESET, num_classes, kwargs))  # type: ignore[arg-type]

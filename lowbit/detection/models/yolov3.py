@@ -62,7 +62,12 @@ from torch import Tensor, nn
 from lowbit.detection.backbones import create_backbone
 from lowbit.detection.backbones.darknet import ConvBNAct
 from lowbit.detection.models.config import make_config
-from lowbit.detection.models.ssd import SSDTransform, cxcywh_to_xyxy, multiclass_nms
+from lowbit.detection.models.ssd import (
+    SSDTransform,
+    check_postprocess_caps,
+    cxcywh_to_xyxy,
+    multiclass_nms,
+)
 from lowbit.detection.models.transform import validate_images, validate_targets
 from lowbit.detection.ops import box_iou, clip_boxes_to_image
 from lowbit.detection.registry import register_model
@@ -320,9 +325,10 @@ class YOLOv3Config:
     Darknet layout), ``norm``, ``freeze_at``. Input: ``image_size`` (warp side),
     ``image_mean`` / ``image_std`` (YOLO: none). ``anchors``: nine ``(w, h)`` input pixels,
     sorted by area. Loss: ``ignore_thresh``, ``extra_anchor_iou`` (see :func:`yolov3_loss`),
-    ``objectness_prior``. Post-processing:
-    ``score_thresh`` (on ``objectness x class``), ``nms_thresh``, ``topk_candidates`` (per
-    class, before NMS), ``detections_per_img``.
+    ``objectness_prior``. Post-processing (:func:`~lowbit.detection.models.ssd.multiclass_nms`):
+    ``score_thresh`` (pre-NMS, on ``objectness x class``), ``topk_candidates`` (per class,
+    before NMS), ``pre_nms_top_n`` (per image over all classes, before NMS; ``None``: no cap;
+    mmdetection's ``nms_pre``), ``nms_thresh``, ``detections_per_img`` (after NMS).
     """
 
     num_classes: int
@@ -343,6 +349,7 @@ class YOLOv3Config:
     nms_thresh: float = 0.45
     topk_candidates: int = 400
     detections_per_img: int = 100
+    pre_nms_top_n: int | None = 1000
 
     def __post_init__(self) -> None:
         if int(self.num_classes) != self.num_classes or self.num_classes < 1:
@@ -374,8 +381,7 @@ class YOLOv3Config:
             raise ValueError(f"objectness_prior must be in (0, 1), got {self.objectness_prior}")
         if not 0.0 <= self.score_thresh < 1.0:
             raise ValueError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
-        if self.topk_candidates < 1 or self.detections_per_img < 1:
-            raise ValueError("topk_candidates and detections_per_img must be >= 1")
+        check_postprocess_caps(self.topk_candidates, self.detections_per_img, self.pre_nms_top_n)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
@@ -431,7 +437,8 @@ class YOLOv3(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Float post-processing of :meth:`forward_raw` outputs: decode, clip to
         ``image_sizes`` (batch pixels), scores ``sigmoid(obj) x sigmoid(cls)`` per class above
-        ``score_thresh``, per-class top-k and NMS, top ``detections_per_img``.
+        ``score_thresh``, per-class top-``topk_candidates``, per-image top-``pre_nms_top_n``,
+        NMS, top ``detections_per_img`` (:func:`~lowbit.detection.models.ssd.multiclass_nms`).
 
         Returns:
             Per image ``boxes float32[D, 4]``, ``labels int64[D]`` (0-based), ``scores
@@ -454,7 +461,7 @@ class YOLOv3(nn.Module):
             results.append(
                 multiclass_nms(
                     bx, scores[i, keep], cfg.score_thresh, cfg.nms_thresh, cfg.topk_candidates,
-                    cfg.detections_per_img,
+                    cfg.detections_per_img, cfg.pre_nms_top_n,
                 )  # fmt: skip
             )
         return results
@@ -504,13 +511,13 @@ YOLOV3_TINY_PRESET: dict[str, Any] = {
 }
 
 
-@register_model("yolov3_darknet53")
+@register_model("yolov3_darknet53", size_option="image_size")
 def yolov3_darknet53(num_classes: int, **kwargs: Any) -> YOLOv3:
     """YOLOv3-416 on Darknet-53 with the COCO anchors."""
     return build_yolov3(make_config(YOLOv3Config, YOLOV3_PRESET, num_classes, kwargs))  # type: ignore[arg-type]
 
 
-@register_model("yolov3_tiny_darknet")
+@register_model("yolov3_tiny_darknet", size_option="image_size")
 def yolov3_tiny_darknet(num_classes: int, **kwargs: Any) -> YOLOv3:
     """CPU-sized YOLOv3: Darknet width 0.25, depths 1-1-2-2-1, 256 px, digit anchors, extra
     positives for anchors with shape IoU > 0.4."""
