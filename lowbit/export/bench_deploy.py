@@ -1,89 +1,179 @@
-"""`lowbit bench deploy`: onnxruntime FP32 vs int8 QDQ latency (2 threads, same inputs,
-alternating, one process), PyTorch FP32 eager for reference, and file sizes (FP32
-safetensors / packed raw / packed zlib / ONNX FP32 / ONNX int8), on a ResNet-18-style
-classifier built from :mod:`lowbit.detection.backbones` (the detector networks' backbone)."""
+"""`lowbit bench deploy`: for R-FCN (``rfcn_resnet18``) and a single-stage detector
+(``yolov3_tiny_darknet``), onnxruntime FP32 vs int8 QDQ latency of the exported network
+(2 threads, the same prepared input, alternating FP32 / int8 / PyTorch in one process),
+PyTorch FP32 eager of the same network, the float post-processing time, and file sizes
+(FP32 safetensors / packed raw, radix, zlib / ONNX FP32 / ONNX int8).
+
+Models: a trained run (``runs=[RUN]``, matched by model name; its training images calibrate
+int8) or, without one, the registered model with its initial weights (10 classes) calibrated
+on uniform-noise images of the model's input size. Weights are post-training quantized
+(``lbw-exact``, ``bits``) unless the run already is. With ``profile=True`` the int8 and FP32
+sessions are also run under onnxruntime's profiler and the time per operator type is returned,
+with the operator types that stay float in the optimized int8 graph.
+"""
 
 from __future__ import annotations
 
+import collections
+import copy
+import json
+import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
-from lowbit.export.onnx import export_onnx_int8, ort_session
+from lowbit.export.detect import (
+    DetectorNetwork,
+    OnnxDetector,
+    calibration_batches,
+    export_detector_onnx,
+    load_run,
+    postprocess_outputs,
+)
+from lowbit.export.onnx import ort_session
 from lowbit.export.packed import save_packed
-from lowbit.nn import convert, prepare
+from lowbit.nn import convert, prepare, quant_layers
+
+DEFAULT_MODELS = ("rfcn_resnet18", "yolov3_tiny_darknet")
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
-def _net() -> nn.Module:
+def _model_and_images(name: str, runs: Sequence[str], n_images: int
+                      ) -> tuple[torch.nn.Module, list[torch.Tensor], str]:
+    for run in runs:
+        cfg, task, model = load_run(run)
+        if cfg.model.name == name:
+            train_ds, _ = task.build_datasets(cfg)
+            ims = [train_ds[i][0] for i in range(min(n_images, len(train_ds)))]
+            return model, ims, f"run {run}"
+    from lowbit.detection.registry import create_model
+
     torch.manual_seed(0)
-
-    def block(cin: int, cout: int, stride: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(),
-                             nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU())
-
-    return nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                         block(64, 64, 1), block(64, 128, 2), block(128, 256, 2),
-                         block(256, 512, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(512, 20))
-
-
-def run_deploy_bench(bits: int = 4, iters: int = 20, out_dir: str | None = None,
-                     size: int = 224) -> dict[str, Any]:
-    """Measure (see module doc); returns a dict of sizes (bytes), latencies (ms, median) and
-    the int8/FP32 ratio."""
-    torch.set_num_threads(2)
-    out = Path(out_dir or tempfile.mkdtemp(prefix="lowbit-deploy-"))
-    out.mkdir(parents=True, exist_ok=True)
-    float_model = _net().eval()
-    save_file({k: v.contiguous() for k, v in float_model.state_dict().items()},
-              str(out / "fp32.safetensors"))
-    m = prepare(_net(), {"method": "lbw-exact", "bits": bits}).eval()
+    model = create_model(name, 10).eval()
     g = torch.Generator().manual_seed(0)
-    calib = [torch.randn(2, 3, size, size, generator=g) for _ in range(4)]
+    ims = [torch.rand(3, 256, 256, generator=g) for _ in range(n_images)]
+    return model, ims, "initial weights, noise images"
+
+
+def _op_profile(path: str, feed: dict[str, np.ndarray], prefix: str, runs: int = 10
+                ) -> dict[str, float]:
+    """Share of kernel time per operator type over ``runs`` profiled runs."""
+    s = ort_session(path, profile=prefix)
+    for _ in range(runs):
+        s.run(None, feed)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    agg: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            agg[e["args"]["op_name"]] += e["dur"]
+    total = sum(agg.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in sorted(agg.items(), key=lambda kv: -kv[1])}
+
+
+def _optimized_ops(path: str, out: Path) -> dict[str, int]:
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node))
+
+
+def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 20,
+              out: Path | None = None, profile: bool = False, threads: int = 2
+              ) -> dict[str, Any]:
+    """Measure one detector (see the module doc) with ``threads`` onnxruntime intra-op and
+    PyTorch threads. Latencies are medians in ms."""
+    out = Path(out or tempfile.mkdtemp(prefix="lowbit-deploy-"))
+    out.mkdir(parents=True, exist_ok=True)
+    model, ims, source = _model_and_images(name, runs, 16)
+    float_model = copy.deepcopy(model).eval() if not quant_layers(model) else None
+    if float_model is not None:
+        prepare(model, {"method": "lbw-exact", "bits": bits}).eval()
+        convert(model)
+        save_file({k: v.contiguous() for k, v in float_model.state_dict().items()},
+                  str(out / "fp32.safetensors"))
+    sizes = {c: save_packed(model, out / f"model.{c}.lbp", arch=None, coding=c)
+             for c in ("raw", "radix", "zlib")}
+    calib = calibration_batches(model, ims, len(ims), batch_size=8)
+    rep = export_detector_onnx(model, out / "model.int8.onnx", calib[0][:1], calibration=calib)
+    s32, s8 = ort_session(rep["fp32_path"], threads), ort_session(rep["path"], threads)
+    batch = calib[0][:1]
+    feed = {"input": batch.numpy()}
+    net = DetectorNetwork(float_model if float_model is not None else model).eval()
+    det = OnnxDetector(rep["path"], model)
+    _, im_sizes, _ = model.transform(ims[:1])
+    hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
+    t32, t8, tpt, tpp = [], [], [], []
     with torch.no_grad():
-        m(calib[0])
-    convert(m)
-    raw = save_packed(m, out / "model.lbp", arch=None)
-    zl = save_packed(m, out / "model.zlib.lbp", arch=None, coding="zlib")
-    rep = export_onnx_int8(m, calib[0][:1], out / "model.int8.onnx", calib)
-    s32, s8 = ort_session(rep["fp32_path"]), ort_session(rep["path"])
-    x = torch.randn(1, 3, size, size, generator=g)
-    feed = {"input": x.numpy()}
-    t32, t8, tpt = [], [], []
-    for _ in range(3):
-        s32.run(None, feed)
-        s8.run(None, feed)
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        s32.run(None, feed)
-        t1 = time.perf_counter()
-        s8.run(None, feed)
-        t2 = time.perf_counter()
-        with torch.no_grad():
-            m(x)
-        t3 = time.perf_counter()
-        t32.append(t1 - t0)
-        t8.append(t2 - t1)
-        tpt.append(t3 - t2)
+        for _ in range(3):
+            s32.run(None, feed)
+            s8.run(None, feed)
+            net(batch)
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            s32.run(None, feed)
+            t1 = time.perf_counter()
+            raw8 = s8.run(None, feed)
+            t2 = time.perf_counter()
+            net(batch)
+            t3 = time.perf_counter()
+            postprocess_outputs(det.model, [torch.from_numpy(o) for o in raw8], im_sizes, hw)
+            t4 = time.perf_counter()
+            t32.append(t1 - t0)
+            t8.append(t2 - t1)
+            tpt.append(t3 - t2)
+            tpp.append(t4 - t3)
 
     def med(v: list[float]) -> float:
-        return round(1000 * sorted(v)[len(v) // 2], 2)
+        return round(1000 * float(np.median(v)), 2)
 
-    return {
-        "model": f"resnet18-style classifier {size}x{size}, lbw-exact {bits}-bit",
-        "bytes_fp32_safetensors": (out / "fp32.safetensors").stat().st_size,
-        "bytes_packed_raw": raw["bytes"], "bytes_packed_zlib": zl["bytes"],
-        "ratio_packed_raw": round(raw["ratio"], 2), "ratio_packed_zlib": round(zl["ratio"], 2),
+    res: dict[str, Any] = {
+        "model": f"{name} ({source}), input {hw[0]}x{hw[1]}, lbw-exact {bits}-bit, "
+                 f"{threads} thread(s)",
+        "bytes_fp32_safetensors": (out / "fp32.safetensors").stat().st_size
+        if float_model is not None else None,
+        "bytes_packed_raw": sizes["raw"]["bytes"], "bytes_packed_radix": sizes["radix"]["bytes"],
+        "bytes_packed_zlib": sizes["zlib"]["bytes"],
+        "ratio_packed_raw": round(sizes["raw"]["ratio"], 2),
+        "ratio_packed_radix": round(sizes["radix"]["ratio"], 2),
+        "ratio_packed_zlib": round(sizes["zlib"]["ratio"], 2),
+        "weight_ratio_packed_raw": round(sizes["raw"]["weight_ratio"], 2),
         "bytes_onnx_fp32": Path(rep["fp32_path"]).stat().st_size,
         "bytes_onnx_int8": Path(rep["path"]).stat().st_size,
         "ms_ort_fp32": med(t32), "ms_ort_int8": med(t8), "ms_torch_fp32": med(tpt),
+        "ms_float_postprocess": med(tpp),
         "int8_over_fp32": round(med(t8) / med(t32), 3),
-        "exact_pot_weights": sum(v == "pot-exact" for v in rep["weights"].values()),
+        "exact_pot_weights": f"{sum(v == 'pot-exact' for v in rep['weights'].values())}"
+                             f"/{len(rep['weights'])}",
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    if profile:
+        ops = _optimized_ops(rep["path"], out / "model.int8.optimized.onnx")
+        res["int8_optimized_ops"] = ops
+        res["int8_float_ops"] = sorted(k for k in ops if not k.startswith("QLinear")
+                                       and k not in _QUANT_OPS and not k.startswith("Nhwc")
+                                       and k != "Transpose")
+        res["int8_op_time"] = _op_profile(rep["path"], feed, str(out / "prof_int8"))
+        res["fp32_op_time"] = _op_profile(rep["fp32_path"], feed, str(out / "prof_fp32"))
+    return res
+
+
+def run_deploy_bench(bits: int = 4, iters: int = 20, out_dir: str | None = None,
+                     models: Sequence[str] = DEFAULT_MODELS, runs: Sequence[str] = (),
+                     profile: bool = False, threads: int = 2) -> dict[str, Any]:
+    """:func:`bench_one` for each model; ``{model name: results}``."""
+    root = Path(out_dir or tempfile.mkdtemp(prefix="lowbit-deploy-"))
+    return {name: bench_one(name, runs, bits, iters, root / name, profile, threads)
+            for name in models}

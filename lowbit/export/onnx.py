@@ -49,10 +49,13 @@ def _acts_off(model: nn.Module) -> Iterator[None]:
 def export_onnx(
     model: nn.Module, example: Tensor, path: str | os.PathLike[str], *,
     output_names: Sequence[str] | None = None, dynamic_batch: bool = True,
+    dynamic_hw: bool = False, metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export ``model`` (eval mode; ``model(example)`` returns a Tensor or tuple of Tensors)
     to FP32 ONNX at ``path``; checks it with ``onnx.checker``. Input name ``"input"``
-    (``Tensor[N, C, H, W]`` float32), outputs ``output_names`` (default ``out0, out1, ...``)."""
+    (``Tensor[N, C, H, W]`` float32), outputs ``output_names`` (default ``out0, out1, ...``).
+    ``dynamic_hw``: input and outputs also take any ``H, W`` (fully convolutional networks);
+    ``metadata``: strings stored in the file's ``metadata_props``."""
     import onnx
 
     model = model.eval()
@@ -60,12 +63,32 @@ def export_onnx(
         out = model(example)
         n_out = len(out) if isinstance(out, (tuple, list)) else 1
         names = list(output_names or [f"out{i}" for i in range(n_out)])
-        axes = {k: {0: "batch"} for k in ["input", *names]} if dynamic_batch else None
+        dims = ({0: "batch"} if dynamic_batch else {}) | (
+            {2: "height", 3: "width"} if dynamic_hw else {})
+        axes = {k: dict(dims) for k in ["input", *names]} if dims else None
+        if axes and dynamic_hw:  # output maps have their own (strided) sizes
+            for k in names:
+                axes[k] = {**({0: "batch"} if dynamic_batch else {}),
+                           2: f"{k}_height", 3: f"{k}_width"}
         torch.onnx.export(model, (example,), str(path), input_names=["input"],
                           output_names=names, opset_version=OPSET, dynamic_axes=axes,
                           dynamo=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    m = onnx.load(str(path))
+    if metadata:
+        _set_metadata(m, metadata)
+        onnx.save(m, str(path))
+    onnx.checker.check_model(m, full_check=True)
     return Path(path)
+
+
+def _set_metadata(model: Any, metadata: dict[str, str]) -> None:
+    """Set (replace) ``metadata_props`` entries of an ONNX ModelProto."""
+    keep = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(k), str(v)
 
 
 class _Reader:
@@ -115,9 +138,47 @@ def _constants_to_initializers(model: Any) -> None:
     model.graph.node.extend(keep)
 
 
+def _unshare_initializers(model: Any) -> None:
+    """Give every node input that reads an initializer its own copy.
+
+    ``torch.onnx.export`` deduplicates equal initializers (e.g. all-zero conv biases) and
+    routes them through ``Identity`` nodes or shares one tensor between convs. The quantizer
+    then sees a bias that is not an initializer (it leaves it float, and onnxruntime cannot
+    fuse ``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv``), or quantizes a
+    shared bias with one conv's scale. Here ``Identity(initializer)`` becomes an initializer
+    and each extra reader of a shared initializer gets a renamed copy.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = numpy_helper.to_array(inits[node.input[0]])
+            new = numpy_helper.from_array(t.copy(), node.output[0])
+            model.graph.initializer.append(new)
+            inits[new.name] = new
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    seen: set[str] = set()
+    for k, node in enumerate(model.graph.node):
+        for j, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]).copy(),
+                                               f"{name}__{k}_{j}")
+                model.graph.initializer.append(copy)
+                node.input[j] = copy.name
+            seen.add(name)
+
+
 def export_onnx_int8(
     model: nn.Module, example: Tensor, path: str | os.PathLike[str],
     calibration: Sequence[Tensor], *, output_names: Sequence[str] | None = None,
+    dynamic_hw: bool = False, metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Export an int8 QDQ ONNX model to ``path`` (see the module doc).
 
@@ -131,9 +192,11 @@ def export_onnx_int8(
 
     path = Path(path)
     fp32 = path.with_name(path.stem + ".fp32.onnx")
-    export_onnx(model, example, fp32, output_names=output_names)
+    export_onnx(model, example, fp32, output_names=output_names, dynamic_hw=dynamic_hw,
+                metadata=metadata)
     fp_model = onnx.load(str(fp32))
     _constants_to_initializers(fp_model)
+    _unshare_initializers(fp_model)
     onnx.save(fp_model, str(fp32))
     fp_inits = {i.name: numpy_helper.to_array(i) for i in fp_model.graph.initializer}
     quantize_static(str(fp32), str(path), _Reader(calibration), quant_format=QuantFormat.QDQ,
@@ -161,9 +224,53 @@ def export_onnx_int8(
         inits[sname].CopyFrom(numpy_helper.from_array(
             np.asarray(scale, dtype=np.float32), sname))
         report[base] = "pot-exact" if exact else "pot-inexact"
+    _requantize_biases(q, fp_inits)
+    if metadata:
+        _set_metadata(q, metadata)
     onnx.save(q, str(path))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return {"path": str(path), "fp32_path": str(fp32), "weights": report}
+
+
+def _requantize_biases(q: Any, fp_inits: dict[str, np.ndarray]) -> None:
+    """Make every int32 conv bias consistent with its (possibly rewritten) weight scale:
+    ``bias_scale = x_scale * w_scale`` and ``bias_q = round(bias / bias_scale)``.
+
+    onnxruntime fuses ``DQ(x), DQ(w), DQ(b) -> Conv -> Q`` into ``QLinearConv`` only when the
+    bias scale is the product of the input and weight scales (QLinearConv has no bias scale);
+    after the power-of-two rewrite of ``w_scale`` the quantizer's bias scale no longer is, and
+    the convs stayed float (DequantizeLinear -> Conv), slower than FP32.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in q.graph.initializer}
+    prod = {o: n for n in q.graph.node for o in n.output}
+    for node in q.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        dqs = [prod.get(i) for i in node.input[:3]]
+        if any(d is None or d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        dx, dw, db = dqs
+        if not all(n in inits for n in (dx.input[1], dw.input[1], db.input[0], db.input[1])):
+            continue
+        x_scale = numpy_helper.to_array(inits[dx.input[1]]).astype(np.float64)
+        w_scale = numpy_helper.to_array(inits[dw.input[1]]).astype(np.float64)
+        base = db.input[0].removesuffix("_quantized")
+        bias = fp_inits.get(base)
+        if bias is None or x_scale.size != 1:
+            continue
+        b_scale = (x_scale.reshape(()) * w_scale).astype(np.float32)
+        b_scale = np.broadcast_to(b_scale, bias.shape).copy() if b_scale.size > 1 else b_scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bq = np.where(b_scale > 0, np.round(bias.astype(np.float64) / b_scale), 0)
+        if np.abs(bq).max(initial=0) >= 2 ** 31:
+            raise ValueError(f"conv {node.name!r}: bias {base!r} overflows int32 at scale "
+                             f"{float(np.min(b_scale)):.3g}")
+        inits[db.input[0]].CopyFrom(numpy_helper.from_array(bq.astype(np.int32), db.input[0]))
+        sc = inits[db.input[1]]
+        sc.CopyFrom(numpy_helper.from_array(b_scale.reshape(
+            numpy_helper.to_array(sc).shape).astype(np.float32), db.input[1]))
 
 
 def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | None = None):

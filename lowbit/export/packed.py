@@ -10,7 +10,12 @@ Layout (one ``.safetensors`` file, no pickle):
   (``field = code - offset``), packed LSB first: field ``i`` occupies stream bits
   ``[i*width, (i+1)*width)``, stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``; the last
   byte is zero-padded. ``coding`` ``"raw"`` stores the stream as is, ``"zlib"`` / ``"lzma"``
-  its compressed bytes (chosen per layer only when smaller);
+  its compressed bytes (chosen per layer only when smaller); ``"radix"`` is a fixed-rate
+  (not entropy) code for fields that use fewer than ``2**width`` values: groups of ``group``
+  fields ``f_0 .. f_{g-1}`` become one word ``sum f_i * radix**i`` of ``word =
+  bit_length(radix**group - 1)`` bits, words packed LSB first as above, the last group padded
+  with zero fields (e.g. 4-bit LBW: 9 values, 5 fields in 16 bits = 3.2 bits per weight;
+  6-bit: 33 values, 12 fields in 61 bits = 5.08 bits); also chosen only when smaller;
 * ``q.<layer>.scale`` (float64, 0-dim or ``[C]``), ``q.<layer>.zero_point``,
   ``q.<layer>.levels`` when the :class:`~lowbit.quant.QuantResult` has them;
 * ``f.<key>``: every other ``state_dict`` entry (BN, biases, unquantized layers, activation
@@ -50,7 +55,8 @@ __all__ = ["FORMAT", "VERSION", "pack_bits", "unpack_bits", "save_packed", "load
 
 FORMAT = "lowbit-packed"
 VERSION = "1"
-CODINGS = ("raw", "zlib", "lzma")
+CODINGS = ("raw", "radix", "zlib", "lzma")
+_MAX_WORD = 63
 
 
 # ------------------------------------------------------------------------- bit packing
@@ -59,8 +65,8 @@ CODINGS = ("raw", "zlib", "lzma")
 def pack_bits(fields: Tensor | np.ndarray, width: int) -> np.ndarray:
     """Pack unsigned integers ``fields[N]`` (each ``< 2**width``) into ``uint8[ceil(N*width/8)]``,
     LSB first (see the module doc). ValueError if a field does not fit."""
-    if not 1 <= width <= 16:
-        raise ValueError(f"width must be in [1, 16], got {width}")
+    if not 1 <= width <= _MAX_WORD:
+        raise ValueError(f"width must be in [1, {_MAX_WORD}], got {width}")
     f = np.asarray(fields.cpu() if isinstance(fields, Tensor) else fields).reshape(-1)
     f = f.astype(np.int64)
     if f.size and (f.min() < 0 or f.max() >= (1 << width)):
@@ -78,6 +84,47 @@ def unpack_bits(data: np.ndarray | bytes, width: int, count: int) -> np.ndarray:
                          f"({count} fields x {width} bits)")
     bits = np.unpackbits(buf, bitorder="little")[: count * width].reshape(count, width)
     return (bits.astype(np.int64) << np.arange(width, dtype=np.int64)).sum(axis=1)
+
+
+def radix_layout(radix: int) -> tuple[int, int]:
+    """``(group, word)`` of the densest radix packing of fields in ``[0, radix)``: ``group``
+    fields per ``word``-bit word, ``word = bit_length(radix**group - 1) <= 63``, minimising
+    ``word / group`` (smallest ``group`` on ties)."""
+    if radix < 2:
+        return 1, 1
+    best = (1, (radix - 1).bit_length())
+    g = 2
+    while (radix ** g - 1).bit_length() <= _MAX_WORD:
+        w = (radix ** g - 1).bit_length()
+        if w * best[0] < best[1] * g:
+            best = (g, w)
+        g += 1
+    return best
+
+
+def radix_pack(fields: np.ndarray, radix: int) -> np.ndarray:
+    """Pack ``fields[N]`` (each in ``[0, radix)``) as described in the module doc."""
+    group, word = radix_layout(radix)
+    f = np.asarray(fields, dtype=np.int64).reshape(-1)
+    if f.size and (f.min() < 0 or f.max() >= radix):
+        raise ValueError(f"fields out of range for radix {radix}: [{f.min()}, {f.max()}]")
+    pad = (-f.size) % group
+    f = np.concatenate([f, np.zeros(pad, dtype=np.int64)]).reshape(-1, group)
+    words = np.zeros(f.shape[0], dtype=np.int64)
+    for i in range(group - 1, -1, -1):  # Horner: f_0 + radix (f_1 + radix (...))
+        words = words * radix + f[:, i]
+    return pack_bits(words, word)
+
+
+def radix_unpack(data: np.ndarray, radix: int, count: int) -> np.ndarray:
+    """Inverse of :func:`radix_pack`: ``count`` fields as ``int64[count]``."""
+    group, word = radix_layout(radix)
+    words = unpack_bits(data, word, math.ceil(count / group))
+    out = np.empty((words.size, group), dtype=np.int64)
+    for i in range(group):
+        out[:, i] = words % radix
+        words = words // radix
+    return out.reshape(-1)[:count]
 
 
 def _encode(stream: np.ndarray, coding: str) -> tuple[bytes, str]:
@@ -123,8 +170,20 @@ def _layer_entry(name: str, layer: QuantMixin, coding: str
     if not torch.equal(res.decode(codes), res.values):
         raise ValueError(f"layer {name!r}: its codes do not reproduce the frozen weight exactly")
     offset, width = _offset_width(res, codes)
-    stream = pack_bits((codes.reshape(-1).long() - offset).cpu(), width)
-    data, used = _encode(stream, coding)
+    fields = (codes.reshape(-1).long() - offset).cpu().numpy()
+    stream = pack_bits(fields, width)
+    radix = 2 * pot.pot_levels_count(res.bits) + 1 if res.kind == "pot" else \
+        int(fields.max()) + 1 if fields.size else 1
+    extra: dict[str, Any] = {}
+    if coding == "radix":
+        rad = radix_pack(fields, radix)
+        if rad.size < stream.size:
+            data, used = rad.tobytes(), "radix"
+            extra = {"radix": radix}
+        else:
+            data, used = stream.tobytes(), "raw"
+    else:
+        data, used = _encode(stream, coding)
     tensors: dict[str, Tensor] = {
         f"q.{name}.codes": torch.frombuffer(bytearray(data), dtype=torch.uint8),
         f"q.{name}.scale": res.scale.detach().double().cpu().contiguous(),
@@ -139,6 +198,7 @@ def _layer_entry(name: str, layer: QuantMixin, coding: str
         "dtype": str(res.values.dtype).removeprefix("torch."), "coding": used,
         "nbytes": len(data), "raw_nbytes": int(stream.size), "exponent": res.exponent,
         "axis": res.axis, "layer": "conv" if isinstance(layer, QuantConv2d) else "linear",
+        **extra,
     }
     return entry, tensors
 
@@ -160,7 +220,8 @@ def save_packed(
 
     Returns ``{"path", "bytes" (file size), "codes_bytes", "float_bytes", "fp32_bytes"
     (4 bytes x every state_dict float element, quantized weights included), "ratio"
-    (fp32_bytes / bytes), "layers"}``.
+    (fp32_bytes / bytes), "weight_ratio" (4 bytes x quantized weight elements / codes_bytes:
+    the papers' "weight memory saving"), "layers"}``.
     """
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
@@ -194,7 +255,9 @@ def save_packed(
     return {"path": str(p), "bytes": len(blob), "codes_bytes": codes_bytes,
             "float_bytes": sum(t.numel() * t.element_size() for k, t in tensors.items()
                                if k.startswith("f.")),
-            "fp32_bytes": fp32, "ratio": fp32 / len(blob), "layers": entries}
+            "fp32_bytes": fp32, "ratio": fp32 / len(blob),
+            "weight_ratio": 4 * sum(e["numel"] for e in entries.values()) / max(codes_bytes, 1),
+            "layers": entries}
 
 
 def packed_layer_sizes(model: nn.Module) -> dict[str, int]:
@@ -253,10 +316,17 @@ def _result_for(p: Path, name: str, e: dict[str, Any], t: dict[str, Tensor]) -> 
     key = f"q.{name}.codes"
     if key not in t:
         raise ValueError(f"{where}: codes tensor {key!r} missing")
-    stream = _decode(t[key].numpy().tobytes(), e.get("coding", "raw"), where)
+    coding = e.get("coding", "raw")
     try:
-        fields = unpack_bits(stream, width, numel)
-    except ValueError as exc:
+        if coding == "radix":
+            radix = int(e["radix"])
+            if not 2 <= radix <= 1 << width:
+                raise ValueError(f"radix {radix} does not fit {width}-bit fields")
+            fields = radix_unpack(np.frombuffer(t[key].numpy().tobytes(), dtype=np.uint8),
+                                  radix, numel)
+        else:
+            fields = unpack_bits(_decode(t[key].numpy().tobytes(), coding, where), width, numel)
+    except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{where}: {exc} (bits mismatch or truncated stream)") from None
     codes = torch.from_numpy(fields + offset).to(torch.int32).reshape(shape)
     if kind == "pot" and numel and int(codes.abs().max()) > pot.pot_levels_count(bits):

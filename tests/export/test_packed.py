@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.export.packed import load_packed, pack_bits, save_packed, unpack_bits
+from lowbit.export.packed import (
+    load_packed,
+    pack_bits,
+    radix_layout,
+    radix_pack,
+    radix_unpack,
+    save_packed,
+    unpack_bits,
+)
 from lowbit.nn import convert, prepare, quant_layers
 
 
@@ -38,7 +46,7 @@ def _converted(recipe: dict) -> nn.Module:
     return convert(m)
 
 
-@pytest.mark.parametrize("coding", ["raw", "zlib"])
+@pytest.mark.parametrize("coding", ["raw", "zlib", "radix"])
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r['method']}{r['bits']}")
 def test_round_trip_exact(tmp_path: Path, recipe: dict, coding: str) -> None:
     m = _converted(recipe)
@@ -108,3 +116,33 @@ def test_bad_files(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00" * 3)
     with pytest.raises(ValueError, match="garbage.lbp"):
         load_packed(garbage, builder=lambda a: _net())
+
+
+@pytest.mark.parametrize("radix", [2, 3, 5, 9, 17, 33, 65, 129])
+def test_radix_pack_matches_loop_oracle(radix: int) -> None:
+    group, word = radix_layout(radix)
+    assert radix ** group <= 1 << word <= 2 * radix ** group and word <= 63
+    rng = np.random.default_rng(radix)
+    for count in (0, 1, group - 1, group, 3 * group + 1, 200):
+        fields = rng.integers(0, radix, count)
+        words = []
+        for s in range(0, count, group):  # one word per group, digit i weighs radix**i
+            chunk = list(fields[s:s + group]) + [0] * (group - len(fields[s:s + group]))
+            words.append(sum(int(f) * radix ** i for i, f in enumerate(chunk)))
+        packed = radix_pack(fields, radix)
+        assert packed.tobytes() == _oracle_pack(words, word)
+        assert np.array_equal(radix_unpack(packed, radix, count), fields)
+
+
+def test_radix_coding_sizes(tmp_path: Path) -> None:
+    """4-bit LBW codes take 9 values: 17 per 54-bit word instead of 4 bits each."""
+    m = _converted({"method": "lbw-exact", "bits": 4})
+    info = save_packed(m, tmp_path / "m.lbp", arch=None, coding="radix")
+    for name, layer in quant_layers(m):
+        e = info["layers"][name]
+        n = layer.weight.numel()
+        expect = math.ceil(math.ceil(n / 17) * 54 / 8)
+        if expect < math.ceil(n * 4 / 8):
+            assert (e["coding"], e["radix"], e["nbytes"]) == ("radix", 9, expect)
+        else:
+            assert e["coding"] == "raw"

@@ -1,0 +1,290 @@
+"""Detector export: the network part of a detector as a plain ``Tensor -> tuple`` module, the
+calibration batches of a run's own dataset, and a runtime that runs an exported ONNX network in
+onnxruntime and then lowbit's float post-processing.
+
+What goes into the ONNX graph (the "network") and what stays in PyTorch float:
+
+* R-FCN (:class:`~lowbit.detection.models.rfcn.RFCN`): backbone, RPN head (3x3 conv, 1x1
+  objectness / deltas) and the R-FCN head's fully convolutional part (``conv_new``,
+  ``rfcn_cls``, ``rfcn_bbox``). Outputs ``objectness [N, A, H/16, W/16]``, ``rpn_deltas
+  [N, 4A, H/16, W/16]``, ``cls_maps [N, (C+1) k^2, H/16, W/16]``, ``bbox_maps [N, 4 G k^2,
+  H/16, W/16]``; ``H, W`` dynamic. In float afterwards: anchors, proposal decoding + NMS
+  (:meth:`RegionProposalNetwork.filter_proposals`), PSRoI pooling + voting
+  (:meth:`RFCNHead.pool`), box decoding + per-class NMS (:meth:`TwoStageDetector.postprocess`).
+  R-FCN has no fully connected layer, so every weight is inside the graph.
+* YOLOv3 (:class:`~lowbit.detection.models.yolov3.YOLOv3`): backbone, neck, head. Outputs
+  ``out_s8, out_s16, out_s32`` ``[N, 3 (5 + C), S/s, S/s]``; decode + per-class NMS in float
+  (:meth:`YOLOv3.postprocess`).
+
+Faster R-CNN is refused (its fc6 / fc7 run after RoIAlign on proposals, so the network is not
+a single ``image -> maps`` graph); SSD is not wired yet (its default boxes need the source map
+sizes, which the concatenated outputs do not carry).
+
+Post-processing inside the ONNX graph (``NonMaxSuppression``) is not offered: lowbit's
+per-class NMS keeps the ``topk_candidates`` best boxes per class *before* NMS and the
+``detections_per_img`` best after it, ties resolved by ``torch.topk`` / torchvision ``nms``;
+ONNX ``NonMaxSuppression`` has no per-class pre-NMS top-k and its tie order is unspecified, so
+an in-graph version would not give the same detections as the PyTorch model, which is the
+contract this module tests. The float post-processing costs a few milliseconds on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["load_run", "DetectorNetwork", "OnnxDetector", "calibration_batches", "detector_kind",
+           "export_detector_onnx",
+           "postprocess_outputs", "OUTPUT_NAMES"]
+
+OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "rfcn": ("objectness", "rpn_deltas", "cls_maps", "bbox_maps"),
+    "yolov3": ("out_s8", "out_s16", "out_s32"),
+}
+
+
+def detector_kind(model: nn.Module) -> str | None:
+    """``"rfcn"`` / ``"yolov3"`` for exportable detectors, None for a non-detector (e.g. a
+    classifier). ValueError naming the class for detectors that cannot be exported."""
+    from lowbit.detection.models.generalized_rcnn import TwoStageDetector
+    from lowbit.detection.models.heads import RFCNHead
+    from lowbit.detection.models.ssd import SSD
+    from lowbit.detection.models.yolov3 import YOLOv3
+
+    if isinstance(model, YOLOv3):
+        return "yolov3"
+    if isinstance(model, TwoStageDetector):
+        if not isinstance(model.roi_heads.head, RFCNHead):
+            raise ValueError(f"{type(model).__name__}: only R-FCN among two-stage detectors is "
+                             "exportable (Faster R-CNN's fc6/fc7 run on pooled RoIs, outside a "
+                             "single image -> maps graph)")
+        return "rfcn"
+    if isinstance(model, SSD):
+        raise ValueError("SSD export is not wired yet; export rfcn_* or yolov3_* detectors")
+    return None
+
+
+class DetectorNetwork(nn.Module):
+    """The exportable network of a detector: ``forward(batch Tensor[N, 3, H, W])`` (already
+    normalised / padded by ``model.transform``) returns the raw maps listed in
+    :data:`OUTPUT_NAMES` for its kind (see the module doc). Shares ``model``'s modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        kind = detector_kind(model)
+        if kind is None:
+            raise ValueError(f"{type(model).__name__} is not a detector")
+        self.kind = kind
+        self.detector = model
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUT_NAMES[self.kind]
+
+    def forward(self, batch: Tensor) -> tuple[Tensor, ...]:
+        m = self.detector
+        if self.kind == "rfcn":
+            feats = m.features(batch)
+            objectness, rpn_deltas = m.rpn.head(feats[m.rpn_feature])
+            cls_maps, bbox_maps = m.roi_heads.head.score_maps(feats[m.head_feature])
+            return objectness, rpn_deltas, cls_maps, bbox_maps
+        from lowbit.detection.models.yolov3 import LEVELS
+
+        feats = m.backbone.forward_features(batch)
+        return tuple(m.head(m.neck([feats[s] for s in LEVELS])))
+
+
+@torch.no_grad()
+def postprocess_outputs(
+    model: nn.Module, outputs: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
+    batch_hw: tuple[int, int],
+) -> list[dict[str, Tensor]]:
+    """Float post-processing of the raw network outputs (in :data:`OUTPUT_NAMES` order).
+
+    Args:
+        model: the detector (only its float post-processing parts and config are used).
+        outputs: float tensors as :class:`DetectorNetwork` returns them.
+        image_sizes: ``(h, w)`` of each image in the batch before padding.
+        batch_hw: ``(H, W)`` of the prepared batch.
+
+    Returns:
+        Per image ``boxes float32[D, 4]`` (batch pixels, 0-based xyxy), ``labels int64[D]``
+        (0-based), ``scores float32[D]`` sorted decreasing -- as the model's own eval path.
+    """
+    kind = detector_kind(model)
+    outs = [o.float() for o in outputs]
+    if kind == "rfcn":
+        from lowbit.detection.models.heads import _rois
+
+        objectness, rpn_deltas, cls_maps, bbox_maps = outs
+        anchors = model.rpn.anchor_generator(objectness)
+        proposals = model.rpn.filter_proposals(objectness, rpn_deltas, anchors, image_sizes)
+        cls, box = model.roi_heads.head.pool(cls_maps, bbox_maps, _rois(proposals, cls_maps))
+        return model.postprocess({"class_logits": cls, "box_deltas": box}, proposals,
+                                 image_sizes)
+    if kind == "yolov3":
+        h, w = batch_hw
+        strides = [(h / o.shape[-2], w / o.shape[-1]) for o in outs]
+        return model.postprocess({"outputs": outs, "strides": strides}, image_sizes)
+    raise ValueError(f"{type(model).__name__} is not an exportable detector")
+
+
+def calibration_batches(model: nn.Module, dataset: Any, num_images: int,
+                        batch_size: int = 8) -> list[Tensor]:
+    """Network-input batches ``Tensor[B, 3, H, W]`` from the first ``num_images`` items of
+    ``dataset``.
+
+    Detection datasets yield ``(image Tensor[3, H_i, W_i] in [0, 1], target)``: images are
+    prepared by ``model.transform`` (normalise, resize, pad), exactly what the exported
+    network sees. Other datasets yield ``(input, label)`` or ``input`` tensors, stacked as is.
+    ValueError when the dataset gives no item or a non-finite input.
+    """
+    n = min(len(dataset), int(num_images))
+    if n < 1:
+        raise ValueError("the dataset gave no calibration image")
+    detector = detector_kind(model) is not None
+    items = []
+    for i in range(n):
+        item = dataset[i]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        items.append(torch.as_tensor(x).float())
+    out = []
+    for s in range(0, n, batch_size):
+        chunk = items[s:s + batch_size]
+        if detector:
+            batch = model.transform(chunk)[0]
+        else:
+            batch = torch.stack(chunk)
+        if not bool(torch.isfinite(batch).all()):
+            raise ValueError(f"calibration batch {s // batch_size} has non-finite values")
+        out.append(batch)
+    return out
+
+
+class OnnxDetector:
+    """Run an exported detector network in onnxruntime CPU, then lowbit's float
+    post-processing, giving torchvision-style detections.
+
+    Args:
+        path: ONNX file written by ``lowbit export --format onnx|onnx-int8`` (or
+            :func:`export_detector_onnx`).
+        model: the detector whose post-processing to use (weights unused); default: rebuilt
+            from the config stored in the file's metadata (``lowbit_config``).
+        threads: onnxruntime intra-op threads.
+
+    ``detector(images)`` with ``images`` a list of ``Tensor[3, H_i, W_i]`` RGB in ``[0, 1]``
+    returns per image ``boxes float32[D, 4]`` (original pixels, 0-based xyxy), ``labels
+    int64[D]`` (0-based), ``scores float32[D]`` sorted decreasing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], model: nn.Module | None = None,
+                 threads: int = 2) -> None:
+        from lowbit.export.onnx import ort_session
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: ONNX file not found")
+        self.session = ort_session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if model is None:
+            if "lowbit_config" not in meta:
+                raise ValueError(f"{self.path}: no lowbit_config metadata; pass model=")
+            from lowbit.config import config_from_dict
+            from lowbit.train import build_model
+
+            model = build_model(config_from_dict(json.loads(meta["lowbit_config"])))[1]
+        self.model = model.eval()
+        self.kind = detector_kind(self.model)
+        if self.kind is None:
+            raise ValueError(f"{type(model).__name__} is not a detector")
+        names = tuple(o.name for o in self.session.get_outputs())
+        if names != OUTPUT_NAMES[self.kind]:
+            raise ValueError(f"{self.path}: outputs {names} do not match a {self.kind} "
+                             f"network {OUTPUT_NAMES[self.kind]}")
+
+    def raw(self, batch: Tensor) -> list[Tensor]:
+        """Network outputs for a prepared ``Tensor[N, 3, H, W]`` batch; ValueError naming the
+        output when onnxruntime returns non-finite values."""
+        outs = self.session.run(None, {"input": batch.detach().float().cpu().numpy()})
+        names = OUTPUT_NAMES[self.kind]
+        for name, o in zip(names, outs):
+            if not np.isfinite(o).all():
+                raise ValueError(f"{self.path}: output {name!r} has non-finite values")
+        return [torch.from_numpy(o) for o in outs]
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
+        from lowbit.detection.models.transform import validate_images
+
+        ims = validate_images(images)
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
+        batch, sizes, _ = self.model.transform(ims)
+        outs = self.raw(batch)
+        dets = postprocess_outputs(self.model, outs, sizes,
+                                   (int(batch.shape[-2]), int(batch.shape[-1])))
+        return self.model.transform.postprocess(dets, sizes, original)
+
+
+def export_detector_onnx(
+    model: nn.Module, path: str | os.PathLike[str], example: Tensor, *,
+    calibration: Sequence[Tensor] | None = None, config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export a detector's network (:class:`DetectorNetwork`) to ONNX at ``path``.
+
+    Args:
+        model: R-FCN or YOLOv3 detector (float, or prepared + converted).
+        example: a prepared batch ``Tensor[1, 3, H, W]`` (from :func:`calibration_batches`).
+        calibration: None for FP32; else the int8 QDQ file is written (activation ranges from
+            these prepared batches; see :func:`lowbit.export.onnx.export_onnx_int8`).
+        config: the run's resolved config dict, stored as ``lowbit_config`` metadata so that
+            :class:`OnnxDetector` can rebuild the post-processing without the run folder.
+
+    Returns:
+        ``{"path", "kind", "outputs"}`` (+ ``"fp32_path", "weights"`` for int8).
+    """
+    from lowbit.export.onnx import export_onnx, export_onnx_int8
+
+    net = DetectorNetwork(model).eval()
+    meta = {"lowbit_kind": net.kind}
+    if config is not None:
+        meta["lowbit_config"] = json.dumps(config)
+    names = list(net.output_names)
+    dyn_hw = net.kind == "rfcn"  # YOLO warps every image to S x S
+    if calibration is None:
+        p = export_onnx(net, example, path, output_names=names, dynamic_hw=dyn_hw,
+                        metadata=meta)
+        return {"path": str(p), "kind": net.kind, "outputs": names}
+    rep = export_onnx_int8(net, example, path, calibration, output_names=names,
+                           dynamic_hw=dyn_hw, metadata=meta)
+    return {**rep, "kind": net.kind, "outputs": names}
+
+
+def load_run(path: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
+    """``(cfg, task, converted eval-mode model)`` of a run folder or a checkpoint inside one
+    (``RUN/checkpoints/ckpt-*.json``); the config is ``RUN/config.yaml``."""
+    from lowbit.config import load_config
+    from lowbit.nn import convert, quant_layers
+    from lowbit.train import build_model, load_checkpoint
+    from lowbit.train.checkpoint import resolve_checkpoint
+
+    p = Path(path)
+    ckpt = resolve_checkpoint(p)
+    run_dir = p if p.is_dir() and (p / "config.yaml").is_file() else ckpt.parent.parent
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: run config not found (pass a run folder or a "
+                                "checkpoint inside its checkpoints/)")
+    cfg = load_config(cfg_path)
+    task, model = build_model(cfg)
+    load_checkpoint(ckpt, model)
+    model.eval()
+    if quant_layers(model):
+        convert(model)
+    return cfg, task, model
