@@ -33,14 +33,15 @@ __all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo"]
 class DemoSettings:
     """Sizes of one demo run (data, schedule, model)."""
 
-    train_images: int = 1000
+    train_images: int = 1500
     test_images: int = 300
     image_size: int = 256
     fp32_epochs: int = 6
     qat_epochs: int = 1
-    batch_size: int = 8
-    lr: float = 0.02
-    qat_lr: float = 0.004
+    batch_size: int = 4
+    lr: float = 0.1
+    qat_lr: float = 0.01
+    warmup_iters: int = 300
     width: float = 0.5
     k: int = 3
     seed: int = 0
@@ -54,8 +55,8 @@ class DemoSettings:
 
 DEFAULT = DemoSettings()
 QUICK = DemoSettings(
-    train_images=160, test_images=60, image_size=160, fp32_epochs=3, qat_epochs=1,
-    batch_size=8, lr=0.02, qat_lr=0.004, width=0.25, pictures=2,
+    train_images=300, test_images=60, image_size=192, fp32_epochs=4, qat_epochs=1,
+    width=0.25, warmup_iters=100, pictures=2,
 )
 
 #: run name -> (method, bits, params) ; None = FP32
@@ -87,7 +88,8 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None) -
                  "kwargs": {"hflip": False, "train": s.train_images, "test": s.test_images,
                             "size": s.image_size, "seed": s.seed}},
         "optim": {"lr": s.qat_lr if qat else s.lr, "momentum": 0.9, "nesterov": True,
-                  "weight_decay": 1e-4, "warmup_iters": 20 if qat else 100,
+                  "weight_decay": 1e-4,
+                  "warmup_iters": max(1, s.warmup_iters // 6) if qat else s.warmup_iters,
                   "warmup_factor": 0.001, "schedule": "cosine"},
         "train": {"epochs": s.qat_epochs if qat else s.fp32_epochs, "batch_size": s.batch_size,
                   "eval_interval": 0, "seed": s.seed, "device": "auto", "num_workers": 0,
