@@ -268,6 +268,20 @@ def test_postprocess_oracle_by_hand():
     assert [d["boxes"].shape[0] for d in dets_all] == [1, 1]
 
 
+@pytest.mark.parametrize("cols", [4, 12])
+def test_postprocess_image_without_proposals_gets_empty_detections(cols):
+    # image 0 has no proposals (e.g. every RPN box filtered), image 1 has one confident box
+    proposals = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 20.0, 20.0]])]
+    logits = torch.tensor([[0.0, 10.0, 0.0]])
+    dets = postprocess_detections(
+        logits, torch.zeros(1, cols), proposals, [(32, 32), (32, 32)],
+        PostprocessParams(score_thresh=0.5),
+    )  # fmt: skip
+    assert dets[0]["boxes"].shape == (0, 4) and dets[0]["labels"].numel() == 0
+    assert dets[1]["labels"].tolist() == [0]
+    assert torch.allclose(dets[1]["boxes"], proposals[1])
+
+
 def test_postprocess_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="proposals"):
         postprocess_detections(torch.zeros(2, 3), torch.zeros(2, 4), [torch.zeros(3, 4)], [(9, 9)])

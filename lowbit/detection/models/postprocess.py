@@ -100,7 +100,7 @@ def postprocess_detections(
         scores_all.split(counts), boxes_all.split(counts), image_sizes
     ):
         r = scores.shape[0]
-        boxes = clip_boxes_to_image(boxes, size).view(r, -1, 4)
+        boxes = clip_boxes_to_image(boxes, size).view(r, box_deltas.shape[1] // 4, 4)  # r may be 0
         if boxes.shape[1] == 1:
             boxes = boxes.expand(r, num_cols - 1, 4)
         else:
