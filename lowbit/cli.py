@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lowbit.commands.eval",
     "lowbit.commands.export",
     "lowbit.commands.stats",
+    "lowbit.commands.compare", "lowbit.commands.datafree", "lowbit.commands.sweep_mu",
 )
 
 

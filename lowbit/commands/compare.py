@@ -1,0 +1,84 @@
+"""`lowbit compare`: every quantization method side by side on one FP32 detector run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--bits must be comma-separated integers, got {text!r}") from None
+
+
+def _budget(args: argparse.Namespace):
+    from lowbit.compare import Budget
+
+    if args.qat_iters is not None and args.qat_epochs is not None:
+        raise ValueError("give --qat-iters or --qat-epochs, not both")
+    epochs = None if args.qat_iters is not None else (args.qat_epochs or 1)
+    return Budget(iters=args.qat_iters, epochs=epochs, lr=args.qat_lr,
+                  lr_factor=args.qat_lr_factor)
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """The QAT budget options shared by compare and sweep-mu."""
+    g = p.add_argument_group("QAT budget (the same for every fine-tuned row)")
+    g.add_argument("--qat-iters", type=int, help="fine-tuning iterations per QAT row")
+    g.add_argument("--qat-epochs", type=int,
+                   help="fine-tuning epochs per QAT row (default 1 when --qat-iters is not given)")
+    g.add_argument("--qat-lr", type=float, help="absolute QAT learning rate")
+    g.add_argument("--qat-lr-factor", type=float, default=0.1,
+                   help="QAT lr as a fraction of the FP32 run's optim.lr (default 0.1)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lowbit.compare import compare, methods_markdown
+
+    if args.list:
+        print(methods_markdown())
+        return 0
+    if not args.source:
+        raise ValueError("give a CONFIG or an FP32 run folder (or --list)")
+    budget = _budget(args)
+    res = compare(args.source, args.out, methods=args.methods, bits=_ints(args.bits),
+                  budget=budget, calib_images=args.calib_images, latency=not args.no_latency,
+                  latency_iters=args.latency_iters, progress=not args.json)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+    else:
+        print(f"\nwrote {res['files']['json']}, {res['files']['markdown']}, "
+              f"{res['files']['png']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="every quantization method side by side on one FP32 run (table + plot)",
+        description="From one FP32 run (an existing run folder, or trained first from CONFIG "
+        "into OUT/runs/fp32) apply each method: QAT methods fine-tuned with one fixed budget "
+        "from the FP32 weights, PTQ methods calibrated on training images, data-free methods "
+        "from the weights alone. Evaluate each with the VOC07 metric and write OUT/results.json"
+        ", OUT/results.md (method, bits, mAP, drop vs FP32, conv weight memory, x smaller, zero "
+        "share, onnxruntime latency of the int8 trunk) and OUT/map_vs_memory.png. A rerun "
+        "skips finished rows; a failing method is recorded and the others go on. "
+        "`lowbit compare --list` prints the methods.",
+    )
+    p.add_argument("source", nargs="?", metavar="CONFIG|FP32_RUN")
+    p.add_argument("--methods", help="comma-separated method names (default: all; see --list)")
+    p.add_argument("--bits", help="comma-separated bit-widths for the methods that accept them "
+                   "(default: each method's own)")
+    add_budget_args(p)
+    p.add_argument("--calib-images", type=int, default=32,
+                   help="training images for PTQ calibration and the int8 export (default 32)")
+    p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency")
+    p.add_argument("--latency-iters", type=int, default=20, help="timed runs per row")
+    p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--list", action="store_true", help="print the method table and exit")
+    p.set_defaults(func=_run)

@@ -1,0 +1,729 @@
+"""`lowbit compare` and `lowbit sweep-mu`: every quantization method on one FP32 detector.
+
+From one FP32 run (an existing run folder, or trained first from a config into
+``OUT/runs/fp32``), each requested method of :data:`METHODS` is applied and evaluated with the
+VOC07 11-point metric on the run's whole test set:
+
+* ``qat`` methods are fine-tuned with a fixed budget (``--qat-iters`` iterations or
+  ``--qat-epochs`` epochs, SGD at ``qat_lr_factor`` times the FP32 run's learning rate, cosine)
+  through :func:`lowbit.train.fit` with ``init`` = the FP32 run; every row gets the same budget.
+* ``ptq`` methods take the FP32 weights, quantize them post-training and calibrate their
+  activation ranges on ``calib_images`` training images (no training, no test data).
+* ``datafree`` methods quantize the FP32 weights alone (no data at all).
+
+One row per ``(method, bits)``: mAP, drop vs FP32 (mAP points, FP32 minus method, so positive =
+worse), conv weight memory (``ceil(numel * bits / 8)`` bytes of codes plus one scale per layer,
+as :func:`lowbit.demo` counts it; FP32 = 4 bytes per weight), ``x smaller`` (FP32 conv bytes /
+conv bytes), zero share (exact zeros among the conv weights the forward uses) and the median
+onnxruntime latency (2 threads, CPU) of the detector's fully convolutional trunk (backbone +
+RPN head + R-FCN score maps; proposal filtering, PSRoI pooling and NMS stay in PyTorch): the
+FP32 ONNX file for the FP32 row, the int8 QDQ file (:func:`lowbit.export.onnx.export_onnx_int8`,
+activations calibrated on training images) for the quantized rows. A row whose model cannot be
+exported has ``latency_ms = None`` and the reason in ``latency_note``.
+
+Outputs in ``OUT``: ``results.json`` (``{"fp32_run", "settings", "rows": [...]}``),
+``results.md`` and ``map_vs_memory.png``. Resumable: a rerun skips every row already ``ok``
+with the same settings (QAT runs continue from their checkpoints); a method that raises is
+recorded as ``status = "failed"`` with its error and the others go on (a rerun retries it).
+No mAP is ever NaN silently: a non-finite metric fails the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Method",
+    "METHODS",
+    "DEFAULT_METHODS",
+    "Budget",
+    "Base",
+    "load_base",
+    "compare",
+    "sweep_mu",
+    "format_table",
+    "methods_markdown",
+    "measure_latency",
+]
+
+
+# ------------------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named quantization recipe of the comparison.
+
+    ``kind``: ``"qat"`` (fine-tuned from FP32 with the budget), ``"ptq"`` (post-training,
+    activation ranges calibrated on training images when ``calibrate``) or ``"datafree"``
+    (weights only, no data). ``bits``: default bit-width; ``bit_range``: the widths it accepts
+    (a requested width outside it falls back to ``bits``). ``recipe(bits)`` returns the
+    :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_schedule``: anneal Quantization Networks'
+    temperature during QAT (:class:`lowbit.nn.QNSchedule`, T0 = 20 per epoch).
+    """
+
+    name: str
+    kind: str
+    bits: int
+    bit_range: tuple[int, int]
+    summary: str
+    paper: str
+    recipe: Callable[[int], dict[str, Any]]
+    calibrate: bool = False
+    qn_schedule: bool = False
+
+    def widths(self, requested: Sequence[int] | None) -> list[int]:
+        """The bit-widths of this method's rows for a ``--bits`` request (None: default)."""
+        if not requested:
+            return [self.bits]
+        ok = [b for b in requested if self.bit_range[0] <= b <= self.bit_range[1]]
+        return sorted(set(ok)) or [self.bits]
+
+
+def _mixed(b: int) -> dict[str, Any]:
+    return {"method": "lbw-exact", "bits": b, "first_layer": 8,
+            "overrides": {"rpn.*": {"bits": 8}, "roi_heads.*": {"bits": 8}}}
+
+
+#: Every method of the comparison, in table order. README lists this table.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("lbw-exact", "qat", 4, (2, 8),
+           "power-of-two weights {0, +-2^(s-n+1..s)}, exact least-squares scale (Thm 2.1), "
+           "projected SGD", "001 LBW-Net",
+           lambda b: {"method": "lbw-exact", "bits": b}),
+    Method("lbw-mu", "qat", 6, (2, 8),
+           "LBW-Net's semi-analytical scheme with mu = 3/4 max|W|, 4 partial terms "
+           "(eq. 2.8-2.9)", "001 LBW-Net",
+           lambda b: {"method": "lbw-approx", "bits": b,
+                      "params": {"mu_ratio": 0.75, "partial_terms": 4}}),
+    Method("twn", "qat", 2, (2, 2),
+           "ternary {-a, 0, a}, threshold 0.7 mean|W|", "TWN",
+           lambda b: {"method": "twn", "bits": 2}),
+    Method("inq", "qat", 4, (2, 8),
+           "INQ's power-of-two grid (exponents from max|W|), trained in one shot with STE "
+           "(the incremental weight partitioning is not run)", "INQ",
+           lambda b: {"method": "inq", "bits": b}),
+    Method("dorefa", "qat", 4, (2, 8),
+           "DoReFa weights (tanh, normalised to [-1, 1], uniform) in the backbone; RPN and "
+           "detection head float (DoReFa drops each layer's scale, which only a following "
+           "BatchNorm restores; the heads have none)", "DoReFa-Net",
+           lambda b: {"method": "dorefa", "bits": b,
+                      "exclude": ["rpn.*", "roi_heads.*"]}),
+    Method("uniform-ptq", "ptq", 8, (2, 8),
+           "uniform symmetric per-channel min/max weights + uint8 min/max activations "
+           "calibrated on training images", "002 baseline",
+           lambda b: {"method": "uniform", "bits": b, "params": {"per_channel": True},
+                      "act": {"method": "uniform", "bits": 8, "calibrator": "minmax"}},
+           calibrate=True),
+    Method("clip-ptq", "ptq", 8, (2, 8),
+           "clipping-based PTQ: MSE-optimal weight clip and activation clips, b-bit uniform "
+           "from the clip values (no clip training here)", "002",
+           lambda b: {"method": "clip", "bits": b, "params": {"learnable": False},
+                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           calibrate=True),
+    Method("qn", "qat", 3, (1, 8),
+           "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
+           "temperature annealed (weights only)", "003",
+           lambda b: {"method": "qn", "bits": b}, qn_schedule=True),
+    Method("kmeans-df", "datafree", 4, (1, 8),
+           "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
+           lambda b: {"method": "kmeans", "bits": b}),
+    Method("mixed", "qat", 4, (2, 8),
+           "LBW exact at b bits in the backbone, 8 bits for the first conv, RPN and "
+           "detection head", "001 + mixed precision", _mixed),
+)}
+
+DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+def methods_markdown() -> str:
+    """The method table as markdown (for README / ``lowbit compare --list``)."""
+    lines = ["| method | kind | default bits | what | from |", "|---|---|---:|---|---|"]
+    for m in METHODS.values():
+        what = m.summary.replace("|", "\\|")
+        lines.append(f"| `{m.name}` | {m.kind} | {m.bits} | {what} | {m.paper} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- the base
+
+
+@dataclass
+class Budget:
+    """The fine-tuning budget of every QAT row: ``iters`` iterations, else ``epochs`` epochs.
+
+    ``lr``: absolute learning rate (None: ``lr_factor`` times the FP32 run's ``optim.lr``)."""
+
+    iters: int | None = None
+    epochs: int | None = 1
+    lr: float | None = None
+    lr_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.iters is not None and self.iters < 1:
+            raise ValueError(f"qat iterations must be >= 1, got {self.iters}")
+        if self.iters is None and (self.epochs is None or self.epochs < 1):
+            raise ValueError(f"qat epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"qat lr must be > 0, got {self.lr}")
+        if not self.lr_factor > 0:
+            raise ValueError(f"qat lr factor must be > 0, got {self.lr_factor}")
+
+
+@dataclass
+class Base:
+    """The FP32 run everything starts from, with its task and data sets."""
+
+    run_dir: Path
+    cfg: Any
+    task: Any
+    train_ds: Any
+    test_ds: Any
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def _is_run(p: Path) -> bool:
+    return p.is_dir() and (p / "config.yaml").is_file()
+
+
+def load_base(source: str | os.PathLike[str], out: Path, progress: bool = True) -> Base:
+    """The FP32 base of a comparison: ``source`` is a finished FP32 run folder, or a config
+    file trained (resumably) into ``out/runs/fp32`` first. Raises ValueError naming the run
+    when it is quantized or unfinished."""
+    from lowbit.config import load_config
+    from lowbit.train import fit
+    from lowbit.train.checkpoint import resolve_checkpoint
+    from lowbit.train.distributed import resolve_device
+
+    src = Path(source)
+    if _is_run(src):
+        run_dir = src
+        cfg = load_config(run_dir / "config.yaml")
+        try:
+            resolve_checkpoint(run_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"{run_dir}: no checkpoint to compare from ({exc})") from None
+    elif src.is_file():
+        cfg = load_config(src)
+        if cfg.quant is not None:
+            raise ValueError(f"{src}: config has a quant section; compare needs an FP32 config")
+        run_dir = out / "runs" / "fp32"
+        if progress:
+            print(f"== FP32 from {src} into {run_dir}", flush=True)
+        fit(cfg, run_dir, resume=True, progress=progress)
+        cfg = load_config(run_dir / "config.yaml")
+    elif src.is_dir():
+        raise ValueError(f"{src}: not a run folder (no config.yaml)")
+    else:
+        raise FileNotFoundError(f"{src}: no such config or run folder")
+    if cfg.quant is not None:
+        raise ValueError(f"{run_dir}: is a quantized run (quant.method="
+                         f"{cfg.quant.get('method')!r}); compare needs an FP32 run")
+    from lowbit.train.tasks import task_for_model
+
+    task = task_for_model(cfg.model)
+    train_ds, test_ds = task.build_datasets(cfg)
+    return Base(run_dir.resolve(), cfg, task, train_ds, test_ds,
+                resolve_device(cfg.train.device))
+
+
+def fp32_model(base: Base) -> nn.Module:
+    """The FP32 run's float model (eval mode, on ``base.device``)."""
+    from lowbit.train import build_model, load_checkpoint
+    from lowbit.train.checkpoint import resolve_checkpoint
+
+    _, model = build_model(base.cfg)
+    load_checkpoint(resolve_checkpoint(base.run_dir), model)
+    return model.to(base.device).eval()
+
+
+def evaluate(base: Base, model: nn.Module, test_ds: Any | None = None) -> dict[str, float]:
+    """VOC metrics of ``model`` on ``test_ds`` (default the run's test set); ``main`` is the
+    VOC07 11-point mAP in [0, 1]. Raises ValueError when it is not finite."""
+    from torch.utils.data import DataLoader
+
+    from lowbit.train import evaluate_model
+
+    ds = base.test_ds if test_ds is None else test_ds
+    tc = base.cfg.train
+    loader = DataLoader(ds, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
+                        collate_fn=getattr(base.task, "eval_collate_fn", base.task.collate_fn),
+                        num_workers=0)
+    metrics = evaluate_model(base.task, model, loader, device=base.device)
+    if not math.isfinite(metrics["main"]):
+        raise ValueError(f"non-finite mAP {metrics['main']}")
+    return metrics
+
+
+def train_images(base: Base, n: int, batch: int = 4) -> list[list[Tensor]]:
+    """The first ``n`` training images (``Tensor[3, H, W]`` in [0, 1]) in batches of
+    ``batch`` lists, for calibration."""
+    if n < 1:
+        raise ValueError(f"calibration images must be >= 1, got {n}")
+    imgs = [base.train_ds[i][0] for i in range(min(n, len(base.train_ds)))]
+    if not imgs:
+        raise ValueError(f"{base.run_dir}: the training set is empty, nothing to calibrate on")
+    return [imgs[i:i + batch] for i in range(0, len(imgs), batch)]
+
+
+def memory(model: nn.Module) -> dict[str, float]:
+    """Conv weight memory and zero share (:func:`lowbit.demo._memory`: ``conv_weight_bytes``,
+    ``conv_fp32_bytes``, ``conv_ratio``, ``all_param_bytes``, ``all_param_ratio``,
+    ``zero_share``)."""
+    from lowbit.demo import _memory
+
+    return {k: float(v) for k, v in _memory(model).items()}
+
+
+# ------------------------------------------------------------------------------------ latency
+
+
+class NotExportable(Exception):
+    """The model has no exportable trunk (the reason is the message)."""
+
+
+class _Trunk(nn.Module):
+    """The fully convolutional part of a two-stage detector: a prepared batch
+    ``Tensor[N, 3, H, W]`` -> (objectness, rpn deltas, head feature maps)."""
+
+    def __init__(self, det: nn.Module) -> None:
+        super().__init__()
+        for attr in ("features", "rpn", "roi_heads", "rpn_feature", "head_feature"):
+            if not hasattr(det, attr):
+                raise NotExportable(f"{type(det).__name__} has no {attr!r}: only two-stage "
+                                    "detectors' trunks are exported")
+        self.det = det
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        feats = self.det.features(x)
+        obj, deltas = self.det.rpn.head(feats[self.det.rpn_feature])
+        head = self.det.roi_heads.head
+        f = feats[self.det.head_feature]
+        if hasattr(head, "score_maps"):
+            cls, box = head.score_maps(f)
+            return obj, deltas, cls, box
+        return obj, deltas, f
+
+
+def _prepared(model: nn.Module, images: Sequence[Tensor]) -> list[Tensor]:
+    """Each image through the detector's transform: ``Tensor[1, 3, H, W]`` each."""
+    out = []
+    with torch.no_grad():
+        for im in images:
+            batch, _, _ = model.transform([im], None)
+            out.append(batch.detach().float().cpu())
+    return out
+
+
+def measure_latency(model: nn.Module, images: Sequence[Tensor], workdir: Path, int8: bool,
+                    iters: int = 20, threads: int = 2) -> tuple[float, str]:
+    """Median onnxruntime latency (ms, batch 1) of ``model``'s trunk and the ONNX kind
+    (``"fp32"`` / ``"int8-qdq"``). The int8 file's activation ranges come from ``images``
+    (training images). Raises :class:`NotExportable` for models without a trunk."""
+    from lowbit.export.onnx import export_onnx, export_onnx_int8, ort_session
+
+    model = model.cpu().eval()
+    trunk = _Trunk(model).eval()
+    batches = _prepared(model, images)
+    example = batches[0]
+    calib = [b for b in batches if b.shape == example.shape]
+    workdir.mkdir(parents=True, exist_ok=True)
+    if int8:
+        rep = export_onnx_int8(trunk, example, workdir / "trunk.int8.onnx", calib)
+        path, kind = Path(rep["path"]), "int8-qdq"
+    else:
+        path, kind = export_onnx(trunk, example, workdir / "trunk.fp32.onnx"), "fp32"
+    sess = ort_session(path, threads=threads)
+    feed = {sess.get_inputs()[0].name: example.numpy()}
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    for _ in range(max(iters, 1)):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000.0 * times[len(times) // 2], kind
+
+
+# ------------------------------------------------------------------------------------ the rows
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def qat_config(base: Base, quant: dict[str, Any], budget: Budget) -> Any:
+    """The FP32 run's config turned into a QAT run: ``quant``, ``init`` = the FP32 run, the
+    budget's length and learning rate (cosine, short warm-up), evaluation only at the end."""
+    from lowbit.config import config_from_dict, config_to_dict
+
+    d = config_to_dict(base.cfg)
+    d["quant"] = quant
+    d["init"] = str(base.run_dir)
+    lr = budget.lr if budget.lr is not None else budget.lr_factor * float(d["optim"]["lr"])
+    t = d["train"]
+    ipe = max(1, len(base.train_ds) // int(t["batch_size"]))
+    total = budget.iters if budget.iters is not None else int(budget.epochs or 1) * ipe
+    d["optim"].update({"lr": lr, "schedule": "cosine", "milestones": [],
+                       "warmup_iters": min(20, total // 10), "min_lr": 0.0})
+    t.update({"iterations": budget.iters, "epochs": budget.epochs or 1, "eval_interval": 0,
+              "checkpoint_every": 0, "keep_checkpoints": 1,
+              "log_every": max(1, min(25, total))})
+    return config_from_dict(d)
+
+
+def _qn_callback(base: Base, cfg: Any) -> Callable[..., None]:
+    from lowbit.nn import QNSchedule
+    from lowbit.train.sampler import ResumableShardedSampler
+
+    ipe = max(1, ResumableShardedSampler(len(base.train_ds), cfg.train.batch_size)
+              .batches_per_epoch)
+    sched = QNSchedule()
+
+    def cb(trainer: Any, event: str, info: dict[str, Any]) -> None:
+        # after step i the next step is i: its temperature (the first step runs at the
+        # quantizers' initial T = 1; with T0 = 20 every later one is annealed)
+        if event == "iteration" and getattr(trainer, "model", None) is not None:
+            sched.apply(trainer.model, info["iteration"] / ipe)
+
+    return cb
+
+
+def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
+                   calib: list[list[Tensor]], out: Path, progress: bool
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """Build, (train,) convert and evaluate one row; returns the converted model and info."""
+    import lowbit.nn as L
+    from lowbit.demo import load_run_model
+    from lowbit.train import fit
+
+    quant = method.recipe(bits)
+    L.Recipe.from_dict(dict(quant))  # a bad recipe fails here, naming the quantizer
+    if method.kind == "qat":
+        cfg = qat_config(base, quant, budget)
+        run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
+        cbs = [_qn_callback(base, cfg)] if method.qn_schedule else []
+        res = fit(cfg, run_dir, resume=True, progress=progress, callbacks=cbs)
+        _, model, _ = load_run_model(run_dir)
+        model.to(base.device).eval()
+        m = float(res.metrics["main"])
+        if not math.isfinite(m):
+            raise ValueError(f"run {run_dir}: non-finite mAP {m}")
+        return model, {"mAP": m, "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
+                       "run_dir": str(run_dir), "iterations": res.iteration}
+    model = L.prepare(fp32_model(base), quant).eval()
+    if method.calibrate:
+        # batches as (images, targets) pairs: calibrate() feeds the first item to the model
+        L.calibrate(model, [([im.to(base.device) for im in b], None) for b in calib])
+    L.convert(model)
+    met = evaluate(base, model)
+    return model, {"mAP": met["main"], "mAP_area": met.get("mAP_area", math.nan),
+                   "run_dir": None, "calib_images": sum(len(b) for b in calib)
+                   if method.calibrate else 0}
+
+
+def _latency(model: nn.Module, calib: list[list[Tensor]], out: Path, name: str, int8: bool,
+             iters: int) -> dict[str, Any]:
+    imgs = [im for b in calib for im in b][:8]
+    try:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            ms, kind = measure_latency(model, imgs, Path(tmp), int8, iters)
+        return {"latency_ms": ms, "latency_onnx": kind, "latency_note": None}
+    except NotExportable as exc:
+        return {"latency_ms": None, "latency_onnx": None, "latency_note": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - an export failure must not lose the row
+        return {"latency_ms": None, "latency_onnx": None,
+                "latency_note": f"{name}: export failed: {type(exc).__name__}: {exc}"}
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); remove it to start over") from None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _finite_or_none(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, Any]]],
+              out: Path, results_name: str, settings: dict[str, Any], budget: Budget,
+              calib_images: int, latency: bool, latency_iters: int, progress: bool
+              ) -> dict[str, Any]:
+    """The shared machinery of compare and sweep-mu: run each ``(key, method, bits, extra)``
+    row (method None: the FP32 reference), resumably, recording failures."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / results_name
+    old = _load_results(res_path)
+    old_rows = {r["key"]: r for r in old.get("rows", [])}
+    results: dict[str, Any] = {"fp32_run": str(base.run_dir), "settings": settings, "rows": []}
+    calib = train_images(base, calib_images)
+    skipped = []
+    bar = tqdm(specs, desc="compare", unit="row", disable=not progress)
+    fp32_map = None
+    for key, method, bits, extra in bar:
+        bar.set_description(key)
+        stamp = _hash({"settings": settings if method else str(base.run_dir),
+                       "recipe": method.recipe(bits) if method else None,
+                       "kind": method.kind if method else "fp32", **extra})
+        prev = old_rows.get(key)
+        if prev is not None and prev.get("status") == "ok" and prev.get("stamp") == stamp:
+            results["rows"].append(prev)
+            skipped.append(key)
+            if method is None:
+                fp32_map = prev["mAP"]
+            continue
+        row: dict[str, Any] = {"key": key, "method": method.name if method else "fp32",
+                               "kind": method.kind if method else "fp32", "bits": bits,
+                               "stamp": stamp, **extra}
+        t0 = time.perf_counter()
+        try:
+            if method is None:
+                model = fp32_model(base)
+                met = evaluate(base, model)
+                info = {"mAP": met["main"], "mAP_area": met.get("mAP_area", math.nan),
+                        "run_dir": str(base.run_dir)}
+            else:
+                if progress:
+                    tqdm.write(f"== {key}: {method.kind}, {method.summary}")
+                model, info = _quantized_row(base, method, bits, budget, calib, out, progress)
+            row.update(info)
+            row.update(memory(model))
+            if latency:
+                row.update(_latency(model, calib, out, key, int8=method is not None,
+                                    iters=latency_iters))
+            else:
+                row.update({"latency_ms": None, "latency_onnx": None,
+                            "latency_note": "not measured (--no-latency)"})
+            row["status"] = "ok"
+            row["error"] = None
+        except Exception as exc:  # noqa: BLE001 - one failing method must not stop the others
+            row["status"] = "failed"
+            row["error"] = f"{key}: {type(exc).__name__}: {exc}"
+            row["traceback"] = traceback.format_exc(limit=6)
+            if progress:
+                tqdm.write(f"!! {row['error']}")
+        row["seconds"] = time.perf_counter() - t0
+        if method is None and row["status"] == "ok":
+            fp32_map = row["mAP"]
+        results["rows"].append({k: _finite_or_none(v) for k, v in row.items()})
+        _write_json(res_path, {**results, "rows": results["rows"] + [
+            r for k, r in old_rows.items() if k not in {x["key"] for x in results["rows"]}]})
+    for r in results["rows"]:
+        r["drop"] = (fp32_map - r["mAP"]) if (fp32_map is not None and r.get("mAP") is not None
+                                              and r["status"] == "ok") else None
+    results["skipped"] = skipped
+    _write_json(res_path, results)
+    return results
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+def parse_methods(names: str | Sequence[str] | None) -> list[Method]:
+    """Methods by name (comma-separated or a list; None: the defaults); ValueError naming an
+    unknown one with the known names."""
+    if names is None:
+        return [METHODS[n] for n in DEFAULT_METHODS]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    out = []
+    for n in names:
+        if n not in METHODS:
+            raise ValueError(f"unknown method {n!r}; known: {', '.join(METHODS)}")
+        out.append(METHODS[n])
+    if not out:
+        raise ValueError("no method given")
+    return out
+
+
+def compare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            methods: str | Sequence[str] | None = None, bits: Sequence[int] | None = None,
+            budget: Budget | None = None, calib_images: int = 32, latency: bool = True,
+            latency_iters: int = 20, progress: bool = True) -> dict[str, Any]:
+    """Run the comparison (see the module docstring) into ``out``; returns ``results.json``'s
+    content plus ``"skipped"`` (rows reused from a previous run) and ``"files"``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = budget or Budget()
+    chosen = parse_methods(methods)
+    base = load_base(source, out, progress)
+    specs: list[tuple[str, Method | None, int, dict[str, Any]]] = [("fp32", None, 32, {})]
+    for m in chosen:
+        for b in m.widths(bits):
+            specs.append((f"{m.name}@{b}", m, b, {}))
+    settings = {"budget": asdict(budget), "calib_images": calib_images, "latency": latency,
+                "fp32_run": str(base.run_dir)}
+    res = _run_rows(base, specs, out, "results.json", settings, budget, calib_images, latency,
+                    latency_iters, progress)
+    md = format_table(res["rows"])
+    (out / "results.md").write_text(
+        "# lowbit compare\n\n" + f"FP32 run `{base.run_dir}`; QAT budget "
+        f"{_budget_text(budget)}; PTQ calibration on {calib_images} training images.\n\n"
+        + md + "\n\n![mAP vs memory](map_vs_memory.png)\n")
+    plot_map_vs_memory(res["rows"], out / "map_vs_memory.png")
+    res["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
+                    "png": str(out / "map_vs_memory.png")}
+    if progress:
+        print(md)
+    return res
+
+
+def _budget_text(b: Budget) -> str:
+    n = f"{b.iters} iterations" if b.iters is not None else f"{b.epochs} epoch(s)"
+    lr = f"lr {b.lr}" if b.lr is not None else f"lr {b.lr_factor} x FP32 lr"
+    return f"{n}, {lr}"
+
+
+def _fmt(v: Any, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison table as markdown (mAP and drop in points of %)."""
+    lines = ["| method | kind | bits | mAP | drop vs FP32 | conv weight memory | x smaller | "
+             "zero weights | ORT latency | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['kind']} | {r['bits']} | failed | | | | | | "
+                         f"{str(r.get('error', '')).replace('|', '/')[:160]} |")
+            continue
+        lat = (f"{r['latency_ms']:.1f} ms ({r['latency_onnx']})"
+               if r.get("latency_ms") is not None else "n/a")
+        note = r.get("latency_note") or ""
+        lines.append(
+            f"| {r['method']} | {r['kind']} | {r['bits']} | {100 * r['mAP']:.2f}% | "
+            f"{_fmt(None if r.get('drop') is None else 100 * r['drop'], '+.2f')} | "
+            f"{r['conv_weight_bytes'] / 1024:.1f} KiB | {r['conv_ratio']:.2f} | "
+            f"{100 * r['zero_share']:.1f}% | {lat} | {note[:80]} |")
+    return "\n".join(lines)
+
+
+def plot_map_vs_memory(rows: list[dict[str, Any]], path: Path) -> Path:
+    """PNG: mAP (%) against conv weight memory (KiB, log axis), one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for r in ok:
+        x, y = r["conv_weight_bytes"] / 1024, 100 * r["mAP"]
+        fp = r["method"] == "fp32"
+        ax.scatter([x], [y], marker="*" if fp else "o", s=120 if fp else 40,
+                   color="#c0392b" if fp else ("#2e86c1" if r["kind"] == "qat" else "#27ae60"))
+        ax.annotate(f"{r['method']} {r['bits']}b" if not fp else "FP32", (x, y),
+                    textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if ok:
+        ax.set_xscale("log")
+    ax.set_xlabel("conv weight memory (KiB, log scale)")
+    ax.set_ylabel("VOC07 mAP (%)")
+    ax.set_title("mAP against weight memory (blue QAT, green PTQ / data-free, red FP32)",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------- sweep-mu
+
+
+def sweep_mu(source: str | os.PathLike[str], out: str | os.PathLike[str], *, bits: int = 6,
+             mu: Sequence[float] = (0.5, 0.625, 0.75, 0.875, 1.0), partial_terms: int | None = 4,
+             budget: Budget | None = None, progress: bool = True) -> dict[str, Any]:
+    """LBW-Net's choice of mu (001, section 2.2) by retraining: for each ratio ``r`` in ``mu``,
+    ``lbw-approx`` with mu = r * max|W| (per layer, recomputed every step) at ``bits`` bits,
+    fine-tuned from the FP32 run with the same budget, evaluated with VOC07 mAP. Writes
+    ``OUT/sweep_mu.json`` (rows with ``mu_ratio``), ``sweep_mu.md`` and ``map_vs_mu.png``.
+    Resumable like :func:`compare` (same machinery)."""
+    out = Path(out)
+    budget = budget or Budget()
+    ratios = [float(r) for r in mu]
+    if not ratios or any(not (r > 0 and math.isfinite(r)) for r in ratios):
+        raise ValueError(f"mu ratios must be finite and > 0, got {list(mu)}")
+    base = load_base(source, out, progress)
+    specs: list[tuple[str, Method | None, int, dict[str, Any]]] = [("fp32", None, 32, {})]
+    for r in ratios:
+        m = Method(f"lbw-mu{r:g}", "qat", bits, (2, 8), f"lbw-approx mu = {r:g} max|W|", "001",
+                   (lambda b, r=r: {"method": "lbw-approx", "bits": b,
+                                    "params": {"mu_ratio": r, "partial_terms": partial_terms}}))
+        specs.append((f"mu={r:g}", m, bits, {"mu_ratio": r}))
+    settings = {"budget": asdict(budget), "bits": bits, "partial_terms": partial_terms,
+                "fp32_run": str(base.run_dir)}
+    res = _run_rows(base, specs, out, "sweep_mu.json", settings, budget, 1, False, 0, progress)
+    lines = ["| mu / max|W| | bits | mAP | drop vs FP32 | zero weights | note |",
+             "|---:|---:|---:|---:|---:|---|"]
+    for r in res["rows"]:
+        if r["method"] == "fp32":
+            continue
+        if r["status"] != "ok":
+            lines.append(f"| {r['mu_ratio']:g} | {bits} | failed | | | {r['error'][:120]} |")
+            continue
+        lines.append(f"| {r['mu_ratio']:g} | {bits} | {100 * r['mAP']:.2f}% | "
+                     f"{100 * r['drop']:+.2f} | {100 * r['zero_share']:.1f}% | |")
+    fp = next((r for r in res["rows"] if r["method"] == "fp32" and r["status"] == "ok"), None)
+    md = "\n".join(lines).replace("mu / max|W|", "mu / max\\|W\\|")
+    (out / "sweep_mu.md").write_text(
+        f"# lowbit sweep-mu ({bits}-bit lbw-approx, {_budget_text(budget)})\n\n"
+        + (f"FP32 mAP {100 * fp['mAP']:.2f}%\n\n" if fp else "") + md
+        + "\n\n![mAP vs mu](map_vs_mu.png)\n")
+    _plot_mu(res["rows"], bits, out / "map_vs_mu.png")
+    res["files"] = {"json": str(out / "sweep_mu.json"), "markdown": str(out / "sweep_mu.md"),
+                    "png": str(out / "map_vs_mu.png")}
+    if progress:
+        print(md)
+    return res
+
+
+def _plot_mu(rows: list[dict[str, Any]], bits: int, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((r["mu_ratio"], 100 * r["mAP"]) for r in rows
+                 if r["method"] != "fp32" and r["status"] == "ok")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="#2e86c1",
+                label=f"{bits}-bit lbw-approx")
+    fp = [r for r in rows if r["method"] == "fp32" and r["status"] == "ok"]
+    if fp:
+        ax.axhline(100 * fp[0]["mAP"], color="#c0392b", ls="--", label="FP32")
+    ax.set_xlabel("mu / max|W|")
+    ax.set_ylabel("VOC07 mAP (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,222 @@
+"""`lowbit compare` and `lowbit datafree` on a tiny setting (tiny digits devkit, width 0.125).
+
+Oracles are computed here independently: zero shares by quantizing the checkpoints' weights
+with the quantizer functions, data-free statistics by plain Python loops over rows and blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lowbit.cli import main
+from lowbit.compare import DEFAULT_METHODS, METHODS, Method, compare
+from lowbit.quant import lbw_exact
+from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
+from tests._tiny import remember_fp32_run, write_tiny_config
+
+# latency is measured in test_a_failing_method_is_recorded_and_the_rest_run (ONNX export of
+# every row would double this module's time)
+ARGS = ["--qat-iters", "1", "--calib-images", "2", "--no-latency", "--json"]
+
+
+@pytest.fixture(scope="module")
+def cmp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``compare CONFIG`` (trains the FP32 run itself) with every default method."""
+    folder = tmp_path_factory.mktemp("compare")
+    cfg = write_tiny_config(folder)
+    assert main(["compare", str(cfg), "--out", str(folder / "out"), *ARGS]) == 0
+    remember_fp32_run(folder / "out" / "runs" / "fp32")
+    return folder
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+
+
+def test_a_row_per_method_with_finite_numbers(cmp_out: Path) -> None:
+    rows = _rows(cmp_out / "out")
+    want = {"fp32"} | {f"{n}@{METHODS[n].bits}" for n in DEFAULT_METHODS}
+    assert set(rows) == want
+    fp = rows["fp32"]["mAP"]
+    for key, r in rows.items():
+        assert r["status"] == "ok", (key, r.get("error"))
+        assert 0.0 <= r["mAP"] <= 1.0, key
+        assert r["drop"] == pytest.approx(fp - r["mAP"]), key
+        assert 0.0 <= r["zero_share"] <= 1.0, key
+        assert r["latency_ms"] is None and "not measured" in r["latency_note"]
+    # memory: b bits per conv weight plus one byte per layer (demo convention) against 32 bits
+    assert rows["fp32"]["conv_ratio"] == 1.0
+    assert rows["lbw-exact@4"]["conv_ratio"] == pytest.approx(8.0, rel=0.01)
+    assert rows["twn@2"]["conv_ratio"] == pytest.approx(16.0, rel=0.01)
+    assert rows["uniform-ptq@8"]["conv_ratio"] == pytest.approx(4.0, rel=0.01)
+    # mixed: 8-bit layers make it larger than the pure 4-bit model
+    assert rows["lbw-exact@4"]["conv_ratio"] > rows["mixed@4"]["conv_ratio"] > 4.0
+    md = (cmp_out / "out" / "results.md").read_text()
+    assert sum(1 for line in md.splitlines() if line.startswith("| ")) == len(rows) + 1
+    with Image.open(cmp_out / "out" / "map_vs_memory.png") as im:
+        assert im.format == "PNG" and im.size == (700, 450)
+
+
+def test_zero_share_is_a_direct_count(cmp_out: Path) -> None:
+    """lbw-exact's zero share from the QAT checkpoint's float weights, quantized here."""
+    r = _rows(cmp_out / "out")["lbw-exact@4"]
+    state = load_checkpoint(resolve_checkpoint(r["run_dir"])).model_state
+    convs = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 4]
+    zeros = total = 0
+    for k in convs:
+        wq, _ = lbw_exact(state[k], 4)
+        zeros += int((wq == 0).sum())
+        total += wq.numel()
+    assert r["zero_share"] == pytest.approx(zeros / total)
+    assert r["conv_weights"] == total
+
+
+def test_rerun_skips_finished_rows(cmp_out: Path, capsys: pytest.CaptureFixture) -> None:
+    before = _rows(cmp_out / "out")
+    capsys.readouterr()
+    assert main(["compare", str(cmp_out / "tiny.yaml"), "--out", str(cmp_out / "out"),
+                 *ARGS]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["skipped"]) == set(before)
+    after = _rows(cmp_out / "out")
+    for k in before:  # reused as they were, not recomputed
+        assert after[k]["seconds"] == before[k]["seconds"]
+        assert after[k]["mAP"] == before[k]["mAP"]
+
+
+def test_a_failing_method_is_recorded_and_the_rest_run(
+        cmp_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, "broken", Method(
+        "broken", "ptq", 4, (4, 4), "a recipe naming no quantizer", "test",
+        lambda b: {"method": "no-such-quantizer", "bits": b}))
+    out = cmp_out / "out_fail"
+    res = compare(cmp_out / "out" / "runs" / "fp32", out, methods="broken,kmeans-df",
+                  latency=True, latency_iters=1, calib_images=2, progress=False)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert list(rows) == ["fp32", "broken@4", "kmeans-df@4"]
+    assert rows["broken@4"]["status"] == "failed"
+    assert "no-such-quantizer" in rows["broken@4"]["error"]
+    assert rows["broken@4"]["error"].startswith("broken@4:")
+    assert rows["kmeans-df@4"]["status"] == "ok" and math.isfinite(rows["kmeans-df@4"]["mAP"])
+    for key, kind in (("fp32", "fp32"), ("kmeans-df@4", "int8-qdq")):
+        assert math.isfinite(rows[key]["latency_ms"]) and rows[key]["latency_ms"] > 0
+        assert rows[key]["latency_onnx"] == kind and rows[key]["latency_note"] is None
+    assert "failed" in (out / "results.md").read_text()
+    # the failed row is retried on a rerun, the finished ones are skipped
+    res2 = compare(cmp_out / "out" / "runs" / "fp32", out, methods="broken,kmeans-df",
+                   latency=True, latency_iters=1, calib_images=2, progress=False)
+    assert set(res2["skipped"]) == {"fp32", "kmeans-df@4"}
+
+
+def test_cli_errors_name_the_problem(cmp_out: Path, capsys: pytest.CaptureFixture) -> None:
+    run = str(cmp_out / "out" / "runs" / "fp32")
+    assert main(["compare", run, "--methods", "nope", "--out", str(cmp_out / "e")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    lbw = _rows(cmp_out / "out")["lbw-exact@4"]["run_dir"]
+    assert main(["compare", lbw, "--out", str(cmp_out / "e")]) == 2
+    assert "quantized run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- data-free
+
+
+def _loop_stats(layers: list, block: int = 16) -> dict[str, float]:
+    """Independent oracle of lowbit.datafree.weight_stats: plain loops over rows and blocks."""
+    zeros = numel = zb = nb = 0
+    rng = lev = 0.0
+    for lay in layers:
+        rows = lay.values.reshape(lay.values.shape[0], -1).tolist()
+        for row in rows:
+            zeros += sum(1 for v in row if v == 0)
+            numel += len(row)
+            for i in range(0, len(row), block):
+                nb += 1
+                zb += all(v == 0 for v in row[i:i + block])
+        for g in lay.groups:
+            vals = [v for o in g for v in rows[o]]
+            mags = [abs(v) for v in vals if v != 0]
+            r = math.log2(max(mags) / min(mags)) if mags else 0.0
+            rng += r * len(vals)
+            lev += len(set(vals)) / 2 ** lay.bits * len(vals)
+    return {"zero_share": zeros / numel, "zero_block_share": zb / nb,
+            "range_bits": rng / numel, "levels_used": lev / numel}
+
+
+def test_datafree_grid_stats_and_clustering(cmp_out: Path) -> None:
+    from lowbit.compare import fp32_model, load_base
+    from lowbit.datafree import datafree, quantize_model, weight_stats
+
+    run = cmp_out / "out" / "runs" / "fp32"
+    out = cmp_out / "df"
+    rc = main(["datafree", str(run), "--out", str(out), "--schemes", "uniform",
+               "--granularity", "tensor", "--bits", "3", "--class-groups", "3",
+               "--test-images", "2", "--json"])
+    assert rc == 0
+    res = json.loads((out / "datafree.json").read_text())
+    rows = {r["key"]: r for r in res["rows"]}
+    assert set(rows) == {"fp32", "uniform/tensor/3", "uniform/class-groups/3",
+                         "uniform/random-groups/3", "uniform/per-class/3"}
+    assert res["settings"]["test_images"] == 2
+    for k, r in rows.items():
+        assert r["status"] == "ok", (k, r.get("error"))
+        assert 0.0 <= r["mAP"] <= 1.0
+        assert r["drop"] == pytest.approx(rows["fp32"]["mAP"] - r["mAP"])
+    # the statistics equal an independent loop over the same quantized weights
+    base = load_base(run, out, progress=False)
+    layers = quantize_model(fp32_model(base), "uniform", 3, "tensor")
+    for stat, v in _loop_stats(layers).items():
+        assert rows["uniform/tensor/3"][stat] == pytest.approx(v, rel=1e-9, abs=1e-12), stat
+    chan = quantize_model(fp32_model(base), "log", 3, "channel")
+    got = weight_stats(chan)
+    for stat, v in _loop_stats(chan).items():
+        assert got[stat] == pytest.approx(v, rel=1e-9, abs=1e-12), stat
+    # uniform per tensor at 3 bits is round(w / s) * s with s = max|w| / 3 (independent)
+    layers = quantize_model(fp32_model(base), "uniform", 3, "tensor")
+    w = dict(fp32_model(base).named_modules())[layers[0].name].weight.detach()
+    s = w.abs().max() / 3
+    assert torch.allclose(layers[0].values, torch.round(w / s) * s, atol=1e-7)
+    cl = res["clustering"]
+    assert cl["layer"].endswith("rfcn_cls") and cl["n_groups"] == 3
+    assert sorted(c for g in cl["clusters"] for c in g) == sorted(
+        c for g in cl["random"] for c in g)
+    assert len(sorted(c for g in cl["clusters"] for c in g)) == 11  # 10 digits + background
+    with Image.open(out / "datafree.png") as im:
+        assert im.format == "PNG"
+    # resumable: the same call reuses every row
+    again = datafree(run, out, schemes=("uniform",), granularities=("tensor",), bits=(3,),
+                     class_groups=3, test_images=2, progress=False)
+    assert [r["seconds"] for r in again["rows"]] == [r["seconds"] for r in res["rows"]]
+
+
+def test_pot_per_channel_is_lbw_exact_per_row() -> None:
+    from lowbit.datafree import quantize_groups
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 3, 3, 3, generator=g) * torch.tensor([1.0, 0.1, 3.0, 0.01, 0.5])[
+        :, None, None, None]
+    q = quantize_groups(w, "pot", 4, [[i] for i in range(5)])
+    for o in range(5):
+        assert torch.equal(q[o], lbw_exact(w[o], 4)[0])
+
+
+def test_cluster_classes_recovers_planted_groups() -> None:
+    from lowbit.datafree import class_specific_layers, cluster_classes
+
+    g = torch.Generator().manual_seed(1)
+    dirs = torch.randn(3, 8, generator=g)
+    owner = [0, 1, 0, 2, 1, 2, 0]  # class -> planted group
+    per = 4  # output channels per class
+    w = torch.stack([dirs[owner[c]] * (1 + 0.01 * torch.randn(8, generator=g)) for c in
+                     range(len(owner)) for _ in range(per)])
+    groups = cluster_classes(w[:, :, None, None], per, 3)
+    want = sorted(sorted(c for c, o in enumerate(owner) if o == k) for k in range(3))
+    assert sorted(groups) == want
+    net = torch.nn.Sequential()
+    net.add_module("rfcn_cls", torch.nn.Conv2d(8, 7 * 4, 1))
+    assert class_specific_layers(net, 6) == {"rfcn_cls": 4}
