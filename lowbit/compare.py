@@ -73,6 +73,13 @@ class Method:
     (a requested width outside it falls back to ``bits``). ``recipe(bits)`` returns the
     :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_schedule``: anneal Quantization Networks'
     temperature during QAT (:class:`lowbit.nn.QNSchedule`, T0 = 20 per epoch).
+    ``penalty``: lambda of 002's extra loss term (``train.quant_penalty``) during QAT.
+    ``svd_energy``: before quantizing, replace every ``nn.Linear`` by its truncated SVD keeping
+    this share of the singular values' energy (002's compression of the fully connected head;
+    a no-op for models without Linear layers, such as R-FCN). ``reevaluate``: evaluate the
+    converted model after QAT instead of taking the training run's final evaluation (needed
+    when training runs a relaxation, e.g. 002's clip-only forward, and the b-bit rounding
+    only happens at conversion).
     """
 
     name: str
@@ -84,6 +91,9 @@ class Method:
     recipe: Callable[[int], dict[str, Any]]
     calibrate: bool = False
     qn_schedule: bool = False
+    penalty: float = 0.0
+    svd_energy: float | None = None
+    reevaluate: bool = False
 
     def widths(self, requested: Sequence[int] | None) -> list[int]:
         """The bit-widths of this method's rows for a ``--bits`` request (None: default)."""
@@ -134,6 +144,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            lambda b: {"method": "clip", "bits": b, "params": {"learnable": False},
                       "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
            calibrate=True),
+    Method("clip-qat", "qat", 8, (2, 8),
+           "002 in full: fine-tune with learnable weight/activation clips and the extra loss "
+           "term (lambda = 1, train.quant_penalty), then b-bit uniform from the clip values",
+           "002",
+           lambda b: {"method": "clip", "bits": b, "params": {"learnable": True},
+                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           penalty=1.0, reevaluate=True),
+    Method("clip-ptq-svd", "ptq", 8, (2, 8),
+           "clip-ptq after replacing each fully connected layer by its truncated SVD (90% of "
+           "the singular-value energy; 002's FC compression, Faster R-CNN's fc6/fc7)", "002",
+           lambda b: {"method": "clip", "bits": b, "params": {"learnable": False},
+                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           calibrate=True, svd_energy=0.9),
     Method("qn", "qat", 3, (1, 8),
            "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
            "temperature annealed (weights only)", "003",
@@ -146,7 +169,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "detection head", "001 + mixed precision", _mixed),
 )}
 
-DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+#: ``clip-qat`` and ``clip-ptq-svd`` are opt-in (``--methods``): the first costs a QAT run
+#: on top of ``clip-ptq``, the second only differs from it on models with Linear layers.
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS
+                                         if m not in ("clip-qat", "clip-ptq-svd"))
 
 
 def methods_markdown() -> str:
@@ -366,9 +392,10 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def qat_config(base: Base, quant: dict[str, Any], budget: Budget) -> Any:
+def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float = 0.0) -> Any:
     """The FP32 run's config turned into a QAT run: ``quant``, ``init`` = the FP32 run, the
-    budget's length and learning rate (cosine, short warm-up), evaluation only at the end."""
+    budget's length and learning rate (cosine, short warm-up), evaluation only at the end,
+    ``train.quant_penalty = penalty``."""
     from lowbit.config import config_from_dict, config_to_dict
 
     d = config_to_dict(base.cfg)
@@ -382,7 +409,7 @@ def qat_config(base: Base, quant: dict[str, Any], budget: Budget) -> Any:
                        "warmup_iters": min(20, total // 10), "min_lr": 0.0})
     t.update({"iterations": budget.iters, "epochs": budget.epochs or 1, "eval_interval": 0,
               "checkpoint_every": 0, "keep_checkpoints": 1,
-              "log_every": max(1, min(25, total))})
+              "log_every": max(1, min(25, total)), "quant_penalty": float(penalty)})
     return config_from_dict(d)
 
 
@@ -414,18 +441,25 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
     quant = method.recipe(bits)
     L.Recipe.from_dict(dict(quant))  # a bad recipe fails here, naming the quantizer
     if method.kind == "qat":
-        cfg = qat_config(base, quant, budget)
+        cfg = qat_config(base, quant, budget, method.penalty)
         run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
         cbs = [_qn_callback(base, cfg)] if method.qn_schedule else []
         res = fit(cfg, run_dir, resume=True, progress=progress, callbacks=cbs)
         _, model, _ = load_run_model(run_dir)
         model.to(base.device).eval()
-        m = float(res.metrics["main"])
+        m = float(evaluate(base, model)["main"] if method.reevaluate else res.metrics["main"])
         if not math.isfinite(m):
             raise ValueError(f"run {run_dir}: non-finite mAP {m}")
         return model, {"mAP": m, "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
                        "run_dir": str(run_dir), "iterations": res.iteration}
-    model = L.prepare(fp32_model(base), quant).eval()
+    model = fp32_model(base)
+    svd_info: dict[str, Any] = {}
+    if method.svd_energy is not None:
+        rep = L.svd_compress(model, energy=method.svd_energy)
+        svd_info = {"svd_params_before": rep["params_before"],
+                    "svd_params_after": rep["params_after"],
+                    "svd_layers": sorted(n for n, v in rep["layers"].items() if v["replaced"])}
+    model = L.prepare(model, quant).eval()
     if method.calibrate:
         # batches as (images, targets) pairs: calibrate() feeds the first item to the model
         L.calibrate(model, [([im.to(base.device) for im in b], None) for b in calib])
@@ -433,7 +467,7 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
     met = evaluate(base, model)
     return model, {"mAP": met["main"], "mAP_area": met.get("mAP_area", math.nan),
                    "run_dir": None, "calib_images": sum(len(b) for b in calib)
-                   if method.calibrate else 0}
+                   if method.calibrate else 0, **svd_info}
 
 
 def _latency(model: nn.Module, calib: list[list[Tensor]], out: Path, name: str, int8: bool,

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import types
@@ -161,6 +162,9 @@ class TrainConfig:
     ``cuda:N``. ``amp``: autocast (float16 + GradScaler on CUDA, bfloat16 on CPU).
     ``sync_bn``: convert BatchNorm to SyncBatchNorm under multi-process CUDA training
     (SyncBatchNorm has no CPU kernel: on CPU each process normalises its own slice).
+    ``quant_penalty``: lambda of the clipping paper's (002) extra loss term
+    :func:`lowbit.nn.quant_penalty` added to every training loss (0: off; needs a ``quant``
+    recipe); logged as ``loss_quant``.
     """
 
     epochs: int = 1
@@ -178,8 +182,11 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     sync_bn: bool = True
     tensorboard: bool = False
+    quant_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.quant_penalty) and self.quant_penalty >= 0):
+            raise _fail("train.quant_penalty", self.quant_penalty, "must be a finite value >= 0")
         for key in ("epochs", "batch_size", "log_every"):
             if getattr(self, key) < 1:
                 raise _fail(f"train.{key}", getattr(self, key), "must be >= 1")
@@ -212,6 +219,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.quant is not None and not isinstance(self.quant, dict):
             raise _fail("quant", self.quant, "must be a mapping or null")
+        if self.train.quant_penalty > 0 and self.quant is None:
+            raise _fail("train.quant_penalty", self.train.quant_penalty,
+                        "needs a quant recipe (the term measures the distance to Q(W))")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,3 +220,50 @@ def test_cluster_classes_recovers_planted_groups() -> None:
     net = torch.nn.Sequential()
     net.add_module("rfcn_cls", torch.nn.Conv2d(8, 7 * 4, 1))
     assert class_specific_layers(net, 6) == {"rfcn_cls": 4}
+
+
+@pytest.fixture(scope="module")
+def frcnn_cmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """002's workflow on a tiny Faster R-CNN: clip training with the extra loss, and SVD of
+    the fully connected head before clip PTQ."""
+    folder = tmp_path_factory.mktemp("compare_frcnn")
+    cfg = write_tiny_config(folder)
+    cfg.write_text(cfg.read_text().replace("name: rfcn_resnet18", "name: faster_rcnn_resnet18")
+                   .replace("k: 3", "representation_size: 32"))
+    assert main(["compare", str(cfg), "--out", str(folder / "out"), "--methods",
+                 "clip-ptq,clip-qat,clip-ptq-svd", *ARGS]) == 0
+    return folder / "out"
+
+
+def test_clip_qat_trains_with_the_extra_loss_and_deploys_8_bit(frcnn_cmp: Path) -> None:
+    from lowbit.demo import load_run_model
+
+    r = _rows(frcnn_cmp)["clip-qat@8"]
+    assert r["status"] == "ok", r.get("error")
+    run = Path(r["run_dir"])
+    train_logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"train"' in line]
+    assert train_logs and all(e["loss_quant"] > 0 for e in train_logs)
+    # the evaluated model is the converted one: every layer on its 8-bit grid from the clip
+    _, model, _ = load_run_model(run)
+    import lowbit.nn as L
+
+    layers = L.quant_layers(model)
+    assert layers
+    for name, layer in layers:
+        fr = layer.frozen
+        codes = fr.values.double() / fr.scale.double()
+        assert torch.allclose(codes, codes.round(), atol=1e-6), name
+        assert float(codes.round().abs().max()) <= 127, name
+
+
+def test_clip_ptq_svd_replaces_the_fc_head(frcnn_cmp: Path) -> None:
+    rows = _rows(frcnn_cmp)
+    svd, plain = rows["clip-ptq-svd@8"], rows["clip-ptq@8"]
+    assert svd["status"] == "ok" and plain["status"] == "ok"
+    # fc6 (C*7*7 -> 32) always saves at 90% energy; fc7 (32 x 32) only if its rank drops < 16
+    short = {n.rsplit(".", 1)[-1] for n in svd["svd_layers"]}
+    assert "fc6" in short and short <= {"fc6", "fc7"}
+    assert svd["svd_params_after"] < svd["svd_params_before"]
+    assert svd["all_param_bytes"] < plain["all_param_bytes"]
+    assert svd["conv_weight_bytes"] == plain["conv_weight_bytes"]  # convs untouched

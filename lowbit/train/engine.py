@@ -457,6 +457,12 @@ class Trainer:
                     batch = move(batch, ctx.device)
                     with _autocast(ctx.device, tc.amp):
                         loss, logs = task.train_step_loss(ddp, batch)
+                        if tc.quant_penalty > 0:
+                            from lowbit.nn import quant_penalty
+
+                            extra = quant_penalty(getattr(ddp, "module", ddp), tc.quant_penalty)
+                            loss = loss + extra.to(loss.device)
+                            logs = {**(logs or {}), "loss_quant": float(extra.detach())}
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if tc.clip_grad_norm is not None:

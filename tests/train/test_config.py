@@ -70,6 +70,8 @@ def test_override_does_not_mutate_input() -> None:
         ("bogus.x=1", ["bogus", "unknown"]),
         ("train.epochs.x=1", ["train.epochs", "not a mapping"]),
         ("novalue", ["novalue", "key=value"]),
+        ("train.quant_penalty=-1", ["train.quant_penalty", "-1"]),
+        ("train.quant_penalty=1", ["train.quant_penalty", "quant recipe"]),  # no quant section
     ],
 )
 def test_validation_errors_name_key_and_value(tmp_path: Path, override: str,
