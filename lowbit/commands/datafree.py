@@ -42,10 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(one scale per class group in the class-specific output layer) lowers the bits "
         "needed at equal mAP. Writes OUT/datafree.json, OUT/datafree.md, OUT/datafree.png.",
     )
-    p.add_argument("run", metavar="FP32_RUN")
-    p.add_argument("--schemes", default="uniform,log,pot,kmeans")
-    p.add_argument("--granularity", default="tensor,channel")
-    p.add_argument("--bits", default="3,4,5,6,7,8")
+    p.add_argument("run", metavar="FP32_RUN", help="a finished FP32 run folder")
+    p.add_argument("--schemes", default="uniform,log,pot,kmeans",
+                   help="comma-separated: uniform, log, pot (= lbw-exact), kmeans "
+                   "(default: all four)")
+    p.add_argument("--granularity", default="tensor,channel",
+                   help="tensor (one scale per layer) and/or channel (one per output channel)")
+    p.add_argument("--bits", default="3,4,5,6,7,8", help="comma-separated bit-widths")
     p.add_argument("--class-groups", type=int, default=3,
                    help="object-class groups for the clustering study (0: skip)")
     p.add_argument("--cluster-scheme", default="uniform",
