@@ -48,7 +48,12 @@ def _run(args: argparse.Namespace) -> int:
     res = compare(args.source, args.out, methods=args.methods, bits=_ints(args.bits),
                   budget=budget, calib_images=args.calib_images, latency=not args.no_latency,
                   latency_iters=args.latency_iters, progress=not args.json)
-    if args.json:
+    return print_result(res, args.json)
+
+
+def print_result(res: dict, as_json: bool) -> int:
+    """Print a compare / sweep-mu / datafree result: the whole JSON, or the files written."""
+    if as_json:
         print(json.dumps(res, indent=2, default=float))
     else:
         print(f"\nwrote {res['files']['json']}, {res['files']['markdown']}, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def _list(text: str) -> list[str]:
@@ -11,6 +10,7 @@ def _list(text: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lowbit.commands.compare import print_result
     from lowbit.datafree import datafree
 
     try:
@@ -22,12 +22,7 @@ def _run(args: argparse.Namespace) -> int:
                    class_groups=args.class_groups, cluster_scheme=args.cluster_scheme,
                    tolerance=args.tolerance / 100.0, test_images=args.test_images,
                    progress=not args.json)
-    if args.json:
-        print(json.dumps(res, indent=2, default=float))
-    else:
-        print(f"\nwrote {res['files']['json']}, {res['files']['markdown']}, "
-              f"{res['files']['png']}")
-    return 0
+    return print_result(res, args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def _floats(text: str) -> list[float]:
@@ -14,19 +13,14 @@ def _floats(text: str) -> list[float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lowbit.commands.compare import _budget
+    from lowbit.commands.compare import _budget, print_result
     from lowbit.compare import sweep_mu
 
     budget = _budget(args)
     res = sweep_mu(args.source, args.out, bits=args.bits, mu=_floats(args.mu),
                    partial_terms=args.partial_terms or None, budget=budget,
                    progress=not args.json)
-    if args.json:
-        print(json.dumps(res, indent=2, default=float))
-    else:
-        print(f"\nwrote {res['files']['json']}, {res['files']['markdown']}, "
-              f"{res['files']['png']}")
-    return 0
+    return print_result(res, args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
