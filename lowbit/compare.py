@@ -103,6 +103,13 @@ class Method:
         return sorted(set(ok)) or [self.bits]
 
 
+def _clip(b: int, learnable: bool) -> dict[str, Any]:
+    """002's recipe: b-bit weights from a (learnable or calibrated) clip, 8-bit activation
+    clips initialised MSE-optimally."""
+    return {"method": "clip", "bits": b, "params": {"learnable": learnable},
+            "act": {"method": "clip", "bits": 8, "calibrator": "mse"}}
+
+
 def _mixed(b: int) -> dict[str, Any]:
     return {"method": "lbw-exact", "bits": b, "first_layer": 8,
             "overrides": {"rpn.*": {"bits": 8}, "roi_heads.*": {"bits": 8}}}
@@ -141,21 +148,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("clip-ptq", "ptq", 8, (2, 8),
            "clipping-based PTQ: MSE-optimal weight clip and activation clips, b-bit uniform "
            "from the clip values (no clip training here)", "002",
-           lambda b: {"method": "clip", "bits": b, "params": {"learnable": False},
-                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           lambda b: _clip(b, learnable=False),
            calibrate=True),
     Method("clip-qat", "qat", 8, (2, 8),
            "002 in full: fine-tune with learnable weight/activation clips and the extra loss "
            "term (lambda = 1, train.quant_penalty), then b-bit uniform from the clip values",
            "002",
-           lambda b: {"method": "clip", "bits": b, "params": {"learnable": True},
-                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           lambda b: _clip(b, learnable=True),
            penalty=1.0, reevaluate=True),
     Method("clip-ptq-svd", "ptq", 8, (2, 8),
            "clip-ptq after replacing each fully connected layer by its truncated SVD (90% of "
            "the singular-value energy; 002's FC compression, Faster R-CNN's fc6/fc7)", "002",
-           lambda b: {"method": "clip", "bits": b, "params": {"learnable": False},
-                      "act": {"method": "clip", "bits": 8, "calibrator": "mse"}},
+           lambda b: _clip(b, learnable=False),
            calibrate=True, svd_energy=0.9),
     Method("qn", "qat", 3, (1, 8),
            "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
