@@ -20,6 +20,7 @@ uses, and can :meth:`~WeightQuantizer.freeze` it into a :class:`lowbit.quant.Qua
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -51,6 +52,11 @@ class _STE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         return grad, None
+
+
+def _grad_scale(x: Tensor, g: float) -> Tensor:
+    """``x`` in the forward, ``g * dL/dx`` in the backward."""
+    return (x - x * g).detach() + x * g
 
 
 def ste(w: Tensor, wq: Tensor) -> Tensor:
@@ -200,7 +206,14 @@ class QNWeightQuant(WeightQuantizer):
         self._check()
         if self.training and not self.hard:
             t = float(self.temperature)
-            return soft_staircase(w, self.levels, self.biases, t, self.alpha, self.beta)
+            # alpha and beta are scalars whose gradient sums over every weight of the layer
+            # (and grows with T): one SGD step at the network's learning rate sends them to
+            # inf on a 10^5-weight conv. Scale their gradient by 1/sqrt(N * q_max) as LSQ
+            # does for its step size (value unchanged, gradient only).
+            g = 1.0 / math.sqrt(max(w.numel(), 1) * float(self.levels.abs().max().clamp(min=1)))
+            alpha = _grad_scale(self.alpha, g)
+            beta = _grad_scale(self.beta, g)
+            return soft_staircase(w, self.levels, self.biases, t, alpha, beta)
         return hard_staircase(w, self.levels, self.biases, self.alpha.detach(),
                               self.beta.detach())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -184,3 +185,26 @@ def test_qn_weight_quantizer_set_bits_reinitialises() -> None:
     q(torch.randn(50))
     q.set_bits(3)
     assert q.levels.numel() == 7 and not bool(q.initialized)
+
+
+def test_qn_scale_gradients_do_not_grow_with_the_layer_size() -> None:
+    """alpha/beta are scalars whose gradient sums over every weight (and grows with T): on a
+    147k-weight conv at T = 40 an unscaled SGD step at lr 0.01 moves alpha by ~20% for a
+    unit-variance upstream signal (and to NaN on a detector). With LSQ's 1/sqrt(N q_max)
+    gradient scale one step stays a small relative move."""
+    from lowbit.nn.quantizers import QNWeightQuant
+
+    torch.manual_seed(0)
+    q = QNWeightQuant(3).train()
+    w = (0.05 * torch.randn(128, 128, 3, 3)).requires_grad_()
+    q(w.detach())  # initialise beta, alpha, biases from the weights
+    q.temperature.fill_(40.0)
+    a0, b0 = q.alpha.item(), q.beta.item()
+    opt = torch.optim.SGD([q.alpha, q.beta], lr=0.01)
+    loss = (q(w) * torch.randn_like(w)).sum() / w.numel() ** 0.5
+    loss.backward()
+    opt.step()
+    for now, before in ((q.alpha.item(), a0), (q.beta.item(), b0)):
+        assert math.isfinite(now) and now > 0
+        assert abs(now - before) < 0.05 * abs(before)
+    assert w.grad is not None and torch.isfinite(w.grad).all()
