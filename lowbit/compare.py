@@ -165,6 +165,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
            "temperature annealed (weights only)", "003",
            lambda b: {"method": "qn", "bits": b}, qn_schedule=True),
+    Method("qn-a8", "qat", 3, (1, 8),
+           "Quantization Networks weights as `qn` plus 8-bit activations at every quantized "
+           "layer's input (003's W3/A8; the activations use a learnable PACT clip and uniform "
+           "levels, not a 255-sigmoid staircase, which is too slow on CPU)", "003",
+           lambda b: {"method": "qn", "bits": b, "act": {"method": "pact", "bits": 8}},
+           qn_schedule=True),
     Method("kmeans-df", "datafree", 4, (1, 8),
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
@@ -173,10 +179,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "detection head", "001 + mixed precision", _mixed),
 )}
 
-#: ``clip-qat`` and ``clip-ptq-svd`` are opt-in (``--methods``): the first costs a QAT run
-#: on top of ``clip-ptq``, the second only differs from it on models with Linear layers.
+#: ``clip-qat``, ``clip-ptq-svd`` and ``qn-a8`` are opt-in (``--methods``): QAT runs on top
+#: of ``clip-ptq`` / ``qn``, and the SVD row only differs from ``clip-ptq`` on models with
+#: Linear layers.
 DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS
-                                         if m not in ("clip-qat", "clip-ptq-svd"))
+                                         if m not in ("clip-qat", "clip-ptq-svd", "qn-a8"))
 
 
 def methods_markdown() -> str:
