@@ -129,8 +129,8 @@ def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p = bench_subparsers.add_parser(
         "deploy", help="onnxruntime FP32 vs int8 latency, PyTorch eager, file sizes",
         description="For each detector: onnxruntime FP32 vs int8 QDQ latency of the exported "
-                    "network (2 threads, same input, alternating, one process), PyTorch FP32 "
-                    "eager, float post-processing time, and FP32 / packed / ONNX file sizes.")
+                    "network (2 threads, same input, alternating blocks, one process), PyTorch "
+                    "FP32 eager, float post-processing time, and FP32 / packed / ONNX file sizes.")
     p.add_argument("--models", nargs="+", default=["rfcn_resnet18", "yolov3_tiny_darknet"])
     p.add_argument("--run", nargs="*", default=[], metavar="RUN",
                    help="trained run folders; used for the model of the same name (else the "

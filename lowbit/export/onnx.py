@@ -273,14 +273,22 @@ def _requantize_biases(q: Any, fp_inits: dict[str, np.ndarray]) -> None:
             numpy_helper.to_array(sc).shape).astype(np.float32), db.input[1]))
 
 
-def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | None = None):
-    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads."""
+def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | None = None,
+                spinning: bool = True):
+    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads.
+
+    ``spinning=False`` stops the worker threads from spin-waiting after each run (onnxruntime's
+    ``session.intra_op.allow_spinning``): needed when two sessions alternate in one process,
+    where one session's spinning threads steal the cores from the other (measured here: an
+    int8 R-FCN trunk ran 2.4x slower interleaved with a spinning FP32 session)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
