@@ -335,26 +335,34 @@ class NotExportable(Exception):
 
 
 class _Trunk(nn.Module):
-    """The fully convolutional part of a two-stage detector: a prepared batch
-    ``Tensor[N, 3, H, W]`` -> (objectness, rpn deltas, head feature maps)."""
+    """The convolutional part of a detector: a prepared batch ``Tensor[N, 3, H, W]`` -> its
+    raw maps. R-FCN and YOLOv3: :class:`lowbit.export.detect.DetectorNetwork` (what
+    ``lowbit export`` writes); Faster R-CNN: backbone + RPN head (objectness, deltas, the
+    RoI feature map; its FC head runs per RoI and is not part of the trunk)."""
 
     def __init__(self, det: nn.Module) -> None:
         super().__init__()
-        for attr in ("features", "rpn", "roi_heads", "rpn_feature", "head_feature"):
-            if not hasattr(det, attr):
-                raise NotExportable(f"{type(det).__name__} has no {attr!r}: only two-stage "
-                                    "detectors' trunks are exported")
+        from lowbit.export.detect import DetectorNetwork, detector_kind
+
+        self.net: nn.Module | None = None
+        try:
+            if detector_kind(det) is not None:
+                self.net = DetectorNetwork(det)
+        except ValueError:
+            pass
+        if self.net is None:
+            for attr in ("features", "rpn", "rpn_feature", "head_feature"):
+                if not hasattr(det, attr):
+                    raise NotExportable(f"{type(det).__name__} has no exportable trunk (R-FCN, "
+                                        "YOLOv3 and two-stage backbones + RPN are)")
         self.det = det
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if self.net is not None:
+            return self.net(x)
         feats = self.det.features(x)
         obj, deltas = self.det.rpn.head(feats[self.det.rpn_feature])
-        head = self.det.roi_heads.head
-        f = feats[self.det.head_feature]
-        if hasattr(head, "score_maps"):
-            cls, box = head.score_maps(f)
-            return obj, deltas, cls, box
-        return obj, deltas, f
+        return obj, deltas, feats[self.det.head_feature]
 
 
 def _prepared(model: nn.Module, images: Sequence[Tensor]) -> list[Tensor]:

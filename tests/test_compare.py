@@ -268,3 +268,33 @@ def test_clip_ptq_svd_replaces_the_fc_head(frcnn_cmp: Path) -> None:
     assert svd["svd_params_after"] < svd["svd_params_before"]
     assert svd["all_param_bytes"] < plain["all_param_bytes"]
     assert svd["conv_weight_bytes"] == plain["conv_weight_bytes"]  # convs untouched
+
+
+@pytest.mark.parametrize("name", ["rfcn_resnet18", "faster_rcnn_resnet18", "yolov3_tiny_darknet",
+                                  "ssd_lite_vgg"])
+def test_latency_trunk_per_detector(name: str, tmp_path: Path) -> None:
+    """compare's latency runs a real onnxruntime session on each detector's trunk, whose
+    outputs equal the PyTorch trunk's; SSD (not exportable) is reported, not crashed on."""
+    from lowbit.compare import NotExportable, _prepared, _Trunk, measure_latency
+    from lowbit.detection.registry import create_model
+    from lowbit.export.onnx import ort_session
+
+    torch.manual_seed(0)
+    kw = {"width": 0.125, "image_size": 64} if name.startswith(("yolo", "ssd")) else \
+        {"width": 0.125}
+    model = create_model(name, 10, **kw).eval()
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    if name.startswith("ssd"):
+        with pytest.raises(NotExportable, match="SSD"):
+            measure_latency(model, images, tmp_path, int8=False, iters=1)
+        return
+    ms, kind = measure_latency(model, images, tmp_path, int8=False, iters=2)
+    assert kind == "fp32" and ms > 0
+    batch = _prepared(model, images[:1])[0]
+    sess = ort_session(tmp_path / "trunk.fp32.onnx")
+    got = sess.run(None, {sess.get_inputs()[0].name: batch.numpy()})
+    with torch.no_grad():
+        want = _Trunk(model).eval()(batch)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert torch.allclose(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
