@@ -24,6 +24,7 @@ from lowbit.detection.ops import AnchorGenerator
 
 __all__ = [
     "PAPER_TWO_STAGE_PRESET",
+    "CPU_TWO_STAGE_PRESET",
     "FasterRCNNConfig",
     "RFCNConfig",
     "TwoStageConfig",
@@ -43,6 +44,28 @@ PAPER_TWO_STAGE_PRESET: dict[str, Any] = {
     "anchor_sizes": (128, 256, 512),
     "aspect_ratios": (0.5, 1.0, 2.0),
     "rpn_channels": 512,
+}
+
+#: The CPU-sized digits setting shared by ``rfcn_resnet18`` and ``faster_rcnn_resnet18``:
+#: ResNet-18 at width 0.5, native image size, anchors 16-128 px, 128 RPN anchors and 128 RoIs
+#: per image (at most half foreground), 300/100 proposals train/test.
+CPU_TWO_STAGE_PRESET: dict[str, Any] = {
+    "backbone": "resnet18",
+    "width": 0.5,
+    "norm": "bn",
+    "freeze_at": 0,
+    "min_size": None,
+    "max_size": None,
+    "anchor_sizes": (16, 32, 64, 128),
+    "aspect_ratios": (1.0, 2.0),
+    "rpn_channels": None,
+    "rpn_batch_size_per_image": 128,
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 600,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 128,
+    "box_positive_fraction": 0.5,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from lowbit.detection.models.config import (
+    CPU_TWO_STAGE_PRESET,
     PAPER_TWO_STAGE_PRESET,
     FasterRCNNConfig,
     make_config,
@@ -66,22 +67,7 @@ PAPER_PRESET: dict[str, Any] = {
 }
 
 CPU_PRESET: dict[str, Any] = {
-    "backbone": "resnet18",
-    "width": 0.5,
-    "norm": "bn",
-    "freeze_at": 0,
-    "min_size": None,
-    "max_size": None,
-    "anchor_sizes": (16, 32, 64, 128),
-    "aspect_ratios": (1.0, 2.0),
-    "rpn_channels": None,
-    "rpn_batch_size_per_image": 128,
-    "rpn_pre_nms_top_n_train": 1000,
-    "rpn_post_nms_top_n_train": 300,
-    "rpn_pre_nms_top_n_test": 600,
-    "rpn_post_nms_top_n_test": 100,
-    "box_batch_size_per_image": 128,
-    "box_positive_fraction": 0.5,
+    **CPU_TWO_STAGE_PRESET,
     "representation_size": 256,
     "sampling_ratio": 1,  # one RoIAlign point per bin: bins are < 1 cell here; 1.6x faster
 }

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.detection.models.config import PAPER_TWO_STAGE_PRESET, RFCNConfig, make_config
+from lowbit.detection.models.config import (
+    CPU_TWO_STAGE_PRESET,
+    PAPER_TWO_STAGE_PRESET,
+    RFCNConfig,
+    make_config,
+)
 from lowbit.detection.models.generalized_rcnn import TwoStageDetector, assemble_two_stage
 from lowbit.detection.models.heads import RFCNHead
 from lowbit.detection.registry import register_model
@@ -51,22 +56,7 @@ def build_rfcn(cfg: RFCNConfig) -> RFCN:
 PAPER_PRESET: dict[str, Any] = {**PAPER_TWO_STAGE_PRESET, "k": 7, "ohem": True}
 
 CPU_PRESET: dict[str, Any] = {
-    "backbone": "resnet18",
-    "width": 0.5,
-    "norm": "bn",
-    "freeze_at": 0,
-    "min_size": None,
-    "max_size": None,
-    "anchor_sizes": (16, 32, 64, 128),
-    "aspect_ratios": (1.0, 2.0),
-    "rpn_channels": None,
-    "rpn_batch_size_per_image": 128,
-    "rpn_pre_nms_top_n_train": 1000,
-    "rpn_post_nms_top_n_train": 300,
-    "rpn_pre_nms_top_n_test": 600,
-    "rpn_post_nms_top_n_test": 100,
-    "box_batch_size_per_image": 128,
-    "box_positive_fraction": 0.5,
+    **CPU_TWO_STAGE_PRESET,
     "k": 3,
     "ohem": False,
 }
