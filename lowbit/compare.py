@@ -319,12 +319,12 @@ def train_images(base: Base, n: int, batch: int = 4) -> list[list[Tensor]]:
 
 
 def memory(model: nn.Module) -> dict[str, float]:
-    """Conv weight memory and zero share (:func:`lowbit.demo._memory`: ``conv_weight_bytes``,
+    """Conv weight memory and zero share (:func:`lowbit.demo.conv_memory`: ``conv_weight_bytes``,
     ``conv_fp32_bytes``, ``conv_ratio``, ``all_param_bytes``, ``all_param_ratio``,
     ``zero_share``)."""
-    from lowbit.demo import _memory
+    from lowbit.demo import conv_memory
 
-    return {k: float(v) for k, v in _memory(model).items()}
+    return {k: float(v) for k, v in conv_memory(model).items()}
 
 
 # ------------------------------------------------------------------------------------ latency

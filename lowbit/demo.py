@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo"]
+__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "conv_memory", "load_run_model",
+           "effective_weights", "save_histogram"]
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,14 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _memory(model: nn.Module) -> dict[str, float]:
-    """Weight memory of the conv weights (bits x weights + per-layer scale) and zero share."""
+def conv_memory(model: nn.Module) -> dict[str, float]:
+    """Weight memory of the conv weights as the forward uses them.
+
+    Returns ``conv_weights`` (count), ``conv_weight_bytes`` (``ceil(numel * bits / 8) + 1`` per
+    quantized conv — codes plus one exponent byte — and 4 bytes per float weight),
+    ``conv_fp32_bytes``, ``conv_ratio`` (FP32 / quantized), ``all_param_bytes`` and
+    ``all_param_ratio`` (every parameter, :func:`lowbit.nn.weight_memory`) and ``zero_share``
+    (exact zeros among the conv weights, in [0, 1])."""
     import lowbit.nn as L
 
     ws = effective_weights(model)
@@ -217,7 +224,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         t0 = time.perf_counter()
         res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun continues, loses nothing
         _, model, _ = load_run_model(run_dir)
-        mem = _memory(model)
+        mem = conv_memory(model)
         results["runs"][run] = {
             "mAP": float(res.metrics["main"]),
             "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
