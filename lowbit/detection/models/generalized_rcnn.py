@@ -31,9 +31,8 @@ from lowbit.detection.models.roi_heads import RoIHeads
 from lowbit.detection.models.rpn import RegionProposalNetwork
 from lowbit.detection.models.transform import (
     DetectorTransform,
+    check_inputs,
     to_internal_targets,
-    validate_images,
-    validate_targets,
 )
 
 __all__ = ["TwoStageDetector", "assemble_two_stage"]
@@ -98,15 +97,9 @@ class TwoStageDetector(nn.Module):
             4]``, ``labels`` ``int64[D]`` (0-based), ``scores`` ``float32[D]`` sorted
             decreasing, in the original image's pixels.
         """
-        ims = validate_images(images)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
+        ims, original_sizes = check_inputs(images, targets, self.num_classes, self.training)
         if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            validate_targets(targets, self.num_classes, original_sizes)
             targets = to_internal_targets(targets)
-        elif targets is not None:
-            validate_targets(targets, self.num_classes, original_sizes)
         batch, image_sizes, targets = self.transform(ims, targets)
         feats = self.features(batch)
         proposals, rpn_losses = self.rpn(feats[self.rpn_feature], image_sizes, targets)

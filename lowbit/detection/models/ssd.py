@@ -69,9 +69,8 @@ from lowbit.detection.models.transform import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DetectorTransform,
+    check_inputs,
     to_internal_targets,
-    validate_images,
-    validate_targets,
 )
 from lowbit.detection.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image
 from lowbit.detection.registry import register_model
@@ -771,15 +770,9 @@ class SSD(nn.Module):
             ``boxes float32[D, 4]`` (original pixels), ``labels int64[D]`` (0-based),
             ``scores float32[D]`` in ``(score_thresh, 1]`` sorted decreasing.
         """
-        ims = validate_images(images)
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
+        ims, original = check_inputs(images, targets, self.num_classes, self.training)
         if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            validate_targets(targets, self.num_classes, original)
             targets = to_internal_targets(targets)
-        elif targets is not None:
-            validate_targets(targets, self.num_classes, original)
         batch, sizes, targets = self.transform(ims, targets)
         raw = self.forward_raw(batch)
         if self.training:

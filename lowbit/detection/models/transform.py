@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "DetectorTransform",
+    "check_inputs",
     "image_name",
     "to_internal_targets",
     "validate_images",
@@ -114,6 +115,22 @@ def validate_targets(
                 f"{name}: target label {int(labels[k])} of box {k} is outside "
                 f"0..{num_classes - 1} (0-based foreground classes, no background)"
             )
+
+
+def check_inputs(
+    images: Sequence[Tensor] | Tensor, targets: Sequence[Target] | None, num_classes: int,
+    training: bool,
+) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """The checks every detector's ``forward`` starts with: images validated into a list of
+    ``Tensor[3, H, W]``, their original ``(H, W)``, targets required in training and validated
+    whenever given (ValueError naming the image)."""
+    ims = validate_images(images)
+    original = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
+    if training and targets is None:
+        raise ValueError("targets are required in training mode")
+    if targets is not None:
+        validate_targets(targets, num_classes, original)
+    return ims, original
 
 
 def to_internal_targets(targets: Sequence[Target]) -> list[Target]:

@@ -68,7 +68,7 @@ from lowbit.detection.models.ssd import (
     cxcywh_to_xyxy,
     multiclass_nms,
 )
-from lowbit.detection.models.transform import validate_images, validate_targets
+from lowbit.detection.models.transform import check_inputs
 from lowbit.detection.ops import box_iou, clip_boxes_to_image
 from lowbit.detection.registry import register_model
 
@@ -476,12 +476,7 @@ class YOLOv3(nn.Module):
             ``boxes float32[D, 4]`` (original pixels), ``labels int64[D]`` (0-based),
             ``scores float32[D]`` sorted decreasing.
         """
-        ims = validate_images(images)
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in ims]
-        if self.training and targets is None:
-            raise ValueError("targets are required in training mode")
-        if targets is not None:
-            validate_targets(targets, self.num_classes, original)
+        ims, original = check_inputs(images, targets, self.num_classes, self.training)
         batch, sizes, targets = self.transform(ims, targets)
         raw = self.forward_raw(batch)
         if self.training:
