@@ -7,6 +7,9 @@ VOC07 11-point metric on the run's whole test set:
 * ``qat`` methods are fine-tuned with a fixed budget (``--qat-iters`` iterations or
   ``--qat-epochs`` epochs, SGD at ``qat_lr_factor`` times the FP32 run's learning rate, cosine)
   through :func:`lowbit.train.fit` with ``init`` = the FP32 run; every row gets the same budget.
+  ``inq`` runs INQ's incremental partition over that budget (:class:`lowbit.nn.INQSchedule`);
+  ``mixed`` first picks per-layer bits from a sensitivity analysis on calibration images
+  (:func:`plan_mixed`) within the uniform b-bit memory, then fine-tunes like the others.
 * ``ptq`` methods take the FP32 weights, quantize them post-training and calibrate their
   activation ranges on ``calib_images`` training images (no training, no test data).
 * ``datafree`` methods quantize the FP32 weights alone (no data at all).
@@ -57,6 +60,8 @@ __all__ = [
     "format_table",
     "methods_markdown",
     "measure_latency",
+    "OutputMSE",
+    "plan_mixed",
 ]
 
 
@@ -79,7 +84,12 @@ class Method:
     a no-op for models without Linear layers, such as R-FCN). ``reevaluate``: evaluate the
     converted model after QAT instead of taking the training run's final evaluation (needed
     when training runs a relaxation, e.g. 002's clip-only forward, and the b-bit rounding
-    only happens at conversion).
+    only happens at conversion). ``inq_schedule``: drive INQ's incremental partition during
+    QAT (:class:`lowbit.nn.INQSchedule`: 50/75/87.5/100% of each layer's weights frozen on
+    the grid, stages spread evenly over the budget). ``plan``: before QAT,
+    ``plan(fp32_model, calib_batches, bits) -> (recipe dict, info)`` turns ``recipe(bits)``
+    into the recipe that is trained (e.g. per-layer bits from a sensitivity analysis); the
+    info lands in the row (cached under ``OUT/runs`` so a rerun does not measure again).
     """
 
     name: str
@@ -94,6 +104,9 @@ class Method:
     penalty: float = 0.0
     svd_energy: float | None = None
     reevaluate: bool = False
+    inq_schedule: bool = False
+    plan: Callable[[nn.Module, list[list[Tensor]], int],
+                   tuple[dict[str, Any], dict[str, Any]]] | None = None
 
     def widths(self, requested: Sequence[int] | None) -> list[int]:
         """The bit-widths of this method's rows for a ``--bits`` request (None: default)."""
@@ -111,9 +124,9 @@ def _clip(b: int, learnable: bool) -> dict[str, Any]:
             "act": {"method": "clip", "bits": 8, "calibrator": "mse"}}
 
 
-def _mixed(b: int) -> dict[str, Any]:
-    return {"method": "lbw-exact", "bits": b, "first_layer": 8,
-            "overrides": {"rpn.*": {"bits": 8}, "roi_heads.*": {"bits": 8}}}
+def _plan_mixed(model: nn.Module, calib: list[list[Tensor]], bits: int
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    return plan_mixed(model, calib, bits)
 
 
 #: Every method of the comparison, in table order. README lists this table.
@@ -131,9 +144,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "ternary {-a, 0, a}, threshold 0.7 mean|W|", "TWN",
            lambda b: {"method": "twn", "bits": 2}),
     Method("inq", "qat", 4, (2, 8),
-           "INQ's power-of-two grid (exponents from max|W|), trained in one shot with STE "
-           "(the incremental weight partitioning is not run)", "INQ",
-           lambda b: {"method": "inq", "bits": b}),
+           "Incremental Network Quantization: per layer the largest-|w| 50%, 75%, 87.5%, 100% "
+           "of the weights are frozen on INQ's power-of-two grid (exponents from max|W| at the "
+           "start) in stages spread over the budget, the float rest re-trained in between; "
+           "the last quarter trains only BN/biases", "INQ",
+           lambda b: {"method": "inq-incremental", "bits": b}, inq_schedule=True),
     Method("dorefa", "qat", 4, (2, 8),
            "DoReFa weights (tanh, normalised to [-1, 1], uniform) in the backbone; RPN and "
            "detection head float (DoReFa drops each layer's scale, which only a following "
@@ -177,8 +192,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
     Method("mixed", "qat", 4, (2, 8),
-           "LBW exact at b bits in the backbone, 8 bits for the first conv, RPN and "
-           "detection head", "001 + mixed precision", _mixed),
+           "LBW exact with per-layer bits in {2, 3, 4, 6, 8} (and b) chosen by sensitivity: "
+           "each conv quantized alone, cost = relative MSE of the raw detector outputs against "
+           "FP32 on 8 calibration images; exact DP minimising the summed cost within the conv "
+           "weight memory of uniform b-bit LBW exact; then QAT", "001 + mixed precision",
+           lambda b: {"method": "lbw-exact", "bits": b}, plan=_plan_mixed),
 )}
 
 #: ``clip-qat``, ``clip-ptq-svd`` and ``qn-a8`` are opt-in (``--methods``): QAT runs on top
@@ -406,6 +424,156 @@ def measure_latency(model: nn.Module, images: Sequence[Tensor], workdir: Path, i
     return 1000.0 * times[len(times) // 2], kind
 
 
+# ---------------------------------------------------------------------------- mixed precision
+
+#: candidate bit-widths of ``mixed`` (the requested b is added)
+MIXED_BITS: tuple[int, ...] = (2, 3, 4, 6, 8)
+#: calibration images ``mixed``'s sensitivity runs on (each (layer, bits) pair is one pass)
+MIXED_IMAGES = 8
+# forward_raw entries that are geometry (anchors, sizes), not functions of the weights
+_GEOMETRY = frozenset({"anchors", "proposals", "default_boxes", "image_sizes", "strides"})
+
+
+def _raw_tensors(raw: dict[str, Any]) -> list[Tensor]:
+    """The float tensors of a ``forward_raw`` dict that depend on the weights, in key order
+    (lists flattened: YOLOv3's per-level maps)."""
+    out: list[Tensor] = []
+    for key, v in raw.items():
+        if key in _GEOMETRY:
+            continue
+        for t in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(t, Tensor) and t.is_floating_point():
+                out.append(t)
+    return out
+
+
+class OutputMSE:
+    """A cheap, data-driven sensitivity metric: how far a model's raw detector outputs move from
+    the FP32 reference's on a few images.
+
+    Every detector here has ``forward_raw(batch)`` (the network before post-processing:
+    R-FCN/Faster R-CNN objectness, RPN deltas and the head's class logits / box deltas;
+    YOLOv3's three maps; SSD's logits and box regressions). The reference's outputs are
+    computed once per batch of ``images`` (lists of ``Tensor[3, H, W]`` in [0, 1], prepared by
+    ``reference.transform``); two-stage detectors get the reference's proposals as fixed input,
+    so their head outputs stay aligned RoI by RoI (the RPN's effect is seen in its own maps).
+
+    ``errors(model)``: per output tensor ``k`` (in ``forward_raw`` key order),
+    ``sum_batches ||o_k - r_k||^2 / sum_batches ||r_k||^2`` (float64; the denominator is
+    floored at 1e-30). ``model(...)``: ``-mean_k errors`` -- higher is better, 0 for a model
+    that reproduces the reference; what :func:`lowbit.nn.sensitivity` expects.
+    """
+
+    def __init__(self, reference: nn.Module, images: Sequence[Sequence[Tensor]]) -> None:
+        import inspect
+
+        if not hasattr(reference, "forward_raw") or not hasattr(reference, "transform"):
+            raise ValueError(f"{type(reference).__name__}: the output metric needs a detector "
+                             "with transform and forward_raw")
+        params = inspect.signature(reference.forward_raw).parameters
+        self._fixed_proposals = "proposals" in params
+        self.inputs: list[tuple[Tensor, dict[str, Any]]] = []
+        self.reference: list[list[Tensor]] = []
+        was = reference.training
+        reference.eval()
+        with torch.no_grad():
+            for ims in images:
+                if not ims:
+                    continue
+                dev = next(reference.parameters()).device
+                batch, sizes, _ = reference.transform([im.to(dev) for im in ims], None)
+                kw: dict[str, Any] = {}
+                if self._fixed_proposals:
+                    kw["image_sizes"] = sizes
+                raw = reference.forward_raw(batch, **kw)
+                if self._fixed_proposals:
+                    kw["proposals"] = [p.detach().clone() for p in raw["proposals"]]
+                self.inputs.append((batch, kw))
+                self.reference.append([t.detach().double() for t in _raw_tensors(raw)])
+        reference.train(was)
+        if not self.inputs:
+            raise ValueError("the output metric needs at least one image")
+
+    @torch.no_grad()
+    def errors(self, model: nn.Module) -> list[float]:
+        num = [0.0] * len(self.reference[0])
+        den = [0.0] * len(self.reference[0])
+        for (batch, kw), ref in zip(self.inputs, self.reference):
+            outs = _raw_tensors(model.forward_raw(batch, **kw))
+            if len(outs) != len(ref):
+                raise ValueError(f"forward_raw gave {len(outs)} outputs, the reference {len(ref)}")
+            for k, (o, r) in enumerate(zip(outs, ref)):
+                num[k] += float(((o.double() - r) ** 2).sum())
+                den[k] += float((r ** 2).sum())
+        errs = [n / max(d, 1e-30) for n, d in zip(num, den)]
+        if not all(math.isfinite(e) for e in errs):
+            raise ValueError(f"non-finite output error {errs}")
+        return errs
+
+    def __call__(self, model: nn.Module) -> float:
+        errs = self.errors(model)
+        return -sum(errs) / len(errs)
+
+
+def plan_mixed(model: nn.Module, calib: Sequence[Sequence[Tensor]], bits: int,
+               candidates: Sequence[int] = MIXED_BITS, images: int = MIXED_IMAGES,
+               metric: Callable[[nn.Module], float] | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``mixed``'s recipe: LBW exact with per-layer bits chosen by sensitivity.
+
+    1. :func:`lowbit.nn.sensitivity` quantizes each conv of the uniform ``{"method":
+       "lbw-exact", "bits": bits}`` recipe alone (post-training, weights only) at every
+       candidate width (``candidates`` plus ``bits``); the cost is the drop of ``metric``
+       (default :class:`OutputMSE` on the first ``images`` images of ``calib``, whose FP32
+       value is 0: the mean relative MSE of the raw outputs).
+    2. The budget is that recipe's weight memory at ``bits`` (``ceil(numel * bits / 8) + 4``
+       bytes per layer, :func:`lowbit.nn.layer_bytes`); :func:`lowbit.nn.assign_bits` picks
+       the widths minimising the summed cost within it (exact DP; monotone costs).
+
+    ``model`` (the FP32 detector) is not modified. Returns ``(recipe dict, info)``; info:
+    ``mixed_assignment`` ``{layer: bits}``, ``mixed_sensitivity`` ``{layer: {"b": cost}}``,
+    ``mixed_budget_bytes``, ``mixed_assigned_bytes``, ``mixed_candidates`` and
+    ``sensitivity_images``. Deterministic for a deterministic forward.
+    """
+    import lowbit.nn as L
+
+    cand = tuple(sorted(set(int(b) for b in candidates) | {int(bits)}))
+    flat = [im for b in calib for im in b][:max(1, images)]
+    if metric is None:
+        metric = OutputMSE(model, [flat[i:i + 4] for i in range(0, len(flat), 4)])
+    recipe = L.Recipe.from_dict({"method": "lbw-exact", "bits": int(bits)})
+    sens = L.sensitivity(model, metric, recipe, bits=cand)
+    budget = sum(L.layer_bytes(sens.numel[n], int(bits), sens.overhead[n]) for n in sens.numel)
+    chosen = L.assign_bits(sens, budget)
+    assignment = {n: int(chosen.overrides[n]["bits"]) for n in sens.drops}
+    used = sum(L.layer_bytes(sens.numel[n], b, sens.overhead[n]) for n, b in assignment.items())
+    info = {"mixed_assignment": assignment,
+            "mixed_sensitivity": {n: {str(b): float(d) for b, d in sorted(ds.items())}
+                                  for n, ds in sens.drops.items()},
+            "mixed_budget_bytes": int(budget), "mixed_assigned_bytes": int(used),
+            "mixed_candidates": list(cand), "sensitivity_images": len(flat)}
+    return chosen.to_dict(), info
+
+
+def _planned(base: Base, method: Method, bits: int, calib: list[list[Tensor]], out: Path
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``method.plan``'s (recipe, info), cached in ``OUT/runs`` per FP32 run, images and
+    recipe (a rerun of an unfinished row goes on with the same plan, without measuring)."""
+    assert method.plan is not None
+    shapes = [[list(im.shape) for im in b] for b in calib]
+    key = _hash({"run": str(base.run_dir), "recipe": method.recipe(bits), "images": shapes,
+                 "plan": getattr(method.plan, "__qualname__", str(method.plan)),
+                 "mixed": [list(MIXED_BITS), MIXED_IMAGES]})
+    path = out / "runs" / f"{method.name}-{bits}b-plan-{key}.json"
+    if path.is_file():
+        saved = _load_results(path)
+        return saved["recipe"], saved["info"]
+    quant, info = method.plan(fp32_model(base), calib, bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, {"recipe": quant, "info": info})
+    return quant, info
+
+
 # ------------------------------------------------------------------------------------ the rows
 
 
@@ -451,6 +619,25 @@ def _qn_callback(base: Base, cfg: Any) -> Callable[..., None]:
     return cb
 
 
+def _inq_callback(base: Base, cfg: Any) -> Callable[..., None]:
+    from lowbit.nn import INQSchedule
+    from lowbit.train.sampler import ResumableShardedSampler
+
+    ipe = max(1, ResumableShardedSampler(len(base.train_ds), cfg.train.batch_size)
+              .batches_per_epoch)
+    total = cfg.train.iterations or cfg.train.epochs * ipe
+    sched = INQSchedule()
+
+    def cb(trainer: Any, event: str, info: dict[str, Any]) -> None:
+        # after step i the next step is i: its portion (the first step starts at 50% by
+        # itself, INQWeightQuant.auto_start; at i = total every weight is quantized before
+        # the final evaluation). Stateless: a resumed run gets the same stage.
+        if event == "iteration" and getattr(trainer, "model", None) is not None:
+            sched.apply(trainer.model, info["iteration"] / total)
+
+    return cb
+
+
 def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
                    calib: list[list[Tensor]], out: Path, progress: bool
                    ) -> tuple[nn.Module, dict[str, Any]]:
@@ -461,10 +648,15 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
 
     quant = method.recipe(bits)
     L.Recipe.from_dict(dict(quant))  # a bad recipe fails here, naming the quantizer
+    plan_info: dict[str, Any] = {}
     if method.kind == "qat":
+        if method.plan is not None:
+            quant, plan_info = _planned(base, method, bits, calib, out)
         cfg = qat_config(base, quant, budget, method.penalty)
         run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
         cbs = [_qn_callback(base, cfg)] if method.qn_schedule else []
+        if method.inq_schedule:
+            cbs.append(_inq_callback(base, cfg))
         res = fit(cfg, run_dir, resume=True, progress=progress, callbacks=cbs)
         _, model, _ = load_run_model(run_dir)
         model.to(base.device).eval()
@@ -472,7 +664,7 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
         if not math.isfinite(m):
             raise ValueError(f"run {run_dir}: non-finite mAP {m}")
         return model, {"mAP": m, "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
-                       "run_dir": str(run_dir), "iterations": res.iteration}
+                       "run_dir": str(run_dir), "iterations": res.iteration, **plan_info}
     model = fp32_model(base)
     svd_info: dict[str, Any] = {}
     if method.svd_energy is not None:

@@ -8,11 +8,14 @@
 * training: :class:`QNSchedule` (Quantization Networks temperature and phases),
   :func:`quant_penalty` (extra loss against the quantization drop), :func:`calibrate`
   (post-training activation ranges), :func:`ptq_from_clips` (002's 8-bit step);
-* mixed precision: :func:`sensitivity`, :func:`assign_bits`.
+* mixed precision: :func:`sensitivity`, :func:`assign_bits`;
+* INQ: :class:`INQWeightQuant` (incremental partition onto a power-of-two grid, recipe method
+  ``"inq-incremental"``) and :class:`INQSchedule` (training progress -> portion).
 """
 
 from lowbit.nn.act import QNActQuant, UniformActQuant
 from lowbit.nn.fold import find_conv_bn_pairs, fold_bn
+from lowbit.nn.inq import INQSchedule, INQWeightQuant, inq_portion
 from lowbit.nn.layers import QuantConv2d, QuantLinear, QuantMixin, quant_layers
 from lowbit.nn.mixed import Sensitivity, assign_bits, sensitivity
 from lowbit.nn.quantizers import (
@@ -39,6 +42,8 @@ from lowbit.nn.training import QNSchedule, calibrate, quant_penalty
 __all__ = [
     "ActRecipe",
     "ClipWeightQuant",
+    "INQSchedule",
+    "INQWeightQuant",
     "LayerConfig",
     "LayerTable",
     "QNActQuant",
@@ -60,6 +65,7 @@ __all__ = [
     "describe",
     "find_conv_bn_pairs",
     "fold_bn",
+    "inq_portion",
     "layer_bytes",
     "make_weight_quantizer",
     "prepare",

@@ -15,6 +15,8 @@ uses, and can :meth:`~WeightQuantizer.freeze` it into a :class:`lowbit.quant.Qua
 * :class:`ClipWeightQuant`: the clipping-based method (002): weights clamped to ``[-c, c]`` with
   a learnable clip ``c`` while training in float, ``bits``-bit symmetric uniform quantization
   with scale ``c / (2**(bits-1) - 1)`` once :attr:`~ClipWeightQuant.quantize` is switched on.
+* :class:`lowbit.nn.inq.INQWeightQuant` (recipe method ``"inq-incremental"``): Incremental
+  Network Quantization, weights frozen on a power-of-two grid portion by portion.
 """
 
 from __future__ import annotations
@@ -327,4 +329,8 @@ def make_weight_quantizer(method: str, bits: int, params: dict[str, Any] | None 
         return QNWeightQuant(bits, **params)
     if method == "clip":
         return ClipWeightQuant(bits, **params)
+    if method == "inq-incremental":
+        from lowbit.nn.inq import INQWeightQuant  # inq imports this module
+
+        return INQWeightQuant(bits, **params)
     return RegistryWeightQuant.build(method, bits, params)

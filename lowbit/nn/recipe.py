@@ -20,8 +20,10 @@ Resolution order for a layer named ``name`` (a dotted ``named_modules`` name):
 
 Weight methods are the names of :func:`lowbit.quant.list` plus ``"clip"`` (the clipping-based
 method of 002: weights clamped to a learnable clip during training, ``bits``-bit uniform
-post-training quantization from that clip). ``"qn"`` means trainable Quantization Networks
-(soft staircase, learnable alpha/beta) in a model.
+post-training quantization from that clip) and ``"inq-incremental"`` (Incremental Network
+Quantization: weights frozen on INQ's power-of-two grid portion by portion while the rest
+re-train, :mod:`lowbit.nn.inq`; parameter ``portions``). ``"qn"`` means trainable Quantization
+Networks (soft staircase, learnable alpha/beta) in a model.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lowbit.quant.uniform import CALIBRATORS
 __all__ = ["ActRecipe", "LayerConfig", "Recipe", "NN_METHODS", "ACT_METHODS", "check_method"]
 
 #: weight methods that exist only as trainable modules (not in the quantizer registry)
-NN_METHODS = ("clip",)
+NN_METHODS = ("clip", "inq-incremental")
 #: activation quantizer kinds
 ACT_METHODS = ("pact", "uniform", "clip", "qn")
 ACT_POSITIONS = ("input", "after_relu")
@@ -47,6 +49,7 @@ _OVERRIDE_KEYS = ("method", "bits", "params", "float", "act")
 # parameters accepted by the nn-only / trainable methods
 _NN_PARAMS = {
     "clip": ("calibrator", "learnable"),
+    "inq-incremental": ("portions", "auto_start"),
     "qn": (),
 }
 
@@ -62,12 +65,16 @@ def check_method(method: str, bits: int | None, params: dict[str, Any] | None = 
         bad = sorted(set(params) - set(allowed))
         if bad:
             raise ValueError(f"method {method!r} has no parameter(s) {bad}; known: {list(allowed)}")
-        b = (8 if method == "clip" else 2) if bits is None else bits
-        lo = 2 if method == "clip" else 1
+        b = {"clip": 8, "inq-incremental": 4}.get(method, 2) if bits is None else bits
+        lo = 1 if method == "qn" else 2
         if isinstance(b, bool) or not isinstance(b, int) or not lo <= b <= 8:
             raise ValueError(f"method {method!r}: bits must be an int in [{lo}, 8], got {b!r}")
         if method == "clip" and params.get("calibrator", "mse") not in CALIBRATORS:
             raise ValueError(f"clip: calibrator must be one of {CALIBRATORS}")
+        if method == "inq-incremental" and "portions" in params:
+            from lowbit.nn.inq import check_portions
+
+            check_portions(params["portions"])
         return b
     entry = Q.get(method)  # ValueError listing the known names
     if "bits" in params:
