@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lowbit.quant.sigmoid import init_biases, levels_for_bits
+from lowbit.quant.sigmoid import init_biases, levels_for_bits, soft_stairs
 from lowbit.quant.uniform import calibrate as _calibrate
 from lowbit.quant.uniform import fake_quant, qrange, range_to_qparams
 
@@ -203,30 +203,6 @@ class UniformActQuant(nn.Module):
         return f"mode={self.mode!r}, bits={self.bits}, {rng}, quantize={self.quantize}"
 
 
-class _SoftStairs(torch.autograd.Function):
-    """``sum_i s_i sigmoid(T (z - b_i))`` with the backward of temperature ``Tb`` (the paper's
-    public code uses ``Tb = 1`` for activations: a smooth surrogate gradient)."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, biases: Tensor, steps: Tensor, t: float, tb: float) -> Tensor:
-        ctx.save_for_backward(z, biases, steps)
-        ctx.tb = tb
-        out = torch.zeros_like(z)
-        for b, s in zip(biases.tolist(), steps.tolist()):
-            out += s * torch.sigmoid(t * (z - b))
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        z, biases, steps = ctx.saved_tensors
-        tb = ctx.tb
-        d = torch.zeros_like(z)
-        for b, s in zip(biases.tolist(), steps.tolist()):
-            sg = torch.sigmoid(tb * (z - b))
-            d += (s * tb) * sg * (1 - sg)
-        return g * d, None, None, None, None
-
-
 class QNActQuant(nn.Module):
     """Quantization Networks activation quantizer.
 
@@ -236,8 +212,11 @@ class QNActQuant(nn.Module):
     ``[lo, hi]`` drops the ``outlier`` fraction at each end, ``beta = q_max / hi``,
     ``alpha = 1 / beta``, biases the midpoints of a k-means of ``beta x``. Training mode: soft
     staircase at ``temperature`` (forward) with the gradient of temperature
-    ``backward_temperature`` (default 1 as the public code; None: exact). Eval mode or
-    :attr:`hard`: the hard staircase (a point on a bias goes up).
+    ``backward_temperature`` (default 1 as the public code; None: exact), both evaluated by
+    the windowed :func:`lowbit.quant.sigmoid.soft_stairs` (only the biases within ``17 / T`` of
+    ``beta x`` are computed, so 8 bits costs a few passes, not 255). Eval mode or
+    :attr:`hard`: the hard staircase (a point on a bias goes up). Shapes: any input; output
+    has its shape and dtype (half types computed in float32).
     """
 
     def __init__(self, bits: int = 2, backward_temperature: float | None = 1.0,
@@ -303,7 +282,7 @@ class QNActQuant(nn.Module):
         if self.training and not self.hard:
             t = float(self.temperature)
             tb = t if self.backward_temperature is None else float(self.backward_temperature)
-            y = _SoftStairs.apply(z, self.biases.to(x.dtype), steps, t, tb)
+            y = soft_stairs(z, self.biases, steps, t, tb)
         else:
             idx = torch.bucketize(z.detach().contiguous(), self.biases.to(x.dtype), right=True)
             cum = torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)])

@@ -8,6 +8,7 @@ evaluates the gradient at the quantized weights and steps the float ones (001, s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,10 @@ class QNSchedule:
     ``"weights"`` (QN weight quantizers soft-trained, activation quantizers off),
     ``"activations"`` (weights held on their hard staircase with no gradient to them, QN
     activation quantizers soft-trained) and ``"both"``; the paper's three-phase schedule is
-    ``(("weights", a), ("activations", b), ("both", c))``. Each kind of quantizer has its own
+    ``(("weights", a), ("activations", b), ("both", c))``. Phase lengths are epochs as floats
+    (finite, >= 0), so a fine-tuning budget shorter than one epoch can hold all three phases,
+    e.g. ``(("weights", 0.1), ("activations", 0.1), ("both", 0.12))`` with the epoch passed as
+    ``iteration / iterations_per_epoch``. Each kind of quantizer has its own
     clock: it counts only the epochs of the phases that train it. After the last phase the
     last one continues. ``phases=None`` is a single ``"both"`` phase. Default ``T0 = 20``:
     with levels one unit apart on the ``beta``-scaled axis, the public code's cap of 2000 is
@@ -45,17 +49,24 @@ class QNSchedule:
 
     t0: float = 20.0
     t_max: float = 2000.0
-    phases: tuple[tuple[str, int], ...] | None = None
+    phases: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.t0 > 0 or not self.t_max >= self.t0:
             raise ValueError(f"need 0 < t0 <= t_max, got t0={self.t0}, t_max={self.t_max}")
         if self.phases is not None:
-            self.phases = tuple((str(n), int(e)) for n, e in self.phases)
-            for n, e in self.phases:
-                if n not in QN_PHASES or e < 0:
+            phases = []
+            for ph in self.phases:
+                try:
+                    n, e = ph
+                    e = float(e)
+                except (TypeError, ValueError):
+                    raise ValueError(f"phase must be a (name, epochs) pair, got {ph!r}") from None
+                if n not in QN_PHASES or not math.isfinite(e) or e < 0:
                     raise ValueError(f"phase must be ({'|'.join(QN_PHASES)}, epochs >= 0), "
                                      f"got ({n!r}, {e})")
+                phases.append((str(n), e))
+            self.phases = tuple(phases)
             if not self.phases:
                 raise ValueError("phases must not be empty")
 

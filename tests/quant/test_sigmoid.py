@@ -64,3 +64,26 @@ def test_init_biases_are_midpoints_of_kmeans_centroids() -> None:
     assert b.tolist() == [-0.44999998807907104, 1.0499999523162842] or torch.allclose(
         b, torch.tensor([-0.45, 1.05])
     )
+
+
+def test_windowed_soft_staircase_matches_the_broadcast_reference() -> None:
+    """Biases without gradient take the windowed path (QN weights); biases with one take the
+    reference broadcast over every bias. Same values and x/alpha/beta gradients."""
+    gen = torch.Generator().manual_seed(3)
+    lv = levels_for_bits(8).double()  # -127..127: 254 biases
+    b = torch.sort(torch.rand(254, generator=gen, dtype=torch.float64) * 254 - 127)[0]
+    x0 = torch.randn(500, generator=gen, dtype=torch.float64) * 0.3
+    for t in (1.0, 20.0, 500.0):
+        grads, vals = [], []
+        for ref in (False, True):
+            x = x0.clone().requires_grad_(True)
+            alpha = torch.tensor(0.01, dtype=torch.float64, requires_grad=True)
+            beta = torch.tensor(300.0, dtype=torch.float64, requires_grad=True)
+            bb = b.clone().requires_grad_(ref)
+            y = soft_staircase(x, lv, bb, t, alpha=alpha, beta=beta)
+            (y * torch.linspace(-1, 2, 500, dtype=torch.float64)).sum().backward()
+            vals.append(y.detach())
+            grads.append((x.grad, alpha.grad, beta.grad))
+        torch.testing.assert_close(vals[0], vals[1], rtol=0, atol=1e-12)
+        for g_win, g_ref in zip(*grads):
+            torch.testing.assert_close(g_win, g_ref, rtol=1e-10, atol=1e-12)
