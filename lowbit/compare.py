@@ -7,7 +7,7 @@ VOC07 11-point metric on the run's whole test set:
 * ``qat`` methods are fine-tuned with a fixed budget (``--qat-iters`` iterations or
   ``--qat-epochs`` epochs, SGD at ``qat_lr_factor`` times the FP32 run's learning rate, cosine)
   through :func:`lowbit.train.fit` with ``init`` = the FP32 run; every row gets the same budget.
-  ``inq`` runs INQ's incremental partition over that budget (:class:`lowbit.nn.INQSchedule`);
+  ``inq`` runs INQ's incremental partition over that budget (the engine steps the portions);
   ``mixed`` first picks per-layer bits from a sensitivity analysis on calibration images
   (:func:`plan_mixed`) within the uniform b-bit memory, then fine-tunes like the others.
 * ``ptq`` methods take the FP32 weights, quantize them post-training and calibrate their
@@ -76,17 +76,18 @@ class Method:
     activation ranges calibrated on training images when ``calibrate``) or ``"datafree"``
     (weights only, no data). ``bits``: default bit-width; ``bit_range``: the widths it accepts
     (a requested width outside it falls back to ``bits``). ``recipe(bits)`` returns the
-    :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_schedule``: anneal Quantization Networks'
-    temperature during QAT (:class:`lowbit.nn.QNSchedule`, T0 = 20 per epoch).
+    :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_phases``: Quantization Networks' training
+    phases as shares of the QAT budget (``(("weights", 0.3), ...)``, turned into
+    ``train.qn_phases`` in epochs); QN temperatures (T0 = 20 per epoch) and INQ's portions are
+    driven by the engine for every row that has such quantizers
+    (:class:`lowbit.train.quant_schedule.QuantClock`).
     ``penalty``: lambda of 002's extra loss term (``train.quant_penalty``) during QAT.
     ``svd_energy``: before quantizing, replace every ``nn.Linear`` by its truncated SVD keeping
     this share of the singular values' energy (002's compression of the fully connected head;
     a no-op for models without Linear layers, such as R-FCN). ``reevaluate``: evaluate the
     converted model after QAT instead of taking the training run's final evaluation (needed
     when training runs a relaxation, e.g. 002's clip-only forward, and the b-bit rounding
-    only happens at conversion). ``inq_schedule``: drive INQ's incremental partition during
-    QAT (:class:`lowbit.nn.INQSchedule`: 50/75/87.5/100% of each layer's weights frozen on
-    the grid, stages spread evenly over the budget). ``plan``: before QAT,
+    only happens at conversion). ``plan``: before QAT,
     ``plan(fp32_model, calib_batches, bits) -> (recipe dict, info)`` turns ``recipe(bits)``
     into the recipe that is trained (e.g. per-layer bits from a sensitivity analysis); the
     info lands in the row (cached under ``OUT/runs`` so a rerun does not measure again).
@@ -100,11 +101,10 @@ class Method:
     paper: str
     recipe: Callable[[int], dict[str, Any]]
     calibrate: bool = False
-    qn_schedule: bool = False
+    qn_phases: tuple[tuple[str, float], ...] | None = None
     penalty: float = 0.0
     svd_energy: float | None = None
     reevaluate: bool = False
-    inq_schedule: bool = False
     plan: Callable[[nn.Module, list[list[Tensor]], int],
                    tuple[dict[str, Any], dict[str, Any]]] | None = None
 
@@ -148,7 +148,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "of the weights are frozen on INQ's power-of-two grid (exponents from max|W| at the "
            "start) in stages spread over the budget, the float rest re-trained in between; "
            "the last quarter trains only BN/biases", "INQ",
-           lambda b: {"method": "inq-incremental", "bits": b}, inq_schedule=True),
+           lambda b: {"method": "inq-incremental", "bits": b}),
     Method("dorefa", "qat", 4, (2, 8),
            "DoReFa weights (tanh, normalised to [-1, 1], uniform) in the backbone; RPN and "
            "detection head float (DoReFa drops each layer's scale, which only a following "
@@ -181,13 +181,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("qn", "qat", 3, (1, 8),
            "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
            "temperature annealed (weights only)", "003",
-           lambda b: {"method": "qn", "bits": b}, qn_schedule=True),
+           lambda b: {"method": "qn", "bits": b}),
     Method("qn-a8", "qat", 3, (1, 8),
-           "Quantization Networks weights as `qn` plus 8-bit activations at every quantized "
-           "layer's input (003's W3/A8; the activations use a learnable PACT clip and uniform "
-           "levels, not a 255-sigmoid staircase, which is too slow on CPU)", "003",
-           lambda b: {"method": "qn", "bits": b, "act": {"method": "pact", "bits": 8}},
-           qn_schedule=True),
+           "Quantization Networks weights as `qn` plus 8-bit QN activations (a 255-sigmoid "
+           "staircase, evaluated in a window around each value) at every quantized layer's "
+           "input, trained in 003's three phases over the budget: weights 30%, activations 30% "
+           "(weights held on their hard staircase), both 40%", "003",
+           lambda b: {"method": "qn", "bits": b, "act": {"method": "qn", "bits": 8}},
+           qn_phases=(("weights", 0.3), ("activations", 0.3), ("both", 0.4))),
     Method("kmeans-df", "datafree", 4, (1, 8),
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
@@ -581,61 +582,30 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float = 0.0) -> Any:
+def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float = 0.0,
+               qn_phases: Sequence[tuple[str, float]] | None = None) -> Any:
     """The FP32 run's config turned into a QAT run: ``quant``, ``init`` = the FP32 run, the
     budget's length and learning rate (cosine, short warm-up), evaluation only at the end,
-    ``train.quant_penalty = penalty``."""
+    ``train.quant_penalty = penalty``; ``qn_phases`` (shares of the budget) become
+    ``train.qn_phases`` in epochs of the engine's sampler."""
     from lowbit.config import config_from_dict, config_to_dict
+    from lowbit.train.sampler import ResumableShardedSampler
 
     d = config_to_dict(base.cfg)
     d["quant"] = quant
     d["init"] = str(base.run_dir)
     lr = budget.lr if budget.lr is not None else budget.lr_factor * float(d["optim"]["lr"])
     t = d["train"]
-    ipe = max(1, len(base.train_ds) // int(t["batch_size"]))
+    ipe = ResumableShardedSampler(len(base.train_ds), int(t["batch_size"])).batches_per_epoch
     total = budget.iters if budget.iters is not None else int(budget.epochs or 1) * ipe
     d["optim"].update({"lr": lr, "schedule": "cosine", "milestones": [],
                        "warmup_iters": min(20, total // 10), "min_lr": 0.0})
     t.update({"iterations": budget.iters, "epochs": budget.epochs or 1, "eval_interval": 0,
               "checkpoint_every": 0, "keep_checkpoints": 1,
-              "log_every": max(1, min(25, total)), "quant_penalty": float(penalty)})
+              "log_every": max(1, min(25, total)), "quant_penalty": float(penalty),
+              "qn_phases": None if qn_phases is None
+              else [[str(n), float(f) * total / ipe] for n, f in qn_phases]})
     return config_from_dict(d)
-
-
-def _qn_callback(base: Base, cfg: Any) -> Callable[..., None]:
-    from lowbit.nn import QNSchedule
-    from lowbit.train.sampler import ResumableShardedSampler
-
-    ipe = max(1, ResumableShardedSampler(len(base.train_ds), cfg.train.batch_size)
-              .batches_per_epoch)
-    sched = QNSchedule()
-
-    def cb(trainer: Any, event: str, info: dict[str, Any]) -> None:
-        # after step i the next step is i: its temperature (the first step runs at the
-        # quantizers' initial T = 1; with T0 = 20 every later one is annealed)
-        if event == "iteration" and getattr(trainer, "model", None) is not None:
-            sched.apply(trainer.model, info["iteration"] / ipe)
-
-    return cb
-
-
-def _inq_callback(base: Base, cfg: Any) -> Callable[..., None]:
-    from lowbit.nn import INQSchedule
-    from lowbit.train.sampler import ResumableShardedSampler
-
-    ipe = max(1, ResumableShardedSampler(len(base.train_ds), cfg.train.batch_size)
-              .batches_per_epoch)
-    total = cfg.train.iterations or cfg.train.epochs * ipe
-    sched = INQSchedule()
-
-    def cb(trainer: Any, event: str, info: dict[str, Any]) -> None:
-        # after step i the next step is i: its portion (the first step starts at 50% by
-        # itself, INQWeightQuant.auto_start; at i = total every weight is quantized before
-        # the final evaluation). Stateless: a resumed run gets the same stage.
-        if event == "iteration" and getattr(trainer, "model", None) is not None:
-            sched.apply(trainer.model, info["iteration"] / total)
-
-    return cb
 
 
 def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
@@ -652,12 +622,9 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
     if method.kind == "qat":
         if method.plan is not None:
             quant, plan_info = _planned(base, method, bits, calib, out)
-        cfg = qat_config(base, quant, budget, method.penalty)
+        cfg = qat_config(base, quant, budget, method.penalty, method.qn_phases)
         run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
-        cbs = [_qn_callback(base, cfg)] if method.qn_schedule else []
-        if method.inq_schedule:
-            cbs.append(_inq_callback(base, cfg))
-        res = fit(cfg, run_dir, resume=True, progress=progress, callbacks=cbs)
+        res = fit(cfg, run_dir, resume=True, progress=progress)
         _, model, _ = load_run_model(run_dir)
         model.to(base.device).eval()
         m = float(evaluate(base, model)["main"] if method.reevaluate else res.metrics["main"])

@@ -164,7 +164,11 @@ class TrainConfig:
     (SyncBatchNorm has no CPU kernel: on CPU each process normalises its own slice).
     ``quant_penalty``: lambda of the clipping paper's (002) extra loss term
     :func:`lowbit.nn.quant_penalty` added to every training loss (0: off; needs a ``quant``
-    recipe); logged as ``loss_quant``.
+    recipe); logged as ``loss_quant``. ``qn_t0`` and ``qn_phases``: Quantization Networks'
+    temperature slope per epoch and training phases (``[[weights|activations|both, epochs],
+    ...]``, fractional epochs allowed; null: one ``both`` phase), applied by the engine to
+    every QN quantizer before each step (:class:`lowbit.train.quant_schedule.QuantClock`,
+    which also steps INQ's frozen portions over the run).
     """
 
     epochs: int = 1
@@ -183,8 +187,16 @@ class TrainConfig:
     sync_bn: bool = True
     tensorboard: bool = False
     quant_penalty: float = 0.0
+    qn_t0: float = 20.0
+    qn_phases: list[list[Any]] | None = None
 
     def __post_init__(self) -> None:
+        from lowbit.nn.training import QNSchedule
+
+        try:
+            QNSchedule(t0=self.qn_t0, phases=self.qn_phases)
+        except (TypeError, ValueError) as exc:
+            raise _fail("train.qn_t0/qn_phases", (self.qn_t0, self.qn_phases), str(exc)) from None
         if not (math.isfinite(self.quant_penalty) and self.quant_penalty >= 0):
             raise _fail("train.quant_penalty", self.quant_penalty, "must be a finite value >= 0")
         for key in ("epochs", "batch_size", "log_every"):

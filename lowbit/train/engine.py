@@ -77,6 +77,7 @@ from lowbit.train.distributed import (
     shutdown_distributed,
 )
 from lowbit.train.metrics import MetricsLogger, truncate_metrics
+from lowbit.train.quant_schedule import QuantClock
 from lowbit.train.sampler import ResumableShardedSampler, epoch_generator_seed
 from lowbit.train.schedules import LRSchedule
 from lowbit.train.tasks import batch_size_of, task_for_model, to_device
@@ -449,10 +450,26 @@ class Trainer:
         window_n, window_imgs, t0 = int(self._window.get("n", 0)), 0, time.perf_counter()
         lr = schedule.lr(it)
         ddp.train()
+        clock = QuantClock(getattr(ddp, "module", ddp), ipe, total, tc.qn_t0, tc.qn_phases)
+        clock_state: dict[str, Any] = {}
+
+        def tick(i: int) -> None:
+            # QN temperatures / phases and INQ portions for the step that starts at i
+            nonlocal clock_state
+            if not clock.active:
+                return
+            got = clock.apply(getattr(ddp, "module", ddp), i)
+            changed = {k: v for k, v in got.items() if k in ("qn_phase", "inq_portion")
+                       and clock_state.get(k) != v}
+            if changed:
+                logger.log("quant_schedule", i, i / ipe, **got)
+            clock_state = got
+
         try:
             while it < total:
                 epoch, start_batch = divmod(it, ipe)
                 for batch in self._train_batches(task, train_ds, sampler, epoch, start_batch):
+                    tick(it)
                     lr = schedule.apply(optimizer, it)
                     batch = move(batch, ctx.device)
                     with _autocast(ctx.device, tc.amp):
@@ -503,6 +520,8 @@ class Trainer:
                         saved_at = it
                 epoch_end = it % ipe == 0
                 final = it >= total
+                if final:
+                    tick(it)  # the run's end state (INQ: every weight quantized) is evaluated
                 n_epochs = it // ipe
                 if final or (epoch_end and tc.eval_interval and n_epochs % tc.eval_interval == 0):
                     self._evaluate(task, ddp, test_loader, it, ipe, logger)
