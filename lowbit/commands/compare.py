@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: each method's own)")
     add_budget_args(p)
     p.add_argument("--calib-images", type=int, default=32,
-                   help="training images for PTQ calibration and the int8 export (default 32)")
+                   help="training images for PTQ calibration, the int8 export and (the first 8) "
+                   "mixed's layer sensitivity (default 32)")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency")
     p.add_argument("--latency-iters", type=int, default=20, help="timed runs per row")
     p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
