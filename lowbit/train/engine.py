@@ -388,8 +388,11 @@ class Trainer:
             if latest is not None:
                 logger.log("resume", start, start / ipe, checkpoint=str(latest))
             if ctx.distributed:
+                # QN phases switch requires_grad of the weights on and off between steps:
+                # DDP must then look for parameters without a gradient in every step
                 ddp = nn.parallel.DistributedDataParallel(
-                    model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+                    model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                    find_unused_parameters=tc.qn_phases is not None,
                 )
             else:
                 ddp = model

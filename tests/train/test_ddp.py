@@ -58,3 +58,41 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path, one_thread: Non
     assert [e["iteration"] for e in one_train] == [10, 20, 30]
     for a, b in zip(ddp_train, one_train):
         assert abs(a["loss"] - b["loss"]) < 1e-4
+
+
+def test_two_process_gloo_drives_qn_phases_and_inq_like_one_process(tmp_path: Path,
+                                                                    one_thread: None) -> None:
+    """QN's activations phase turns the weights' requires_grad off between steps and INQ
+    freezes weights: under DDP both must run and give the single-process weights."""
+    for name, quant, extra in (
+        ("qn", {"method": "qn", "bits": 2},
+         {"qn_phases": [["weights", 0.08], ["activations", 0.08], ["both", 1.0]]}),
+        ("inq", {"method": "inq-incremental", "bits": 4}, {}),
+    ):
+        raw = small_config(model={"kwargs": {"norm": "none", "width": 8}},
+                           optim={"lr": 0.05, "warmup_iters": 2},
+                           train={"iterations": 12, "batch_size": 32, "log_every": 4,
+                                  "eval_interval": 0, **extra},
+                           quant=quant)
+        cfg_path = write_config(tmp_path / f"{name}.yaml", raw)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "lowbit.cli", "train", str(cfg_path), "--out",
+               str(tmp_path / f"{name}_ddp"), "--json"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        single = fit(config_from_dict(raw), tmp_path / f"{name}_one", progress=False)
+        ddp_state = load_checkpoint(tmp_path / f"{name}_ddp").model_state
+        one_state = load_checkpoint(single.checkpoint).model_state
+        assert ddp_state.keys() == one_state.keys()
+        for key, value in one_state.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(ddp_state[key], value, atol=1e-5, rtol=1e-4)
+            else:
+                assert torch.equal(ddp_state[key], value), key
+        events = [e for e in read_metrics(tmp_path / f"{name}_ddp")
+                  if e["event"] == "quant_schedule"]
+        assert len(events) == (3 if name == "qn" else 4), events
