@@ -587,7 +587,7 @@ def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float
     """The FP32 run's config turned into a QAT run: ``quant``, ``init`` = the FP32 run, the
     budget's length and learning rate (cosine, short warm-up), evaluation only at the end,
     ``train.quant_penalty = penalty``; ``qn_phases`` (shares of the budget) become
-    ``train.qn_phases`` in epochs of the engine's sampler."""
+    ``train.qn_phases`` in epochs of the engine's sampler, each a whole number of iterations."""
     from lowbit.config import config_from_dict, config_to_dict
     from lowbit.train.sampler import ResumableShardedSampler
 
@@ -604,7 +604,7 @@ def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float
               "checkpoint_every": 0, "keep_checkpoints": 1,
               "log_every": max(1, min(25, total)), "quant_penalty": float(penalty),
               "qn_phases": None if qn_phases is None
-              else [[str(n), float(f) * total / ipe] for n, f in qn_phases]})
+              else [[str(n), round(float(f) * total) / ipe] for n, f in qn_phases]})
     return config_from_dict(d)
 
 

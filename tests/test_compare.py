@@ -420,3 +420,33 @@ def test_latency_trunk_per_detector(name: str, tmp_path: Path) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert torch.allclose(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
+
+
+def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(tmp_path: Path) -> None:
+    """003's W/A8 row: QN activations (not PACT) at every quantized layer's input, and the
+    engine runs the three phases over the budget (30 / 30 / 40% of 10 iterations)."""
+    from lowbit.demo import load_run_model
+    from lowbit.nn import QNActQuant, act_quantizers, quant_layers
+
+    cfg = write_tiny_config(tmp_path)
+    assert main(["compare", str(cfg), "--out", str(tmp_path / "out"), "--methods", "qn-a8",
+                 "--qat-iters", "10", "--calib-images", "2", "--no-latency", "--json"]) == 0
+    r = _rows(tmp_path / "out")["qn-a8@3"]
+    assert r["status"] == "ok", r.get("error")
+    assert math.isfinite(r["mAP"])
+    run = Path(r["run_dir"])
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"quant_schedule"' in line]
+    assert [(e["iteration"], e["qn_phase"]) for e in events] == [
+        (0, "weights"), (3, "activations"), (6, "both")]
+    _, model, _ = load_run_model(run)
+    acts = [aq for _, aq in act_quantizers(model)]
+    assert acts and all(isinstance(aq, QNActQuant) and aq.bits == 8 for aq in acts)
+    assert len(acts) == len(quant_layers(model))
+    # initialised from data: 256 unsigned levels (255 signed ones where the input has
+    # negative values, e.g. the normalised image), one sorted bias between neighbours
+    for aq in acts:
+        assert bool(aq.initialized)
+        assert aq.levels.numel() == (255 if float(aq.levels[0]) < 0 else 256)
+        assert aq.biases.numel() == aq.levels.numel() - 1
+        assert bool((aq.biases[1:] >= aq.biases[:-1]).all())

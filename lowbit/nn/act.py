@@ -258,6 +258,15 @@ class QNActQuant(nn.Module):
         self.biases = init_biases(v, self.levels.cpu(), beta).to(self.levels.device)
         self.initialized.fill_(True)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kw) -> None:
+        # the levels' sign (and so their count) is chosen from the first data: a signed input
+        # has 2**b - 1 levels, an unsigned one 2**b; take the saved shapes before the check
+        for name in ("levels", "biases"):
+            src = state_dict.get(prefix + name)
+            if isinstance(src, torch.Tensor) and src.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(src, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
     def finish_observing(self) -> None:
         obs, self.observer, self.observing = self.observer, None, False
         if obs is None or obs.count == 0:

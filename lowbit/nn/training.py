@@ -80,7 +80,7 @@ class QNSchedule:
             return "both"
         start = 0.0
         for name, n in self.phases:
-            if epoch < start + n:
+            if epoch < start + n - 1e-9:  # a boundary hit up to float rounding starts the next
                 return name
             start += n
         return self.phases[-1][0]

@@ -290,3 +290,21 @@ def test_schedule_phase_validation() -> None:
         QNSchedule(phases=())
     s = QNSchedule(phases=[("weights", 1), ("both", 2)])
     assert s.phases == (("weights", 1.0), ("both", 2.0)) and s.phase(0.999) == "weights"
+
+
+def test_signed_qn_activations_load_into_a_fresh_quantizer() -> None:
+    """A signed input switches QN's activation levels to 2**b - 1 signed ones; a checkpoint of
+    it must load into a fresh (unsigned, 2**b levels) quantizer and give the same outputs."""
+    torch.manual_seed(0)
+    q = QNActQuant(bits=8)
+    x = torch.randn(4, 3, 8, 8)  # negative values: signed levels
+    q.train()
+    q(x)
+    assert q.levels.numel() == 255 and float(q.levels[0]) < 0
+    fresh = QNActQuant(bits=8)
+    assert fresh.levels.numel() == 256
+    fresh.load_state_dict(q.state_dict())
+    q.eval()
+    fresh.eval()
+    assert torch.equal(fresh.levels, q.levels) and torch.equal(fresh.biases, q.biases)
+    assert torch.equal(fresh(x), q(x))
