@@ -162,6 +162,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                       "layers": ["conv", "linear"],
                       "act": {"method": "uniform", "bits": 8, "calibrator": "minmax"}},
            calibrate=True),
+    Method("uniform-ptq-tensor", "ptq", 8, (2, 8),
+           "uniform-ptq with one min/max range per weight tensor: 002's contrast without "
+           "clipping at the clip methods' granularity (their weight clip is per tensor)",
+           "002 baseline",
+           lambda b: {"method": "uniform", "bits": b, "params": {"per_channel": False},
+                      "layers": ["conv", "linear"],
+                      "act": {"method": "uniform", "bits": 8, "calibrator": "minmax"}},
+           calibrate=True),
     Method("clip-ptq", "ptq", 8, (2, 8),
            "clipping-based PTQ: MSE-optimal weight clip and activation clips, b-bit uniform "
            "from the clip values (no clip training here)", "002",
@@ -200,11 +208,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            lambda b: {"method": "lbw-exact", "bits": b}, plan=_plan_mixed),
 )}
 
-#: ``clip-qat``, ``clip-ptq-svd`` and ``qn-a8`` are opt-in (``--methods``): QAT runs on top
-#: of ``clip-ptq`` / ``qn``, and the SVD row only differs from ``clip-ptq`` on models with
-#: Linear layers.
-DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS
-                                         if m not in ("clip-qat", "clip-ptq-svd", "qn-a8"))
+#: ``clip-qat``, ``clip-ptq-svd``, ``qn-a8`` and ``uniform-ptq-tensor`` are opt-in
+#: (``--methods``): QAT runs on top of ``clip-ptq`` / ``qn``, the SVD row only differs from
+#: ``clip-ptq`` on models with Linear layers, and the per-tensor row is 002's contrast.
+OPT_IN: tuple[str, ...] = ("clip-qat", "clip-ptq-svd", "qn-a8", "uniform-ptq-tensor")
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
 
 
 def methods_markdown() -> str:

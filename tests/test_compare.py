@@ -6,6 +6,7 @@ with the quantizer functions, data-free statistics by plain Python loops over ro
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -450,3 +451,28 @@ def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(tmp_path: Path) -> No
         assert aq.levels.numel() == (255 if float(aq.levels[0]) < 0 else 256)
         assert aq.biases.numel() == aq.levels.numel() - 1
         assert bool((aq.biases[1:] >= aq.biases[:-1]).all())
+
+
+def test_per_tensor_contrast_row_has_one_weight_range_per_layer() -> None:
+    """002's contrast without clipping: ``uniform-ptq-tensor`` quantizes each weight tensor on
+    one symmetric grid (max|W| / 127), ``uniform-ptq`` per output channel."""
+    import lowbit.nn as L
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 5))
+    x = torch.randn(2, 3, 8, 8)
+    for name, per_channel in (("uniform-ptq-tensor", False), ("uniform-ptq", True)):
+        m = L.prepare(copy.deepcopy(net), METHODS[name].recipe(8)).eval()
+        L.calibrate(m, [(x, None)])
+        L.convert(m)
+        for lname, layer in L.quant_layers(m):
+            w = layer.weight.detach().double()
+            got = layer.frozen.values.double()
+            if per_channel:
+                amax = w.reshape(w.shape[0], -1).abs().amax(1)
+                step = (amax / 127).reshape(-1, *([1] * (w.dim() - 1)))
+            else:
+                step = w.abs().max() / 127
+            want = torch.round(w / step) * step  # a loop-free oracle of the symmetric grid
+            assert torch.allclose(got, want, atol=1e-6), (name, lname)
