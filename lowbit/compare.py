@@ -26,7 +26,9 @@ exported has ``latency_ms = None`` and the reason in ``latency_note``.
 
 Outputs in ``OUT``: ``results.json`` (``{"fp32_run", "settings", "rows": [...]}``),
 ``results.md`` and ``map_vs_memory.png``. Resumable: a rerun skips every row already ``ok``
-with the same settings (QAT runs continue from their checkpoints); a method that raises is
+with the same settings (QAT runs continue from their checkpoints), and the finished rows of
+earlier invocations on the same FP32 run that were not asked for this time stay in the table
+(``"kept"``; each row records its ``settings``); a method that raises is
 recorded as ``status = "failed"`` with its error and the others go on (a rerun retries it).
 No mAP is ever NaN silently: a non-finite metric fails the row.
 """
@@ -722,7 +724,7 @@ def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, A
             continue
         row: dict[str, Any] = {"key": key, "method": method.name if method else "fp32",
                                "kind": method.kind if method else "fp32", "bits": bits,
-                               "stamp": stamp, **extra}
+                               "stamp": stamp, "settings": settings, **extra}
         t0 = time.perf_counter()
         try:
             if method is None:
@@ -758,10 +760,20 @@ def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, A
         results["rows"].append({k: _finite_or_none(v) for k, v in row.items()})
         _write_json(res_path, {**results, "rows": results["rows"] + [
             r for k, r in old_rows.items() if k not in {x["key"] for x in results["rows"]}]})
+    # finished rows of earlier invocations on the same FP32 run (other methods / widths) stay
+    # in the table; each carries the settings it was made with
+    done = {r["key"] for r in results["rows"]}
+    kept = [r for k, r in old_rows.items() if k not in done and r.get("status") == "ok"
+            and old.get("fp32_run") == str(base.run_dir)]
+    if kept:  # table order: FP32, then METHODS order (stable: widths as they were run)
+        order = {name: i for i, name in enumerate(METHODS)}
+        results["rows"] = sorted(results["rows"] + kept, key=lambda r: (
+            r["method"] != "fp32", order.get(r["method"], len(order))))
     for r in results["rows"]:
         r["drop"] = (fp32_map - r["mAP"]) if (fp32_map is not None and r.get("mAP") is not None
                                               and r["status"] == "ok") else None
     results["skipped"] = skipped
+    results["kept"] = [r["key"] for r in kept]
     _write_json(res_path, results)
     return results
 
@@ -791,7 +803,8 @@ def compare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             budget: Budget | None = None, calib_images: int = 32, latency: bool = True,
             latency_iters: int = 20, progress: bool = True) -> dict[str, Any]:
     """Run the comparison (see the module docstring) into ``out``; returns ``results.json``'s
-    content plus ``"skipped"`` (rows reused from a previous run) and ``"files"``."""
+    content plus ``"skipped"`` (rows reused from a previous run), ``"kept"`` (earlier rows not
+    asked for this time, still in the table) and ``"files"``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     budget = budget or Budget()

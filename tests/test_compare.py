@@ -476,3 +476,19 @@ def test_per_tensor_contrast_row_has_one_weight_range_per_layer() -> None:
                 step = w.abs().max() / 127
             want = torch.round(w / step) * step  # a loop-free oracle of the symmetric grid
             assert torch.allclose(got, want, atol=1e-6), (name, lname)
+
+
+def test_a_run_of_some_methods_keeps_the_other_rows(cmp_out: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    before = _rows(cmp_out / "out")
+    capsys.readouterr()
+    assert main(["compare", str(cmp_out / "tiny.yaml"), "--out", str(cmp_out / "out"),
+                 "--methods", "twn", *ARGS]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["skipped"]) == {"fp32", "twn@2"}
+    assert set(res["kept"]) == set(before) - {"fp32", "twn@2"}
+    after = _rows(cmp_out / "out")
+    assert set(after) == set(before)
+    assert [r["key"] for r in res["rows"]][0] == "fp32"
+    md = (cmp_out / "out" / "results.md").read_text()
+    assert sum(1 for line in md.splitlines() if line.startswith("| ")) == len(before) + 1
