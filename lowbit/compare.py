@@ -199,6 +199,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "(weights held on their hard staircase), both 40%", "003",
            lambda b: {"method": "qn", "bits": b, "act": {"method": "qn", "bits": 8}},
            qn_phases=(("weights", 0.3), ("activations", 0.3), ("both", 0.4))),
+    Method("qn-a8-uniform", "qat", 3, (1, 8),
+           "qn-a8 with the activation staircase's steps at the midpoints of uniform levels "
+           "(bias_init uniform) instead of k-means: the hard staircase is plain 8-bit uniform "
+           "quantization, deployable as uint8", "003 variant",
+           lambda b: {"method": "qn", "bits": b,
+                      "act": {"method": "qn", "bits": 8, "bias_init": "uniform"}},
+           qn_phases=(("weights", 0.3), ("activations", 0.3), ("both", 0.4))),
     Method("kmeans-df", "datafree", 4, (1, 8),
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
@@ -210,10 +217,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            lambda b: {"method": "lbw-exact", "bits": b}, plan=_plan_mixed),
 )}
 
-#: ``clip-qat``, ``clip-ptq-svd``, ``qn-a8`` and ``uniform-ptq-tensor`` are opt-in
+#: ``clip-qat``, ``clip-ptq-svd``, ``qn-a8(-uniform)`` and ``uniform-ptq-tensor`` are opt-in
 #: (``--methods``): QAT runs on top of ``clip-ptq`` / ``qn``, the SVD row only differs from
 #: ``clip-ptq`` on models with Linear layers, and the per-tensor row is 002's contrast.
-OPT_IN: tuple[str, ...] = ("clip-qat", "clip-ptq-svd", "qn-a8", "uniform-ptq-tensor")
+OPT_IN: tuple[str, ...] = ("clip-qat", "clip-ptq-svd", "qn-a8", "qn-a8-uniform",
+                           "uniform-ptq-tensor")
 DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
 
 

@@ -210,7 +210,9 @@ class QNActQuant(nn.Module):
     ``levels_for_bits(b)`` if the first batch has negative values), ``o = -q_0``. Initialised
     from the first batch (or :func:`lowbit.nn.calibrate`) as the paper's public code: the range
     ``[lo, hi]`` drops the ``outlier`` fraction at each end, ``beta = q_max / hi``,
-    ``alpha = 1 / beta``, biases the midpoints of a k-means of ``beta x``. Training mode: soft
+    ``alpha = 1 / beta``, biases the midpoints of a k-means of ``beta x`` (``bias_init=
+    "kmeans"``) or of neighbouring levels (``"uniform"``: the hard staircase is then b-bit
+    uniform quantization, ``alpha * clamp(round(beta x), q_0, q_max)``). Training mode: soft
     staircase at ``temperature`` (forward) with the gradient of temperature
     ``backward_temperature`` (default 1 as the public code; None: exact), both evaluated by
     the windowed :func:`lowbit.quant.sigmoid.soft_stairs` (only the biases within ``17 / T`` of
@@ -220,8 +222,11 @@ class QNActQuant(nn.Module):
     """
 
     def __init__(self, bits: int = 2, backward_temperature: float | None = 1.0,
-                 outlier: float = 1e-3) -> None:
+                 outlier: float = 1e-3, bias_init: str = "kmeans") -> None:
         super().__init__()
+        if bias_init not in ("kmeans", "uniform"):
+            raise ValueError(f"bias_init must be 'kmeans' or 'uniform', got {bias_init!r}")
+        self.bias_init = bias_init
         self.bits = int(bits)
         self.register_buffer("levels", levels_for_bits(bits, signed=False))
         self.register_buffer("biases", (self.levels[1:] + self.levels[:-1]) / 2)
@@ -255,7 +260,11 @@ class QNActQuant(nn.Module):
         beta = qmax / amax if amax > 0 else 1.0
         self.beta.fill_(beta)
         self.alpha.fill_(1.0 / beta)
-        self.biases = init_biases(v, self.levels.cpu(), beta).to(self.levels.device)
+        if self.bias_init == "uniform":
+            lv = self.levels
+            self.biases = ((lv[1:] + lv[:-1]) / 2).float()
+        else:
+            self.biases = init_biases(v, self.levels.cpu(), beta).to(self.levels.device)
         self.initialized.fill_(True)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kw) -> None:
@@ -300,4 +309,5 @@ class QNActQuant(nn.Module):
         return self.alpha.to(x.dtype) * (y - o)
 
     def extra_repr(self) -> str:
-        return f"mode='qn', bits={self.bits}, T={float(self.temperature):g}"
+        return (f"mode='qn', bits={self.bits}, T={float(self.temperature):g}, "
+                f"bias_init={self.bias_init!r}")

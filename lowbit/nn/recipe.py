@@ -43,6 +43,8 @@ NN_METHODS = ("clip", "inq-incremental")
 #: activation quantizer kinds
 ACT_METHODS = ("pact", "uniform", "clip", "qn")
 ACT_POSITIONS = ("input", "after_relu")
+#: where QN activation quantizers put their step positions (ActRecipe.bias_init)
+QN_BIAS_INITS = ("kmeans", "uniform")
 LAYER_TYPES = ("conv", "linear")
 _OVERRIDE_KEYS = ("method", "bits", "params", "float", "act")
 
@@ -97,7 +99,11 @@ class ActRecipe:
     ``nn.ReLU``/``nn.ReLU6`` module whose name passes include/exclude). ``symmetric``: for
     ``uniform``, signed symmetric codes instead of affine. ``calibrator``: the range estimator
     of ``uniform`` (``minmax | percentile | mse | kl``). ``clip``: initial clip of
-    ``pact``/``clip`` (None: from the first batch).
+    ``pact``/``clip`` (None: from the first batch). ``bias_init``: where ``qn`` puts its
+    step positions, ``"kmeans"`` (midpoints of a 1-D k-means of the data, as the paper's public
+    code: non-uniform input thresholds for uniform output levels) or ``"uniform"`` (midpoints
+    of the levels: the hard staircase is then b-bit uniform quantization of ``[0, max]``, an
+    ordinary uint8 activation once deployed).
     """
 
     method: str = "uniform"
@@ -106,6 +112,7 @@ class ActRecipe:
     symmetric: bool = False
     calibrator: str = "minmax"
     clip: float | None = None
+    bias_init: str = "kmeans"
 
     def __post_init__(self) -> None:
         if self.method not in ACT_METHODS:
@@ -122,6 +129,9 @@ class ActRecipe:
             )
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"act clip must be > 0, got {self.clip}")
+        if self.bias_init not in QN_BIAS_INITS:
+            raise ValueError(f"act bias_init must be one of {QN_BIAS_INITS}, got "
+                             f"{self.bias_init!r}")
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,25 @@ def test_signed_qn_activations_load_into_a_fresh_quantizer() -> None:
     fresh.eval()
     assert torch.equal(fresh.levels, q.levels) and torch.equal(fresh.biases, q.biases)
     assert torch.equal(fresh(x), q(x))
+
+
+def test_uniform_bias_init_is_plain_uniform_quantization_once_hard() -> None:
+    """``bias_init="uniform"``: steps at the midpoints of the integer levels, so the hard
+    staircase equals ``alpha * clamp(round(beta x), 0, 2**b - 1)`` (an ordinary uint8
+    activation); the default k-means steps are not uniform on the same data."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 4, 16, 16)) ** 2  # skewed: k-means spacing is uneven
+    uni, km = QNActQuant(bits=8, bias_init="uniform"), QNActQuant(bits=8)
+    for q in (uni, km):
+        q.train()
+        q(x)
+        q.eval()
+    gaps = uni.biases[1:] - uni.biases[:-1]
+    assert torch.allclose(gaps, torch.ones_like(gaps))
+    beta, alpha = float(uni.beta), float(uni.alpha)
+    want = alpha * torch.clamp(torch.round(beta * x), 0, 255)  # no exact ties in random data
+    assert torch.allclose(uni(x), want, atol=1e-6 * alpha)
+    km_gaps = km.biases[1:] - km.biases[:-1]
+    assert float(km_gaps.max() / km_gaps.min()) > 2.0
+    with pytest.raises(ValueError, match="bias_init"):
+        QNActQuant(bits=8, bias_init="log")
