@@ -103,7 +103,9 @@ class ActRecipe:
     step positions, ``"kmeans"`` (midpoints of a 1-D k-means of the data, as the paper's public
     code: non-uniform input thresholds for uniform output levels) or ``"uniform"`` (midpoints
     of the levels: the hard staircase is then b-bit uniform quantization of ``[0, max]``, an
-    ordinary uint8 activation once deployed).
+    ordinary uint8 activation once deployed). ``outlier``: ``qn``'s range drops this share of
+    the data at each end before setting ``beta`` (the public code's 1e-3; 0: the full min/max
+    range -- on SSD-lite at 8 bits, post-training, 1e-3 cost 2.7 mAP points, 0 cost 0.2).
     """
 
     method: str = "uniform"
@@ -113,6 +115,7 @@ class ActRecipe:
     calibrator: str = "minmax"
     clip: float | None = None
     bias_init: str = "kmeans"
+    outlier: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.method not in ACT_METHODS:
@@ -129,6 +132,8 @@ class ActRecipe:
             )
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"act clip must be > 0, got {self.clip}")
+        if not 0.0 <= self.outlier < 0.5:
+            raise ValueError(f"act outlier must be in [0, 0.5), got {self.outlier!r}")
         if self.bias_init not in QN_BIAS_INITS:
             raise ValueError(f"act bias_init must be one of {QN_BIAS_INITS}, got "
                              f"{self.bias_init!r}")

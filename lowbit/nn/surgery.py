@@ -40,7 +40,7 @@ def _kind(m: nn.Module) -> str | None:
 def make_act_quantizer(a: ActRecipe) -> nn.Module:
     """The activation quantizer module for an :class:`ActRecipe`."""
     if a.method == "qn":
-        return QNActQuant(a.bits, bias_init=a.bias_init)
+        return QNActQuant(a.bits, outlier=a.outlier, bias_init=a.bias_init)
     return UniformActQuant(a.bits, a.method, a.symmetric, a.calibrator, a.clip)
 
 

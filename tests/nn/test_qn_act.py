@@ -4,6 +4,7 @@ three-phase schedule over fractional epochs."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -330,3 +331,24 @@ def test_uniform_bias_init_is_plain_uniform_quantization_once_hard() -> None:
     assert float(km_gaps.max() / km_gaps.min()) > 2.0
     with pytest.raises(ValueError, match="bias_init"):
         QNActQuant(bits=8, bias_init="log")
+
+
+def test_recipe_outlier_sets_the_qn_activation_range() -> None:
+    """``act.outlier`` reaches the QN activation quantizer: 0 keeps the data's max as the top
+    level, the default 1e-3 clips the top 0.1% (a smaller max)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 1))
+    x = torch.relu(torch.randn(4, 3, 32, 32))
+    tops = {}
+    for outlier in (0.0, 1e-3):
+        m = prepare(copy.deepcopy(net), {"method": "qn", "bits": 3,
+                                         "act": {"method": "qn", "bits": 8, "outlier": outlier}})
+        (aq,) = [q for _, q in act_quantizers(m)]
+        assert aq.outlier == outlier
+        aq.init_from(x)
+        tops[outlier] = float(aq.levels[-1]) / float(aq.beta)  # input value of the top level
+    assert tops[0.0] == pytest.approx(float(x.max()), rel=1e-6)
+    assert tops[1e-3] < 0.95 * float(x.max())
+    with pytest.raises(ValueError, match="outlier"):
+        prepare(copy.deepcopy(net),
+                {"method": "qn", "bits": 3, "act": {"method": "qn", "outlier": 0.5}})
