@@ -324,7 +324,7 @@ def test_uniform_bias_init_is_plain_uniform_quantization_once_hard() -> None:
         q.eval()
     gaps = uni.biases[1:] - uni.biases[:-1]
     assert torch.allclose(gaps, torch.ones_like(gaps))
-    beta, alpha = float(uni.beta), float(uni.alpha)
+    beta, alpha = float(uni.beta.detach()), float(uni.alpha.detach())
     want = alpha * torch.clamp(torch.round(beta * x), 0, 255)  # no exact ties in random data
     assert torch.allclose(uni(x), want, atol=1e-6 * alpha)
     km_gaps = km.biases[1:] - km.biases[:-1]
@@ -346,7 +346,7 @@ def test_recipe_outlier_sets_the_qn_activation_range() -> None:
         (aq,) = [q for _, q in act_quantizers(m)]
         assert aq.outlier == outlier
         aq.init_from(x)
-        tops[outlier] = float(aq.levels[-1]) / float(aq.beta)  # input value of the top level
+        tops[outlier] = float(aq.levels[-1]) / float(aq.beta.detach())  # top level's input
     assert tops[0.0] == pytest.approx(float(x.max()), rel=1e-6)
     assert tops[1e-3] < 0.95 * float(x.max())
     with pytest.raises(ValueError, match="outlier"):
