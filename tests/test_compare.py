@@ -173,8 +173,6 @@ def test_mixed_gives_a_fragile_layer_more_bits() -> None:
 
 def test_output_metric_is_the_mean_relative_mse_of_the_raw_outputs() -> None:
     """OutputMSE against a hand computation on forward_raw (two-stage: FP32 proposals)."""
-    import copy
-
     from lowbit.compare import OutputMSE
 
     ref = _fragile_rfcn(False)
