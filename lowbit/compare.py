@@ -704,6 +704,16 @@ def _finite_or_none(v: Any) -> Any:
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
+def _method_extras(method: Method | None) -> dict[str, Any]:
+    """The parts of a method besides its recipe that change its row (in the row's stamp; only
+    non-default ones, so rows of methods without them keep their stamps)."""
+    if method is None:
+        return {}
+    out = {"qn_phases": method.qn_phases, "penalty": method.penalty,
+           "svd_energy": method.svd_energy, "reevaluate": method.reevaluate}
+    return {k: v for k, v in out.items() if v not in (None, 0.0, False)}
+
+
 def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, Any]]],
               out: Path, results_name: str, settings: dict[str, Any], budget: Budget,
               calib_images: int, latency: bool, latency_iters: int, progress: bool
@@ -725,7 +735,8 @@ def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, A
         bar.set_description(key)
         stamp = _hash({"settings": settings if method else str(base.run_dir),
                        "recipe": method.recipe(bits) if method else None,
-                       "kind": method.kind if method else "fp32", **extra})
+                       "kind": method.kind if method else "fp32", **extra,
+                       **_method_extras(method)})
         prev = old_rows.get(key)
         if prev is not None and prev.get("status") == "ok" and prev.get("stamp") == stamp:
             results["rows"].append(prev)
