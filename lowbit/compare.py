@@ -131,6 +131,19 @@ def _plan_mixed(model: nn.Module, calib: list[list[Tensor]], bits: int
     return plan_mixed(model, calib, bits)
 
 
+def _plan_dorefa(model: nn.Module, calib: list[list[Tensor]], bits: int
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DoReFa's recipe for this model: every Conv2d that no BatchNorm follows stays float
+    (found by :func:`lowbit.nn.find_conv_bn_pairs`)."""
+    from lowbit.nn import find_conv_bn_pairs
+
+    paired = {c for c, _ in find_conv_bn_pairs(model)}
+    loose = sorted(n for n, m in model.named_modules()
+                   if isinstance(m, nn.Conv2d) and n not in paired)
+    return ({"method": "dorefa", "bits": int(bits), "exclude": loose},
+            {"dorefa_float_layers": loose})
+
+
 #: Every method of the comparison, in table order. README lists this table.
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lbw-exact", "qat", 4, (2, 8),
@@ -152,11 +165,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "the last quarter trains only BN/biases", "INQ",
            lambda b: {"method": "inq-incremental", "bits": b}),
     Method("dorefa", "qat", 4, (2, 8),
-           "DoReFa weights (tanh, normalised to [-1, 1], uniform) in the backbone; RPN and "
-           "detection head float (DoReFa drops each layer's scale, which only a following "
-           "BatchNorm restores; the heads have none)", "DoReFa-Net",
-           lambda b: {"method": "dorefa", "bits": b,
-                      "exclude": ["rpn.*", "roi_heads.*"]}),
+           "DoReFa weights (tanh, normalised to [-1, 1], uniform) on every conv followed by a "
+           "BatchNorm; the convs without one (R-FCN's RPN and head, YOLO's and SSD's output "
+           "convs) stay float: DoReFa drops each layer's scale, which only a following "
+           "BatchNorm restores", "DoReFa-Net",
+           lambda b: {"method": "dorefa", "bits": b}, plan=_plan_dorefa),
     Method("uniform-ptq", "ptq", 8, (2, 8),
            "uniform symmetric per-channel min/max weights + uint8 min/max activations "
            "calibrated on training images", "002 baseline",

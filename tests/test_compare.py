@@ -490,3 +490,24 @@ def test_a_run_of_some_methods_keeps_the_other_rows(cmp_out: Path,
     assert [r["key"] for r in res["rows"]][0] == "fp32"
     md = (cmp_out / "out" / "results.md").read_text()
     assert sum(1 for line in md.splitlines() if line.startswith("| ")) == len(before) + 1
+
+
+def test_dorefa_keeps_exactly_the_convs_without_batchnorm_float(cmp_out: Path) -> None:
+    """DoReFa drops each layer's scale: the convs no BatchNorm follows stay float. On R-FCN
+    those are the RPN and the position-sensitive head (the hand-written rule it replaced), on
+    YOLOv3 the three output convs, on SSD the twelve loc/conf convs."""
+    from lowbit.compare import _plan_dorefa
+    from lowbit.detection.registry import create_model
+
+    r = _rows(cmp_out / "out")["dorefa@4"]
+    assert r["status"] == "ok"
+    rfcn = create_model("rfcn_resnet18", 10, width=0.125)
+    want = sorted(n for n, m in rfcn.named_modules() if isinstance(m, torch.nn.Conv2d)
+                  and n.startswith(("rpn.", "roi_heads.")))
+    assert len(want) == 6 and r["dorefa_float_layers"] == want
+    yolo = create_model("yolov3_tiny_darknet", 10)
+    assert _plan_dorefa(yolo, [], 4)[1]["dorefa_float_layers"] == [
+        f"head.branches.{i}.1" for i in range(3)]
+    ssd = create_model("ssd_lite_vgg", 10)
+    got = _plan_dorefa(ssd, [], 4)[1]["dorefa_float_layers"]
+    assert got == sorted(f"head.{k}.{i}" for k in ("loc", "conf") for i in range(6))
