@@ -71,8 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from the weights alone. Evaluate each with the VOC07 metric and write OUT/results.json"
         ", OUT/results.md (method, bits, mAP, drop vs FP32, conv weight memory, x smaller, zero "
         "share, onnxruntime latency of the int8 trunk) and OUT/map_vs_memory.png. A rerun "
-        "skips finished rows; a failing method is recorded and the others go on. "
-        "`lowbit compare --list` prints the methods.",
+        "skips finished rows, and rows of earlier runs into the same OUT (other --methods) stay "
+        "in the table; a failing method is recorded and the others go on. Opt-in methods "
+        "(clip-qat, clip-ptq-svd, qn-a8, qn-a8-uniform, uniform-ptq-tensor) run only when "
+        "named. `lowbit compare --list` prints the methods.",
     )
     p.add_argument("source", nargs="?", metavar="CONFIG|FP32_RUN")
     p.add_argument("--methods", help="comma-separated method names (default: all; see --list)")
