@@ -126,6 +126,17 @@ def _clip(b: int, learnable: bool) -> dict[str, Any]:
             "act": {"method": "clip", "bits": 8, "calibrator": "mse"}}
 
 
+#: 003's three phases as shares of the QAT budget (``qn-a8`` rows)
+_QN_A8_PHASES: tuple[tuple[str, float], ...] = (("weights", 0.3), ("activations", 0.3),
+                                                ("both", 0.4))
+
+
+def _qn_a8(b: int, bias_init: str) -> dict[str, Any]:
+    """QN weights at b bits + 8-bit QN activations over the data's min/max range."""
+    return {"method": "qn", "bits": b,
+            "act": {"method": "qn", "bits": 8, "bias_init": bias_init, "outlier": 0.0}}
+
+
 def _plan_mixed(model: nn.Module, calib: list[list[Tensor]], bits: int
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     return plan_mixed(model, calib, bits)
@@ -211,17 +222,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "input (range = min/max of the data: the public code's 0.1% outlier clipping cost "
            "2.7 mAP points on SSD), trained in 003's three phases over the budget: weights "
            "30%, activations 30% (weights held on their hard staircase), both 40%", "003",
-           lambda b: {"method": "qn", "bits": b,
-                      "act": {"method": "qn", "bits": 8, "outlier": 0.0}},
-           qn_phases=(("weights", 0.3), ("activations", 0.3), ("both", 0.4))),
+           lambda b: _qn_a8(b, "kmeans"), qn_phases=_QN_A8_PHASES),
     Method("qn-a8-uniform", "qat", 3, (1, 8),
            "qn-a8 with the activation staircase's steps at the midpoints of uniform levels "
            "(bias_init uniform) instead of k-means: the hard staircase is plain 8-bit uniform "
            "quantization, deployable as uint8", "003 variant",
-           lambda b: {"method": "qn", "bits": b,
-                      "act": {"method": "qn", "bits": 8, "bias_init": "uniform",
-                              "outlier": 0.0}},
-           qn_phases=(("weights", 0.3), ("activations", 0.3), ("both", 0.4))),
+           lambda b: _qn_a8(b, "uniform"), qn_phases=_QN_A8_PHASES),
     Method("kmeans-df", "datafree", 4, (1, 8),
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
