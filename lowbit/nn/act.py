@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lowbit.nn.quantizers import adopt_saved_shapes
 from lowbit.quant.sigmoid import init_biases, levels_for_bits, soft_stairs
 from lowbit.quant.uniform import calibrate as _calibrate
 from lowbit.quant.uniform import fake_quant, qrange, range_to_qparams
@@ -269,11 +270,8 @@ class QNActQuant(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kw) -> None:
         # the levels' sign (and so their count) is chosen from the first data: a signed input
-        # has 2**b - 1 levels, an unsigned one 2**b; take the saved shapes before the check
-        for name in ("levels", "biases"):
-            src = state_dict.get(prefix + name)
-            if isinstance(src, torch.Tensor) and src.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(src, device=getattr(self, name).device))
+        # has 2**b - 1 levels, an unsigned one 2**b
+        adopt_saved_shapes(self, state_dict, prefix, ("levels", "biases"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kw)
 
     def finish_observing(self) -> None:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lowbit.nn.layers import quant_layers
-from lowbit.nn.quantizers import WeightQuantizer
+from lowbit.nn.quantizers import WeightQuantizer, adopt_saved_shapes
 from lowbit.quant import pot
 from lowbit.quant._common import check_bits
 from lowbit.quant.registry import QuantResult
@@ -134,13 +134,8 @@ class INQWeightQuant(WeightQuantizer):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
                               **kw: Any) -> None:
-        # mask / frozen are sized lazily: take the saved shape (in place, so references held
-        # elsewhere, e.g. by DDP's buffer list, stay valid) before the standard shape check.
-        for name in ("mask", "frozen"):
-            src = state_dict.get(prefix + name)
-            buf = getattr(self, name)
-            if isinstance(src, Tensor) and src.shape != buf.shape:
-                buf.resize_(src.shape)
+        # mask / frozen are sized lazily, when INQ starts
+        adopt_saved_shapes(self, state_dict, prefix, ("mask", "frozen"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kw)
         self._rev += 1
 

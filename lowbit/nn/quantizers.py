@@ -61,6 +61,19 @@ def _grad_scale(x: Tensor, g: float) -> Tensor:
     return (x - x * g).detach() + x * g
 
 
+def adopt_saved_shapes(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                       names: tuple[str, ...]) -> None:
+    """For buffers whose shape is only known once data was seen (QN activation levels, INQ
+    masks): resize each named buffer of ``module`` in place to the shape saved in
+    ``state_dict`` (call from ``_load_from_state_dict`` before the standard shape check; in
+    place, so references held elsewhere, e.g. DDP's buffer list, stay valid)."""
+    for name in names:
+        src = state_dict.get(prefix + name)
+        buf = getattr(module, name)
+        if isinstance(src, Tensor) and src.shape != buf.shape:
+            buf.resize_(src.shape)
+
+
 def ste(w: Tensor, wq: Tensor) -> Tensor:
     """Straight-through: value ``wq``, gradient with respect to ``w`` = gradient at ``wq``."""
     return _STE.apply(w, wq)

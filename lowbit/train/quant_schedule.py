@@ -14,8 +14,9 @@ Two recipes change while they train, and a run that does not drive them trains s
 
 :class:`QuantClock` is applied before every optimizer step (iteration ``i`` runs at epoch
 ``i / ipe`` and progress ``i / total``) and once more at the end (progress 1, before the final
-evaluation). It is stateless -- everything follows from the iteration -- so a resumed run sets
-the same temperatures, phases and portions (INQ's frozen values come from the checkpoint).
+evaluation). Everything follows from the iteration -- a resumed run sets the same temperatures,
+phases and portions (INQ's frozen values come from the checkpoint); the clock only remembers
+which INQ portion it last set, so INQ layers are partitioned once per stage, not every step.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class QuantClock:
         has_qn = any(isinstance(layer.weight_quant, QNWeightQuant)
                      for _, layer in quant_layers(model)) or any(
             isinstance(aq, QNActQuant) for _, aq in act_quantizers(model))
+        self._inq_applied: dict[int, float] = {}  # portion last set per INQ quantizer
         phases = None if qn_phases is None else tuple((str(n), float(e)) for n, e in qn_phases)
         self.qn = QNSchedule(t0=float(qn_t0), phases=phases) if has_qn else None
 
@@ -75,7 +77,9 @@ class QuantClock:
         progress = min(1.0, iteration / self.total)
         for layer, q in self.inq:
             p = inq_portion(progress, q.portions)
-            q.set_portion(p, layer.weight)
-            layer.invalidate()
+            if p != self._inq_applied.get(id(q)):  # a new stage (or the first call)
+                q.set_portion(p, layer.weight)
+                layer.invalidate()
+                self._inq_applied[id(q)] = p
             out["inq_portion"] = p
         return out
