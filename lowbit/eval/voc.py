@@ -55,6 +55,7 @@ __all__ = [
     "VOCEvalResult",
     "voc_ap",
     "voc_eval_class",
+    "voc_match_class",
     "evaluate_arrays",
     "load_voc_ground_truth",
     "read_voc_results",
@@ -112,7 +113,7 @@ def _pad_by_image(
     return pb, pd, pv
 
 
-def voc_eval_class(
+def voc_match_class(
     gt_boxes: np.ndarray,
     gt_difficult: np.ndarray,
     gt_image: np.ndarray,
@@ -120,19 +121,14 @@ def voc_eval_class(
     det_scores: np.ndarray,
     det_boxes: np.ndarray,
     iou_thresh: float = 0.5,
-    use_07_metric: bool = False,
     n_images: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Evaluate one class. All boxes VOC 1-based inclusive ``[., 4]``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The matching of one class (arguments as :func:`voc_eval_class`).
 
-    Args:
-        gt_boxes, gt_difficult, gt_image: ``[N, 4]``, ``bool[N]``, ``int[N]`` image index of
-            every ground-truth box of the class.
-        det_image, det_scores, det_boxes: ``int[D]``, ``[D]``, ``[D, 4]``; ties in score keep
-            this order.
     Returns:
-        ``(rec, prec, ap, npos)``; ``rec``/``prec`` ``float64[D]`` in score order. With
-        ``npos == 0`` ``rec`` and ``ap`` are ``nan``.
+        ``(order, tp, fp, npos)``: ``order`` ``int64[D]`` the score order (stable), ``tp`` and
+        ``fp`` ``bool[D]`` the decision of each detection *in score order* (a hit on a difficult
+        box is neither), ``npos`` the non-difficult boxes.
     """
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     gt_difficult = np.asarray(gt_difficult, dtype=bool).reshape(-1)
@@ -186,6 +182,35 @@ def voc_eval_class(
         _, first = np.unique(img[cand] * g + jmax[cand], return_index=True)
         tp[cand[first]] = True
         fp = ~hit | (hit & ~diff & ~tp)
+    return order, tp, fp, npos
+
+
+def voc_eval_class(
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    gt_image: np.ndarray,
+    det_image: np.ndarray,
+    det_scores: np.ndarray,
+    det_boxes: np.ndarray,
+    iou_thresh: float = 0.5,
+    use_07_metric: bool = False,
+    n_images: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Evaluate one class. All boxes VOC 1-based inclusive ``[., 4]``.
+
+    Args:
+        gt_boxes, gt_difficult, gt_image: ``[N, 4]``, ``bool[N]``, ``int[N]`` image index of
+            every ground-truth box of the class.
+        det_image, det_scores, det_boxes: ``int[D]``, ``[D]``, ``[D, 4]``; ties in score keep
+            this order.
+    Returns:
+        ``(rec, prec, ap, npos)``; ``rec``/``prec`` ``float64[D]`` in score order. With
+        ``npos == 0`` ``rec`` and ``ap`` are ``nan``.
+    """
+    _, tp, fp, npos = voc_match_class(
+        gt_boxes, gt_difficult, gt_image, det_image, det_scores, det_boxes, iou_thresh, n_images
+    )
+    d = tp.size
     fpc = np.cumsum(fp, dtype=np.float64)
     tpc = np.cumsum(tp, dtype=np.float64)
     prec = tpc / np.maximum(tpc + fpc, _EPS)
