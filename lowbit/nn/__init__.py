@@ -1,7 +1,10 @@
 """lowbit.nn: quantized layers, model surgery and quantization-aware training.
 
-* layers: :class:`QuantConv2d`, :class:`QuantLinear` (float weight = the Parameter, quantized
-  forward, straight-through gradient: LBW-Net's projected SGD with any optimizer);
+* layers: :class:`QuantConv2d`, :class:`QuantLinear` and, for any other conv / linear class
+  (1d/2d/3d, transposed, subclasses with their own forward), :func:`quantize_module` (float
+  weight = the Parameter, quantized forward, straight-through gradient: LBW-Net's projected SGD
+  with any optimizer);
+* coverage: :func:`coverage` (what prepare quantized, what it left float and why);
 * activation quantizers: :class:`UniformActQuant` (uniform / PACT / clipping), :class:`QNActQuant`;
 * surgery: :func:`prepare` (from a :class:`Recipe`), :func:`convert` (frozen codes),
   :func:`describe`, :func:`weight_memory`, :func:`fold_bn`, :func:`svd_compress`;
@@ -14,9 +17,18 @@
 """
 
 from lowbit.nn.act import QNActQuant, UniformActQuant
+from lowbit.nn.coverage import CoverageReport, CoverageWarning, coverage
 from lowbit.nn.fold import find_conv_bn_pairs, fold_bn
 from lowbit.nn.inq import INQSchedule, INQWeightQuant, inq_portion
-from lowbit.nn.layers import QuantConv2d, QuantLinear, QuantMixin, quant_layers
+from lowbit.nn.layers import (
+    QuantConv2d,
+    QuantLinear,
+    QuantMixin,
+    channel_axis,
+    quant_layers,
+    quantize_module,
+    weight_layer_kind,
+)
 from lowbit.nn.mixed import Sensitivity, assign_bits, sensitivity
 from lowbit.nn.quantizers import (
     ClipWeightQuant,
@@ -42,6 +54,8 @@ from lowbit.nn.training import QNSchedule, calibrate, quant_penalty
 __all__ = [
     "ActRecipe",
     "ClipWeightQuant",
+    "CoverageReport",
+    "CoverageWarning",
     "INQSchedule",
     "INQWeightQuant",
     "LayerConfig",
@@ -61,7 +75,9 @@ __all__ = [
     "act_quantizers",
     "assign_bits",
     "calibrate",
+    "channel_axis",
     "convert",
+    "coverage",
     "describe",
     "find_conv_bn_pairs",
     "fold_bn",
@@ -72,7 +88,9 @@ __all__ = [
     "ptq_from_clips",
     "quant_layers",
     "quant_penalty",
+    "quantize_module",
     "sensitivity",
     "svd_compress",
+    "weight_layer_kind",
     "weight_memory",
 ]

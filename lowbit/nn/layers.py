@@ -26,7 +26,16 @@ from torch import Tensor, nn
 from lowbit.nn.quantizers import WeightQuantizer, ste
 from lowbit.quant.registry import QuantResult
 
-__all__ = ["QuantMixin", "QuantConv2d", "QuantLinear", "quant_layers", "set_quantizer_threads"]
+__all__ = [
+    "QuantMixin",
+    "QuantConv2d",
+    "QuantLinear",
+    "quant_layers",
+    "quantize_module",
+    "weight_layer_kind",
+    "channel_axis",
+    "set_quantizer_threads",
+]
 
 _QUANT_THREADS: int | None = 1
 
@@ -213,5 +222,100 @@ class QuantLinear(QuantMixin, nn.Linear):
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantMixin]]:
-    """``(name, layer)`` for every QuantConv2d / QuantLinear of ``model`` (named_modules order)."""
+    """``(name, layer)`` for every quantized layer of ``model`` (named_modules order):
+    :class:`QuantConv2d`, :class:`QuantLinear` and the quantized subclasses made by
+    :func:`quantize_module`."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantMixin)]
+
+
+# ---------------------------------------------------------------------- any weight layer
+
+
+def weight_layer_kind(m: nn.Module) -> str | None:
+    """``"conv"`` for every convolution (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and
+    their subclasses), ``"linear"`` for ``nn.Linear`` and its subclasses, else None.
+
+    These are the modules that convolve or multiply with their ``weight``; they are what
+    :func:`lowbit.nn.prepare` quantizes and what its coverage report counts.
+    """
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    return None
+
+
+def channel_axis(m: nn.Module) -> int:
+    """The weight axis of output channels: 0 for convs and Linear (``[C_out, C_in/g, ...]``,
+    ``[out, in]``), 1 for transposed convs (``[C_in, C_out/g, ...]``). With ``groups = g`` a
+    transposed conv's index ``j`` on axis 1 feeds the ``g`` output channels ``j + k*C_out/g``:
+    a per-channel scale along axis 1 is shared by those ``g`` channels and still factors out of
+    each output channel's sum (shift-only arithmetic is kept)."""
+    return 1 if getattr(m, "transposed", False) else 0
+
+
+class _WrappedQuantMixin(QuantMixin):
+    """Forward of a quantized subclass: the class's *own* forward runs unchanged, with
+    ``self.weight`` reading the quantized weight for the duration of the call.
+
+    The float Parameter stays registered as ``weight`` (state_dict keys, optimizers and
+    ``model.parameters()`` are unchanged); during the call ``_parameters["weight"]`` holds the
+    quantized tensor (straight-through to the Parameter), and is restored afterwards, also when
+    the forward raises. Same-padding, weight-standardised or otherwise customised forwards
+    therefore compute with the quantized weight exactly where they used the float one (a
+    weight-standardised conv standardises the quantized weight).
+    """
+
+    def forward(self, *args, **kwargs):  # type: ignore[override]
+        if self.input_quant is not None and args:
+            args = (self.input_quant(args[0]),) + tuple(args[1:])
+        params = self._parameters  # type: ignore[attr-defined]
+        float_w = params["weight"]
+        wq = self.quantized_weight()
+        params["weight"] = wq
+        try:
+            return self._float_cls.forward(self, *args, **kwargs)
+        finally:
+            params["weight"] = float_w
+
+
+_QUANT_CLASSES: dict[type, type] = {}
+
+
+def _quant_class(cls: type) -> type:
+    """The quantized class of a conv/linear class (cached): ``QuantConv2d`` for exactly
+    ``nn.Conv2d``, ``QuantLinear`` for exactly ``nn.Linear``, else a subclass of ``cls`` with
+    :class:`_WrappedQuantMixin` in front (named ``Quant<cls>``)."""
+    if cls is nn.Conv2d:
+        return QuantConv2d
+    if cls is nn.Linear:
+        return QuantLinear
+    if cls not in _QUANT_CLASSES:
+        _QUANT_CLASSES[cls] = type(f"Quant{cls.__name__}", (_WrappedQuantMixin, cls),
+                                   {"_float_cls": cls, "__module__": __name__})
+    return _QUANT_CLASSES[cls]
+
+
+def quantize_module(module: nn.Module, weight_quant: WeightQuantizer,
+                    input_quant: nn.Module | None = None, name: str = "") -> QuantMixin:
+    """Make ``module`` (a conv or linear layer of any class, see :func:`weight_layer_kind`)
+    quantized **in place** and return it.
+
+    Its class becomes :func:`_quant_class` of its class, so every reference to it (shared
+    modules included), its Parameters (same objects), buffers, hooks and other attributes stay;
+    its own forward is kept (see :class:`_WrappedQuantMixin`). Raises ValueError naming the
+    layer if it has no ``weight`` Parameter (e.g. already parametrized, or weight-normed).
+    """
+    label = name or type(module).__name__
+    if isinstance(module, QuantMixin):
+        raise ValueError(f"layer {label!r} is already quantized")
+    if weight_layer_kind(module) is None:
+        raise ValueError(f"layer {label!r} ({type(module).__name__}) is not a conv or linear "
+                         "layer")
+    w = module._parameters.get("weight")
+    if not isinstance(w, nn.Parameter):
+        raise ValueError(f"layer {label!r} ({type(module).__name__}) has no `weight` Parameter "
+                         "(parametrized or weight-normed?)")
+    module.__class__ = _quant_class(type(module))
+    module._init_quant(weight_quant, input_quant, name)  # type: ignore[attr-defined]
+    return module  # type: ignore[return-value]

@@ -8,7 +8,9 @@ activation quantization.
 
 Resolution order for a layer named ``name`` (a dotted ``named_modules`` name):
 
-1. type filter ``layers`` (``"conv"`` = ``nn.Conv2d``, ``"linear"`` = ``nn.Linear``);
+1. type filter ``layers`` (``"conv"`` = every convolution: ``nn.Conv1d/2d/3d``,
+   ``nn.ConvTranspose1d/2d/3d`` and their subclasses; ``"linear"`` = ``nn.Linear`` and its
+   subclasses);
 2. ``include`` / ``exclude`` glob patterns (``fnmatch``) on the name;
 3. the first/last-layer policy: ``first_layer`` / ``last_layer`` apply to the first and last
    ``Conv2d``/``Linear`` of the whole model in registration order (``named_modules`` order,
@@ -163,6 +165,9 @@ class Recipe:
         overrides: ``{pattern: {"bits": 4, "method": ..., "params": {...}, "float": bool,
             "act": bool}}`` (mixed precision).
         act: activation quantization (:class:`ActRecipe` or its dict), None for none.
+        min_coverage: :func:`lowbit.nn.prepare` raises ValueError, naming the layers left
+            float, when less than this share (0..1) of the model's conv+linear weight elements
+            is quantized. None: a warning below 0.9 (:data:`COVERAGE_WARN`).
     """
 
     method: str = "lbw-exact"
@@ -175,8 +180,13 @@ class Recipe:
     last_layer: str | int = "quantize"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     act: ActRecipe | None = None
+    min_coverage: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_coverage is not None:
+            mc = self.min_coverage
+            if isinstance(mc, bool) or not isinstance(mc, (int, float)) or not 0 <= mc <= 1:
+                raise ValueError(f"min_coverage must be a number in [0, 1], got {mc!r}")
         for name in ("layers", "include", "exclude"):
             v = getattr(self, name)
             if isinstance(v, str):
@@ -244,14 +254,29 @@ class Recipe:
                 ) -> LayerConfig | None:
         """The :class:`LayerConfig` for layer ``name`` of type ``kind`` (``"conv"|"linear"``),
         or None to leave it float. ``first`` / ``last``: it is the model's first/last layer."""
-        quant = kind in self.layers and _match(name, self.include) and not _match(
-            name, self.exclude)
+        return self.explain(name, kind, first, last)[0]
+
+    def explain(self, name: str, kind: str, first: bool = False, last: bool = False
+                ) -> tuple[LayerConfig | None, str]:
+        """:meth:`resolve` with the reason: ``(config, "")`` when quantized, else ``(None,
+        reason)`` naming the rule that leaves the layer float (for the coverage report)."""
+        reason = ""
+        if kind not in self.layers:
+            reason = f"recipe layers={list(self.layers)} leaves out {kind!r} layers"
+        elif not _match(name, self.include):
+            reason = f"matches no include pattern {list(self.include)}"
+        else:
+            hit = [p for p in self.exclude if _match(name, (p,))]
+            if hit:
+                reason = f"excluded by pattern {hit[0]!r}"
+        quant = not reason
         method, bits, params, act = self.method, self.bits, dict(self.params), True
-        for flag, policy in ((first, self.first_layer), (last, self.last_layer)):
+        for flag, policy, which in ((first, self.first_layer, "first_layer"),
+                                    (last, self.last_layer, "last_layer")):
             if not flag or policy == "quantize":
                 continue
             if policy == "float":
-                quant = False
+                quant, reason = False, f"{which}='float' (the model's {which.split('_')[0]} layer)"
             else:
                 bits = int(policy)
         for pat, ov in self.overrides.items():
@@ -266,12 +291,13 @@ class Recipe:
                 bits = ov["bits"]
             if "float" in ov:
                 quant = not ov["float"]
+                reason = f"override {pat!r} sets float" if ov["float"] else ""
             if "act" in ov:
                 act = bool(ov["act"])
         if not quant:
-            return None
+            return None, reason
         b = check_method(method, bits, params)
-        return LayerConfig(method, b, params, act and self.act is not None)
+        return LayerConfig(method, b, params, act and self.act is not None), ""
 
 
 def _match(name: str, patterns: tuple[str, ...]) -> bool:

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from lowbit.nn.act import QNActQuant, UniformActQuant
-from lowbit.nn.layers import QuantConv2d, QuantLinear, QuantMixin, quant_layers
+from lowbit.nn.coverage import (
+    _REASONS_ATTR,
+    COVERAGE_WARN,
+    CoverageReport,
+    CoverageWarning,
+    coverage,
+)
+from lowbit.nn.layers import (
+    QuantMixin,
+    channel_axis,
+    quant_layers,
+    quantize_module,
+    weight_layer_kind,
+)
 from lowbit.nn.quantizers import ClipWeightQuant, WeightQuantizer, make_weight_quantizer
 from lowbit.nn.recipe import ActRecipe, Recipe, _match
 
@@ -24,17 +38,11 @@ __all__ = [
     "LayerTable",
 ]
 
-_FLOAT_TYPES = (nn.Conv2d, nn.Linear)
-
-
 def _kind(m: nn.Module) -> str | None:
+    """``"conv"`` / ``"linear"`` for a float weight layer prepare can quantize, else None."""
     if isinstance(m, QuantMixin):
         return None
-    if type(m) is nn.Conv2d:
-        return "conv"
-    if type(m) is nn.Linear:
-        return "linear"
-    return None
+    return weight_layer_kind(m)
 
 
 def make_act_quantizer(a: ActRecipe) -> nn.Module:
@@ -59,30 +67,83 @@ def _replace_all(model: nn.Module, mapping: dict[int, nn.Module]) -> None:
 
 
 def prepare(model: nn.Module, recipe: Recipe | dict[str, Any] | None = None) -> nn.Module:
-    """Swap ``nn.Conv2d`` / ``nn.Linear`` for :class:`QuantConv2d` / :class:`QuantLinear` (and
-    insert activation quantizers) according to ``recipe``; in place, returns ``model``.
+    """Quantize the conv and linear layers of ``model`` (and insert activation quantizers)
+    according to ``recipe``; in place, returns ``model``.
 
-    Works on any ``nn.Module`` (nested Sequential / ModuleList / ModuleDict, shared modules).
-    The swapped layers keep the same Parameter objects, so parameter names and an optimizer
-    built before are unaffected; quantizers with state (``qn``'s alpha/beta, ``clip``'s clip,
-    activation ranges) add entries under ``<layer>.weight_quant.*`` / ``<layer>.input_quant.*``.
-    Only exact ``nn.Conv2d`` / ``nn.Linear`` instances are swapped (subclasses are left alone).
+    Which layers: every module that convolves or multiplies with a ``weight`` Parameter --
+    ``nn.Conv1d/2d/3d`` (grouped, depthwise, dilated), ``nn.ConvTranspose1d/2d/3d``,
+    ``nn.Linear`` **and their subclasses** -- filtered by the recipe (:class:`Recipe`:
+    ``layers``, include/exclude, first/last-layer policy, overrides). Each chosen layer becomes
+    quantized in place (:func:`lowbit.nn.layers.quantize_module`): exact ``nn.Conv2d`` /
+    ``nn.Linear`` become :class:`QuantConv2d` / :class:`QuantLinear`; any other class keeps its
+    own forward (same-padding, weight standardisation, ...), which then reads the quantized
+    weight. Parameters stay the same objects, so parameter names, state_dict keys and an
+    optimizer built before are unaffected; quantizers with state add entries under
+    ``<layer>.weight_quant.*`` / ``<layer>.input_quant.*``.
+
+    Policies: per-channel quantizers (``params: {per_channel: true}``) take the output-channel
+    axis of each layer (:func:`lowbit.nn.layers.channel_axis`: 0, or 1 for transposed convs)
+    unless the recipe gives ``axis``. A weight Parameter shared by several layers (tied weights)
+    gets one quantizer, the first layer's (in ``named_modules`` order), used by all of them; a
+    module registered twice is one layer. First/last layer = first/last conv or linear layer in
+    registration order.
+
+    Coverage is never silent: the reason each conv/linear layer is left float is recorded and
+    :func:`lowbit.nn.coverage` reports it. With ``recipe.min_coverage`` set, prepare raises
+    ValueError naming the layers left float when less than that share of conv+linear weight
+    elements is quantized (the model is then left as it was); otherwise it warns
+    (:class:`~lowbit.nn.coverage.CoverageWarning`) below 90%. An include or exclude pattern
+    that matches no conv/linear layer name is a ValueError naming the pattern.
     ``recipe``: a :class:`Recipe`, its dict, or None for ``Recipe()``.
     """
     recipe = Recipe() if recipe is None else Recipe.from_dict(recipe)
-    cands = [(n, m, _kind(m)) for n, m in model.named_modules() if _kind(m) is not None]
-    mapping: dict[int, nn.Module] = {}
+    cands: list[tuple[str, nn.Module, str]] = []
+    seen: set[int] = set()
+    for n, m in model.named_modules():
+        k = _kind(m)
+        if k is not None and id(m) not in seen:
+            seen.add(id(m))
+            cands.append((n, m, k))
+    names = [n for n, _, _ in cands] + [n for n, m in model.named_modules()
+                                        if isinstance(m, QuantMixin)]
+    if recipe.act is not None and recipe.act.position == "after_relu":
+        names += [n for n, m in model.named_modules() if type(m) in (nn.ReLU, nn.ReLU6)]
+    for which, pats in (("include", recipe.include), ("exclude", recipe.exclude)):
+        for pat in pats:
+            if pat != "*" and not _match_any(names, pat):
+                raise ValueError(f"recipe {which} pattern {pat!r} matches no layer "
+                                 f"of the model ({len(names)} layers, e.g. "
+                                 f"{', '.join(map(repr, names[:3]))})")
+    plan: list[tuple[str, nn.Module, Any]] = []
+    reasons: dict[int, str] = {}
     for i, (name, mod, kind) in enumerate(cands):
-        cfg = recipe.resolve(name, kind, first=i == 0, last=i == len(cands) - 1)
-        if cfg is None:
+        w = mod._parameters.get("weight")
+        if not isinstance(w, nn.Parameter):
+            reasons[id(mod)] = "no `weight` Parameter (parametrized or weight-normed?)"
             continue
-        wq = make_weight_quantizer(cfg.method, cfg.bits, cfg.params).to(mod.weight.device)
+        cfg, why = recipe.explain(name, kind, first=i == 0, last=i == len(cands) - 1)
+        if cfg is None:
+            reasons[id(mod)] = why
+            continue
+        plan.append((name, mod, cfg))
+    _check_coverage(model, plan, reasons, recipe)
+    shared: dict[int, tuple[str, WeightQuantizer]] = {}
+    for name, mod, cfg in plan:
+        w = mod.weight
+        if id(w) in shared:
+            wq = shared[id(w)][1]
+        else:
+            params = dict(cfg.params)
+            if params.get("per_channel") and "axis" not in params:
+                params["axis"] = channel_axis(mod)
+            wq = make_weight_quantizer(cfg.method, cfg.bits, params).to(w.device)
+            shared[id(w)] = (name, wq)
         aq = None
         if cfg.act and recipe.act is not None and recipe.act.position == "input":
-            aq = make_act_quantizer(recipe.act).to(mod.weight.device)
+            aq = make_act_quantizer(recipe.act).to(w.device)
             aq.qname = f"{name}.input_quant"
-        cls = QuantConv2d if kind == "conv" else QuantLinear
-        mapping[id(mod)] = cls.from_float(mod, wq, aq, name=name)
+        quantize_module(mod, wq, aq, name=name)
+    mapping: dict[int, nn.Module] = {}
     if recipe.act is not None and recipe.act.position == "after_relu":
         for name, mod in model.named_modules():
             if type(mod) in (nn.ReLU, nn.ReLU6) and _match(name, recipe.include) and not _match(
@@ -90,10 +151,55 @@ def prepare(model: nn.Module, recipe: Recipe | dict[str, Any] | None = None) -> 
                 aq = make_act_quantizer(recipe.act)
                 aq.qname = f"{name}.1"
                 mapping[id(mod)] = nn.Sequential(mod, aq)
-    if id(model) in mapping:  # the model itself is a bare Conv2d / Linear / ReLU
+    if id(model) in mapping:  # the model itself is a bare ReLU
         raise ValueError("prepare needs a container module; wrap the layer in nn.Sequential")
     _replace_all(model, mapping)
+    old = getattr(model, _REASONS_ATTR, None) or {}
+    object.__setattr__(model, _REASONS_ATTR, {**old, **reasons})
     return model
+
+
+def _match_any(names: list[str], pat: str) -> bool:
+    return any(_match(n, (pat,)) for n in names)
+
+
+def _check_coverage(model: nn.Module, plan: list, reasons: dict[int, str],
+                    recipe: Recipe) -> None:
+    """Raise (``recipe.min_coverage``) or warn (< :data:`COVERAGE_WARN`) before anything is
+    changed, from the layers ``plan`` will quantize."""
+    total = done = 0
+    seen: set[int] = set()
+    chosen = {id(m) for _, m, _ in plan}
+    left: list[tuple[str, int, str]] = []
+    for name, m in model.named_modules():
+        if weight_layer_kind(m) is None or id(m) in seen:
+            continue
+        seen.add(id(m))
+        w = m._parameters.get("weight")
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        total += w.numel()
+        if isinstance(m, QuantMixin) or id(m) in chosen:
+            done += w.numel()
+        else:
+            left.append((name, w.numel(), reasons.get(id(m), "not chosen")))
+    share = done / total if total else 1.0
+    if recipe.min_coverage is not None and share < recipe.min_coverage:
+        left.sort(key=lambda r: -r[1])
+        shown = "; ".join(f"{n} ({k:,}): {r}" for n, k, r in left[:8])
+        more = f"; and {len(left) - 8} more" if len(left) > 8 else ""
+        raise ValueError(f"recipe min_coverage {recipe.min_coverage:g} not met: "
+                         f"{100 * share:.1f}% of {total:,} conv+linear weights would be "
+                         f"quantized; left float: {shown}{more}")
+    if recipe.min_coverage is None and share < COVERAGE_WARN and total:
+        left.sort(key=lambda r: -r[1])
+        shown = ", ".join(f"{n} ({r})" for n, _, r in left[:4])
+        warnings.warn(f"lowbit.nn.prepare quantized only {100 * share:.1f}% of the model's "
+                      f"{total:,} conv+linear weights; left float: {shown}"
+                      + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+                      + " (lowbit.nn.coverage(model) lists all; recipe min_coverage makes "
+                      "this an error)", CoverageWarning, stacklevel=3)
 
 
 def convert(model: nn.Module) -> nn.Module:
@@ -149,6 +255,8 @@ class LayerTable(list):
     """A list of per-layer dicts that prints as an aligned text table."""
 
     columns = ("name", "shape", "method", "bits", "scale", "sparsity", "distinct")
+    #: the model's :class:`~lowbit.nn.coverage.CoverageReport`, printed under the table
+    coverage: CoverageReport | None = None
 
     def __str__(self) -> str:
         rows = [self.columns] + [
@@ -157,6 +265,8 @@ class LayerTable(list):
         widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.coverage is not None:
+            lines += ["", str(self.coverage)]
         return "\n".join(lines)
 
 
@@ -177,7 +287,8 @@ def _scale_str(res) -> str:
 
 @torch.no_grad()
 def describe(model: nn.Module, include_float: bool = True) -> LayerTable:
-    """Per-layer table of the model's Conv2d / Linear layers.
+    """Per-layer table of the model's conv and linear layers (every class, see
+    :func:`lowbit.nn.coverage`), printed with the coverage report under it (``.coverage``).
 
     Each row: ``name``, ``shape`` (weight shape), ``method`` (``"float"`` for unquantized
     layers), ``bits`` (32 for float), ``scale`` (``2^s`` for power-of-two methods, the scale
@@ -192,7 +303,7 @@ def describe(model: nn.Module, include_float: bool = True) -> LayerTable:
             res = m.quant_result()
             w = res.values
             method, bits, scale = m.method, m.bits, _scale_str(res)
-        elif isinstance(m, _FLOAT_TYPES) and include_float:
+        elif weight_layer_kind(m) is not None and include_float:
             w = m.weight.detach()
             method, bits, scale = "float", 32, "-"
         else:
@@ -207,6 +318,7 @@ def describe(model: nn.Module, include_float: bool = True) -> LayerTable:
             "distinct": int(torch.unique(w).numel()),
             "numel": w.numel(),
         })
+    rows.coverage = coverage(model)
     return rows
 
 
@@ -240,7 +352,7 @@ def weight_memory(model: nn.Module) -> dict[str, Any]:
         qids.add(id(layer.weight))
         n = layer.weight.numel()
         bits = layer.bits
-        over = layer.weight_quant.overhead_bytes(layer.weight.shape[0])
+        over = layer.weight_quant.overhead_bytes(layer.weight.shape[channel_axis(layer)])
         layers.append({"name": name, "numel": n, "bits": bits,
                        "weight_bytes": math.ceil(n * bits / 8), "overhead_bytes": over})
     quant = sum(r["weight_bytes"] + r["overhead_bytes"] for r in layers)
