@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -23,6 +24,9 @@ def _ptq(model: Any, cfg: Any, method: str | None, bits: int | None, where: str)
     if cfg.quant is not None or quant_layers(model):
         raise ValueError(f"{where}: the run is already quantized; drop --method/--bits")
     prepare(model, {"method": method or "lbw-exact", "bits": bits}).eval()
+    from lowbit.nn import coverage
+
+    print(coverage(model), file=sys.stderr)  # never silent about layers left float
     convert(model)
 
 
