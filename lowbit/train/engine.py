@@ -387,6 +387,13 @@ class Trainer:
                            mismatched=init_report["mismatched"])
             if latest is not None:
                 logger.log("resume", start, start / ipe, checkpoint=str(latest))
+            if cfg.quant is not None and ctx.is_main:  # never silent about layers left float
+                from lowbit.nn import coverage
+
+                cov = coverage(model)
+                logger.log("coverage", start, start / ipe, share=cov.share,
+                           left_float=[[n, r] for n, _, _, r in cov.left_float])
+                tqdm.write(str(cov))
             if ctx.distributed:
                 # QN phases switch requires_grad of the weights on and off between steps:
                 # DDP must then look for parameters without a gradient in every step
