@@ -2,6 +2,7 @@
 COCO (through faster-coco-eval or pycocotools, when installed)."""
 
 from lowbit.eval.coco import coco_results, evaluate_coco, evaluate_coco_files
+from lowbit.eval.intervals import Interval, bootstrap_map, match_voc, paired_bootstrap
 from lowbit.eval.voc import (
     VOCEvalResult,
     evaluate_voc,
@@ -12,6 +13,10 @@ from lowbit.eval.voc import (
 )
 
 __all__ = [
+    "Interval",
+    "bootstrap_map",
+    "match_voc",
+    "paired_bootstrap",
     "VOCEvalResult",
     "coco_results",
     "evaluate_coco",
