@@ -27,6 +27,7 @@ from lowbit.nn.layers import (
     channel_axis,
     quant_layers,
     quantize_module,
+    quantize_step,
     weight_layer_kind,
 )
 from lowbit.nn.mixed import Sensitivity, assign_bits, sensitivity
@@ -89,6 +90,7 @@ __all__ = [
     "quant_layers",
     "quant_penalty",
     "quantize_module",
+    "quantize_step",
     "sensitivity",
     "svd_compress",
     "weight_layer_kind",

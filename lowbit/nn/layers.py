@@ -32,6 +32,8 @@ __all__ = [
     "QuantLinear",
     "quant_layers",
     "quantize_module",
+    "quantize_step",
+    "install_quantize_step",
     "weight_layer_kind",
     "channel_axis",
     "set_quantizer_threads",
@@ -75,12 +77,15 @@ class QuantMixin:
         self._cache_key: tuple | None = None
         self._cache: Tensor | None = None
         self._frozen: QuantResult | None = None
+        self._step: tuple[tuple, QuantResult] | None = None  # set by quantize_step
 
     # ------------------------------------------------------------------ weight
 
     def invalidate(self) -> None:
-        """Drop the eval-mode cache of the quantized weight."""
+        """Drop the eval-mode cache and the :func:`quantize_step` result of the quantized
+        weight."""
         self._cache_key, self._cache = None, None
+        self._step = None
 
     def _run_quantizer(self) -> Tensor:
         nt = torch.get_num_threads()
@@ -106,6 +111,10 @@ class QuantMixin:
         if not self.quant_enabled:
             return self.weight
         if self.training:
+            step = self._step
+            if step is not None and step[0] == self._key():  # computed by quantize_step
+                self.weight_quant.last = step[1]  # type: ignore[attr-defined]
+                return ste(self.weight, step[1].values)
             return self._run_quantizer()
         w = self.weight
         if self._cache is None or self._key() != self._cache_key:
@@ -319,3 +328,97 @@ def quantize_module(module: nn.Module, weight_quant: WeightQuantizer,
     module.__class__ = _quant_class(type(module))
     module._init_quant(weight_quant, input_quant, name)  # type: ignore[attr-defined]
     return module  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- one pass per step
+
+
+def _batchable(layer: QuantMixin) -> tuple | None:
+    """Group key of a layer whose training-mode weight :func:`quantize_step` can compute in
+    the one-pass quantizer (``lbw-exact`` through the registry, per tensor or per channel
+    along axis 0), else None."""
+    from lowbit.nn.quantizers import RegistryWeightQuant
+
+    wq = layer.weight_quant
+    if (type(wq) is not RegistryWeightQuant or wq.method != "lbw-exact" or not layer.training
+            or not layer.quant_enabled or layer._frozen is not None):
+        return None
+    pc = bool(getattr(wq.params, "per_channel", False))
+    if pc and getattr(wq.params, "axis", 0) != 0:
+        return None
+    return (wq.params.bits, pc, layer.weight.device)
+
+
+@torch.no_grad()
+def quantize_step(model: nn.Module) -> int:
+    """Quantize the weights of all of ``model``'s training-mode ``lbw-exact`` layers in one
+    vectorised pass (:func:`lowbit.quant.lbw_exact_many`), bit-identical to each layer running
+    its quantizer, and hand each layer its result for this step; returns the number of
+    layers computed.
+
+    :func:`lowbit.nn.prepare` registers this as a forward pre-hook of the model, so a QAT step
+    pays one call for the whole model instead of one per layer (the per-call fixed cost
+    dominated: see ``lowbit bench quantizers``). A layer uses the result only while its weight
+    is unchanged (version counter, storage, quantizer state), so calling a submodule directly
+    or stepping the optimizer in between falls back to the layer's own quantizer.
+    """
+    import lowbit.quant as Q
+    from lowbit.quant.registry import QuantResult
+
+    groups: dict[tuple, list[QuantMixin]] = {}
+    seen: set[int] = set()
+    for m in model.modules():
+        if not isinstance(m, QuantMixin) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        key = _batchable(m)
+        if key is None or (m._step is not None and m._step[0] == m._key()):
+            continue
+        groups.setdefault(key, []).append(m)
+    done = 0
+    many = getattr(Q, "lbw_exact_many", None)
+    for (bits, per_channel, device), layers in groups.items():
+        nt = torch.get_num_threads()
+        limit = _QUANT_THREADS is not None and nt > _QUANT_THREADS and device.type == "cpu"
+        if limit:
+            torch.set_num_threads(_QUANT_THREADS)
+        try:
+            ws = [m.weight.detach() for m in layers]
+            try:
+                if many is not None:
+                    outs = many(ws, bits, per_channel=per_channel)
+                else:  # lbw_exact_many not available: same results, one call per layer
+                    outs = [(r.values, r.exponent) for r in
+                            (m.weight_quant.entry.fn(w, m.weight_quant.params)
+                             for m, w in zip(layers, ws))]
+            except ValueError:  # rerun per layer: its error names the layer
+                for m in layers:
+                    m._run_quantizer()
+                raise
+        finally:
+            if limit:
+                torch.set_num_threads(nt)
+        for m, (wq, s) in zip(layers, outs):
+            s_t = torch.as_tensor(s)
+            if per_channel:
+                res = QuantResult(wq, "pot", bits, torch.ldexp(
+                    torch.ones(s_t.shape, dtype=torch.float64, device=wq.device),
+                    s_t.to(device=wq.device, dtype=torch.float64)), exponent=s_t, axis=0)
+            else:
+                s_i = int(s_t)
+                res = QuantResult(wq, "pot", bits, torch.tensor(
+                    2.0**s_i, dtype=torch.float64, device=wq.device), exponent=s_i)
+            m._step = (m._key(), res)
+            done += 1
+    return done
+
+
+def _quantize_step_hook(module: nn.Module, args: tuple) -> None:
+    if module.training:
+        quantize_step(module)
+
+
+def install_quantize_step(model: nn.Module) -> None:
+    """Register :func:`quantize_step` as a forward pre-hook of ``model`` (once)."""
+    if not any(h is _quantize_step_hook for h in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(_quantize_step_hook)

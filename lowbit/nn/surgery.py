@@ -20,6 +20,7 @@ from lowbit.nn.coverage import (
 from lowbit.nn.layers import (
     QuantMixin,
     channel_axis,
+    install_quantize_step,
     quant_layers,
     quantize_module,
     weight_layer_kind,
@@ -143,6 +144,8 @@ def prepare(model: nn.Module, recipe: Recipe | dict[str, Any] | None = None) -> 
             aq = make_act_quantizer(recipe.act).to(w.device)
             aq.qname = f"{name}.input_quant"
         quantize_module(mod, wq, aq, name=name)
+    if any(cfg.method == "lbw-exact" for _, _, cfg in plan):
+        install_quantize_step(model)  # one quantizer pass per training step for all layers
     mapping: dict[int, nn.Module] = {}
     if recipe.act is not None and recipe.act.position == "after_relu":
         for name, mod in model.named_modules():

@@ -257,3 +257,59 @@ def test_layers_lowbit_cannot_quantize_are_reported() -> None:
 def test_unprepared_model_reports_zero() -> None:
     rep = coverage(Zoo())
     assert rep.share == 0.0 and all(r == "not prepared" for *_, r in rep.left_float)
+
+
+# ---------------------------------------------------------------------- one pass per step
+
+
+def _resnetish() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         StaticSamePadConv(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def test_quantize_step_is_bit_identical_to_per_layer_and_replaces_it(monkeypatch) -> None:
+    from lowbit.nn import RegistryWeightQuant, quantize_step
+
+    torch.manual_seed(0)
+    a = _resnetish()
+    b = copy.deepcopy(a)
+    recipe = {"method": "lbw-exact", "bits": 5, "layers": ["conv", "linear"]}
+    prepare(a, recipe)
+    prepare(b, recipe)
+    b._forward_pre_hooks.clear()  # b: every layer runs its own quantizer
+    calls = []
+    orig = RegistryWeightQuant.quantize
+
+    def counting(self, w):
+        calls.append(self)
+        return orig(self, w)
+
+    monkeypatch.setattr(RegistryWeightQuant, "quantize", counting)
+    oa = torch.optim.SGD(a.parameters(), lr=0.5, momentum=0.9)
+    ob = torch.optim.SGD(b.parameters(), lr=0.5, momentum=0.9)
+    x = torch.randn(4, 3, 10, 10)
+    y = torch.tensor([0, 1, 2, 3])
+    for step in range(3):
+        calls.clear()
+        la = F.cross_entropy(a(x), y)
+        n_a = len(calls)
+        lb = F.cross_entropy(b(x), y)
+        assert n_a == 0 and len(calls) == 4  # a: one pass for all four layers; b: per layer
+        assert torch.equal(la, lb), step
+        for opt, loss in ((oa, la), (ob, lb)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa, pb)
+        for (_, la_), (_, lb_) in zip(quant_layers(a), quant_layers(b)):
+            assert la_.weight_quant.last.exponent == lb_.weight_quant.last.exponent
+    # nothing stale: after the optimizer step the hook's results no longer match the weights,
+    # so a direct submodule call recomputes
+    calls.clear()
+    a[0](x)
+    assert len(calls) == 1
+    assert quantize_step(a) == 4 and quantize_step(a) == 0  # fresh results are kept
+    a.eval()
+    assert quantize_step(a) == 0  # eval mode keeps its own cache
