@@ -66,6 +66,10 @@ __all__ = [
     "match_arrays",
     "match_voc",
     "match_files",
+    "match_results_dir",
+    "ground_truth_arrays",
+    "interval_table",
+    "format_ci",
     "bootstrap_counts",
     "counts_from_indices",
     "map_samples",
@@ -160,6 +164,37 @@ def match_arrays(
     )
 
 
+def ground_truth_arrays(ground_truth: Any, classes: Sequence[str] | None = None) -> GroundTruth:
+    """The flattened :class:`lowbit.eval.voc.GroundTruth` (VOC 1-based boxes) of a dataset with
+    ``eval_targets()`` or of a list of target dicts (internal 0-based ``boxes``, ``labels``,
+    optional ``difficult`` and ``image_id``), as :func:`lowbit.eval.voc.evaluate_voc` reads
+    them."""
+    if hasattr(ground_truth, "eval_targets"):
+        targets = ground_truth.eval_targets()
+        classes = classes if classes is not None else getattr(ground_truth, "classes", None)
+    else:
+        targets = list(ground_truth)
+    if classes is None:
+        raise ValueError("ground truth: pass classes= (the ground truth has no .classes)")
+    gb, gl, gd, gi = [], [], [], []
+    for i, t in enumerate(targets):
+        b, lab, _ = _to_voc({"boxes": t["boxes"], "labels": t["labels"]})
+        dif = t.get("difficult")
+        gb.append(b)
+        gl.append(lab)
+        gd.append(np.zeros(lab.size, bool) if dif is None else _np(dif, bool).reshape(-1))
+        gi.append(np.full(lab.size, i, np.int64))
+    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
+    return GroundTruth(
+        ids, tuple(classes), _cat(gb, (0, 4), np.float64), _cat(gl, (0,), np.int64),
+        _cat(gd, (0,), bool), _cat(gi, (0,), np.int64),
+    )  # fmt: skip
+
+
+def _cat(xs: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.concatenate(xs) if xs else np.zeros(shape, dtype)
+
+
 def match_voc(
     predictions: Sequence[Mapping[str, Any]],
     ground_truth: Any,
@@ -168,44 +203,51 @@ def match_voc(
 ) -> MatchedSet:
     """:func:`match_arrays` for the in-memory inputs of :func:`lowbit.eval.voc.evaluate_voc`:
     one prediction dict per image (internal 0-based xyxy ``boxes [K, 4]``, 0-based ``labels``,
-    ``scores``), ground truth a dataset with ``eval_targets()`` or a list of target dicts."""
-    if hasattr(ground_truth, "eval_targets"):
-        targets = ground_truth.eval_targets()
-        classes = classes if classes is not None else getattr(ground_truth, "classes", None)
-    else:
-        targets = list(ground_truth)
-    if classes is None:
-        raise ValueError("match_voc: pass classes= (the ground truth has no .classes)")
-    if len(predictions) != len(targets):
-        raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
-    gb, gl, gd, gi, db, dl, ds, di = ([] for _ in range(8))
-    for i, (t, p) in enumerate(zip(targets, predictions)):
-        b, lab, _ = _to_voc({"boxes": t["boxes"], "labels": t["labels"]})
-        dif = t.get("difficult")
-        gb.append(b)
-        gl.append(lab)
-        gd.append(np.zeros(lab.size, bool) if dif is None else _np(dif, bool).reshape(-1))
-        gi.append(np.full(lab.size, i, np.int64))
-        b, lab, s = _to_voc(p)
+    ``scores``), ground truth a dataset with ``eval_targets()`` or a list of target dicts
+    (or an already flattened :class:`lowbit.eval.voc.GroundTruth`)."""
+    gt = ground_truth if isinstance(ground_truth, GroundTruth) else ground_truth_arrays(
+        ground_truth, classes)  # fmt: skip
+    if len(predictions) != gt.n_images:
+        raise ValueError(f"{len(predictions)} predictions for {gt.n_images} images")
+    dl, ds, db, di = [], [], [], []
+    for i, p in enumerate(predictions):
+        b, lab, sc = _to_voc(p)
         db.append(b)
         dl.append(lab)
-        ds.append(s)
+        ds.append(sc)
         di.append(np.full(lab.size, i, np.int64))
-
-    def cat(xs: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        return np.concatenate(xs) if xs else np.zeros(shape, dtype)
-
-    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
-    gt = GroundTruth(
-        ids, tuple(classes), cat(gb, (0, 4), np.float64), cat(gl, (0,), np.int64),
-        cat(gd, (0,), bool), cat(gi, (0,), np.int64),
-    )  # fmt: skip
-    dlab, dimg = cat(dl, (0,), np.int64), cat(di, (0,), np.int64)
-    dsc, dbox = cat(ds, (0,), np.float64), cat(db, (0, 4), np.float64)
-    bad = (dlab < 0) | (dlab >= len(classes))
+    dlab, dimg = _cat(dl, (0,), np.int64), _cat(di, (0,), np.int64)
+    dsc, dbox = _cat(ds, (0,), np.float64), _cat(db, (0, 4), np.float64)
+    n_cls = len(gt.classes)
+    bad = (dlab < 0) | (dlab >= n_cls)
     if bad.any():
-        raise ValueError(f"prediction label {int(dlab[bad][0])} outside 0..{len(classes) - 1}")
-    dets = {c: (dimg[dlab == c], dsc[dlab == c], dbox[dlab == c]) for c in range(len(classes))}
+        raise ValueError(f"prediction label {int(dlab[bad][0])} outside 0..{n_cls - 1}")
+    dets = {c: (dimg[dlab == c], dsc[dlab == c], dbox[dlab == c]) for c in range(n_cls)}
+    return match_arrays(gt, dets, iou_thresh)
+
+
+def match_results_dir(
+    gt: GroundTruth,
+    dets_dir: str | Path,
+    split: str = "test",
+    iou_thresh: float = 0.5,
+    prefix: str = "comp4_det",
+) -> MatchedSet:
+    """:func:`match_arrays` for the VOC results files ``dets_dir/<prefix>_<split>_<class>.txt``
+    (one per class of ``gt``; image ids as ``gt.image_ids``). ValueError naming the file for a
+    missing file or an image outside ``gt``."""
+    index = {iid: i for i, iid in enumerate(gt.image_ids)}
+    dets = {}
+    for c, name in enumerate(gt.classes):
+        path = Path(dets_dir) / results_filename(split, name, prefix)
+        if not path.is_file():
+            raise ValueError(f"{path}: detections file not found")
+        ids, scores, boxes = read_voc_results(path)
+        img = np.array([index.get(i, -1) for i in ids], dtype=np.int64)
+        if (img < 0).any():
+            k = int(np.flatnonzero(img < 0)[0])
+            raise ValueError(f"{path}: line {k + 1}: image {ids[k]!r} is not in split {split!r}")
+        dets[c] = (img, scores, boxes)
     return match_arrays(gt, dets, iou_thresh)
 
 
@@ -220,17 +262,7 @@ def match_files(
     """:func:`match_arrays` for VOC results files ``dets_dir/<prefix>_<split>_<class>.txt``
     against the devkit at ``root`` (arguments as :func:`lowbit.eval.voc.voc_eval_files`)."""
     gt = load_voc_ground_truth(root, split, classes)
-    index = {iid: i for i, iid in enumerate(gt.image_ids)}
-    dets = {}
-    for c, name in enumerate(gt.classes):
-        path = Path(dets_dir) / results_filename(split, name, prefix)
-        ids, scores, boxes = read_voc_results(path)
-        img = np.array([index.get(i, -1) for i in ids], dtype=np.int64)
-        if (img < 0).any():
-            k = int(np.flatnonzero(img < 0)[0])
-            raise ValueError(f"{path}: line {k + 1}: image {ids[k]!r} is not in split {split!r}")
-        dets[c] = (img, scores, boxes)
-    return match_arrays(gt, dets, iou_thresh)
+    return match_results_dir(gt, dets_dir, split, iou_thresh, prefix)
 
 
 # ----------------------------------------------------------------------------- resamples
@@ -416,3 +448,55 @@ def paired_bootstrap(
     sa, _ = map_samples(a, counts, metric)
     sb, _ = map_samples(b, counts, metric)
     return _interval(ea - eb, sa - sb, level, int(counts.shape[0]), seed, metric)
+
+
+def interval_table(
+    matched: Mapping[str, MatchedSet],
+    reference: str | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = 0,
+    metric: str = "07",
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Intervals of several models on the same test images, all on the *same* resamples.
+
+    Returns ``{name: {"mAP", "mAP_ci": [lo, hi], "mAP_half_width", and, for every model but
+    ``reference`` when it is given, "drop" = mAP(reference) - mAP(name), "drop_ci",
+    "drop_half_width", "drop_excludes_zero"}}`` (fractions) plus ``"n_undefined"``.
+    """
+    _check_level(level)
+    if not matched:
+        return {}
+    if reference is not None and reference not in matched:
+        raise ValueError(f"intervals: reference {reference!r} is not among {list(matched)}")
+    first = next(iter(matched.values()))
+    for name, m in matched.items():
+        if m.image_ids != first.image_ids or m.classes != first.classes:
+            raise ValueError(f"intervals: {name!r} was evaluated on other images or classes")
+    counts = bootstrap_counts(first.n_images, n_boot, seed)
+    samples = {k: map_samples(m, counts, metric)[0] for k, m in matched.items()}
+    points = {k: m.point(metric)[0] for k, m in matched.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for k in matched:
+        iv = _interval(points[k], samples[k], level, n_boot, seed, metric)
+        row: dict[str, Any] = {"mAP": iv.estimate, "mAP_ci": [iv.lo, iv.hi],
+                               "mAP_half_width": iv.half_width, "n_undefined": iv.n_undefined}
+        if reference is not None and k != reference:
+            d = _interval(points[reference] - points[k], samples[reference] - samples[k], level,
+                          n_boot, seed, metric)  # fmt: skip
+            row.update({"drop": d.estimate, "drop_ci": [d.lo, d.hi],
+                        "drop_half_width": d.half_width, "drop_excludes_zero": d.excludes_zero})
+        out[k] = row
+    return out
+
+
+def format_ci(est: float | None, ci: Sequence[float] | None, signed: bool = False,
+              scale: float = 100.0, digits: int = 2) -> str:
+    """``"43.02 [41.10, 44.90]"`` from a fraction and its interval (``"-"`` when missing)."""
+    if est is None:
+        return "-"
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    text = f.format(est * scale)
+    if ci is None:
+        return text
+    return f"{text} [{f.format(ci[0] * scale)}, {f.format(ci[1] * scale)}]"

@@ -331,3 +331,25 @@ def test_bad_input_raises() -> None:
     other = match_arrays(*to_arrays(random_images(np.random.default_rng(2), 6, 2), 2))
     with pytest.raises(ValueError, match="different images"):
         paired_bootstrap(m, other, n_boot=10)
+
+
+def test_interval_table_pairs_every_model_with_the_reference() -> None:
+    from lowbit.eval.intervals import format_ci, interval_table
+
+    rng = np.random.default_rng(21)
+    images = random_images(rng, 30, 2)
+    other = random_images(np.random.default_rng(21), 30, 2, jitter=12.0)
+    images_b = [{"gt": im["gt"], "dets": ob["dets"]} for im, ob in zip(images, other)]
+    ma = match_arrays(*to_arrays(images, 2))
+    mb = match_arrays(*to_arrays(images_b, 2))
+    table = interval_table({"fp32": ma, "q": mb}, reference="fp32", n_boot=300, seed=4)
+    assert "drop" not in table["fp32"]
+    single = bootstrap_map(mb, n_boot=300, seed=4)
+    assert table["q"]["mAP_ci"] == [single.lo, single.hi]
+    pair = paired_bootstrap(ma, mb, n_boot=300, seed=4)
+    assert table["q"]["drop_ci"] == [pair.lo, pair.hi]
+    assert table["q"]["drop_excludes_zero"] == (pair.lo > 0 or pair.hi < 0)
+    assert format_ci(0.4302, [0.411, 0.449]) == "43.02 [41.10, 44.90]"
+    assert format_ci(-0.0027, [-0.01, 0.005], signed=True) == "-0.27 [-1.00, +0.50]"
+    with pytest.raises(ValueError, match="reference"):
+        interval_table({"q": mb}, reference="fp32")
