@@ -6,7 +6,14 @@ A checkpoint is a pair ``NAME.safetensors`` + ``NAME.json``:
   optimizer's tensor state under ``optim.<param index>.<key>`` (e.g. ``optim.3.momentum_buffer``).
 - ``NAME.json`` holds the optimizer's ``param_groups`` and non-tensor state, the scheduler's
   ``state_dict()``, the caller's ``state`` (epoch, iteration, RNG states, config, metrics), and
-  the byte size and SHA-256 of the tensors file.
+  the byte size and SHA-256 of the tensors file, and a SHA-256 of its own content
+  (``meta_sha256``: the canonical JSON of every other field).
+
+Never written: a checkpoint holding a NaN or infinite float tensor (:class:`NonFiniteError`,
+nothing touched on disk). Never loaded: tensors whose size or SHA-256 differ from the JSON, a
+JSON whose ``meta_sha256`` does not match, or non-finite float tensors (a diverged run);
+each a ``ValueError`` naming the file. A write that fails (full disk, read-only folder) raises
+:class:`CheckpointWriteError` naming the file and leaves every earlier checkpoint as it was.
 
 Both are written to a temp file in the same folder, fsynced, then ``os.replace``d — tensors
 first, JSON last. The JSON is the commit marker: a tensors file without its JSON (a kill between
@@ -48,11 +55,40 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "unwrap_model",
+    "NonFiniteError",
+    "CheckpointWriteError",
+    "first_non_finite",
 ]
 
 FORMAT = "lowbit.checkpoint"
 VERSION = 1
 _NAME_RE = re.compile(r"^ckpt-(\d+)\.json$")
+
+
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or infinity (refused on save and on load)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (full disk, read-only folder, file size limit)."""
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point (or complex) tensor holding NaN or infinity, else
+    ``None``. Integer and bool tensors are always finite."""
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() \
+                and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    # through JSON first: the digest is of what the file holds (int keys as strings, tuples
+    # as lists), so it is the same on save and on load
+    body = json.loads(json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}))
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -241,6 +277,10 @@ def save_checkpoint(
     ``iteration`` taken from ``state``) or a ``.json`` / ``.safetensors`` path naming the pair.
     ``state`` must be JSON-serialisable. ``scheduler`` and ``scaler`` (a GradScaler) are saved
     through their ``state_dict()`` when given. The JSON is written last: it commits the checkpoint.
+
+    Raises :class:`NonFiniteError` (nothing written) when a model or optimizer float tensor
+    holds NaN/inf, and :class:`CheckpointWriteError` naming the file when the disk refuses the
+    write (no partial file is left; earlier checkpoints are untouched).
     """
     state = dict(state or {})
     _check_json("checkpoint state", state)
@@ -264,6 +304,12 @@ def save_checkpoint(
         _check_json("scheduler state", sched_state)
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
 
+    bad = first_non_finite(flat)
+    if bad is not None:
+        raise NonFiniteError(
+            f"{json_path}: not written: tensor {bad} holds NaN or infinity (a diverged run); "
+            "earlier checkpoints are kept"
+        )
     blob = st_save(flat, metadata={"format": "pt", "lowbit": FORMAT})
     meta = {
         "format": FORMAT,
@@ -276,8 +322,18 @@ def save_checkpoint(
         "scaler": scaler_state,
         "state": state,
     }
-    _write_atomic(tensors_path, blob)
-    _write_json_atomic(json_path, meta)
+    meta["meta_sha256"] = _meta_digest(meta)
+    for target, write in ((tensors_path, lambda: _write_atomic(tensors_path, blob)),
+                          (json_path, lambda: _write_json_atomic(json_path, meta))):
+        try:
+            write()
+        except OSError as exc:
+            if target is json_path:  # the tensors file is an orphan now: not a checkpoint
+                tensors_path.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"{target}: cannot write checkpoint ({exc.strerror or exc}); earlier "
+                "checkpoints are untouched"
+            ) from None
     return json_path
 
 
@@ -294,6 +350,8 @@ def read_checkpoint_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{p}: not a lowbit checkpoint (format {FORMAT!r} missing)")
     if meta.get("version") != VERSION:
         raise ValueError(f"{p}: unsupported checkpoint version {meta.get('version')!r}")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
+        raise ValueError(f"{p}: corrupt checkpoint JSON (its SHA-256 does not match its content)")
     return meta
 
 
@@ -366,6 +424,12 @@ def load_checkpoint(
         expected_bytes=meta.get("tensors_bytes"),
         expected_sha256=meta.get("tensors_sha256"),
     )
+    bad = first_non_finite(flat)
+    if bad is not None:
+        raise NonFiniteError(
+            f"{tensors_path}: tensor {bad} holds NaN or infinity (written by a diverged run); "
+            "refusing to load it"
+        )
     model_state = {k[6:]: v for k, v in flat.items() if k.startswith("model.")}
     otensors = {k: v for k, v in flat.items() if k.startswith("optim.")}
     optim_state = None

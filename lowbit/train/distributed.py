@@ -27,6 +27,7 @@ __all__ = [
     "all_reduce_mean",
     "all_gather_json",
     "broadcast_json",
+    "any_true",
 ]
 
 
@@ -159,3 +160,12 @@ def broadcast_json(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     if not ctx.distributed:
         return obj
     return all_gather_json(obj if ctx.rank == src else None, ctx)[src]
+
+
+def any_true(flag: bool, ctx: DistContext) -> bool:
+    """Whether ``flag`` is true on any process (one tiny all-reduce; no-op in one process)."""
+    if not ctx.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

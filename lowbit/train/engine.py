@@ -16,8 +16,26 @@
    the end (rank 0, whole test set); checkpoint every ``checkpoint_every`` iterations, at epoch
    ends and at the end (rank 0 writes; every rank's RNG state is gathered into it).
 
-The run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/ckpt-N.*``
-and ``result.json`` (final metrics).
+The run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/ckpt-N.*``,
+``result.json`` (final metrics) and, while a process trains into it, ``.lock``.
+
+What a run promises (each held by a test in ``tests/train``):
+
+* one writer per run folder (:class:`lowbit.train.lock.RunLock`: a second one is refused naming
+  the holder's pid and host; the lock of a dead process is taken over with a message);
+* the data sets are checked before the first step (every annotation parsed, every image header
+  read, :mod:`lowbit.data.validate`): a bad item stops the run naming the file, or with
+  ``skip_bad`` is left out and counted;
+* the loss is checked every step: a non-finite loss stops the run (:class:`TrainingDiverged`,
+  naming the iteration) before the optimizer takes that step, and no checkpoint holding
+  non-finite tensors is ever written, so the last good one is never pruned;
+* checkpoints are written before the evaluation that follows them (a failing evaluation loses
+  no training; resume re-runs it), and evaluation never changes the training RNG streams;
+* ``resume`` continues the run's stored config: a config that differs is refused naming the
+  keys unless ``override``; ``metrics.jsonl`` is cut back to what was written before the
+  checkpoint (a fresh start empties it), so no iteration is ever logged twice;
+* data roots and ``init`` are stored as absolute paths, so a run folder works from any
+  directory.
 
 Bit-exact resume holds for a given device, thread count and world size with ``num_workers=0``,
 or with workers when the data set's randomness depends only on the sample index (worker RNG
@@ -28,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import sys
@@ -52,7 +71,10 @@ from lowbit.config import (
     dump_config,
     load_config,
 )
+from lowbit.data.validate import drop_items, summarize_bad, validate_dataset
 from lowbit.train.checkpoint import (
+    CheckpointWriteError,
+    NonFiniteError,
     _write_json_atomic,
     capture_rng_state,
     find_latest_checkpoint,
@@ -70,13 +92,15 @@ from lowbit.train.distributed import (
     DistContext,
     all_gather_json,
     all_reduce_mean,
+    any_true,
     barrier,
     broadcast_json,
     init_distributed,
     resolve_device,
     shutdown_distributed,
 )
-from lowbit.train.metrics import MetricsLogger, truncate_metrics
+from lowbit.train.lock import RunLock, RunLockedError
+from lowbit.train.metrics import MetricsLogger, truncate_metrics, truncate_metrics_bytes
 from lowbit.train.quant_schedule import QuantClock
 from lowbit.train.sampler import ResumableShardedSampler, epoch_generator_seed
 from lowbit.train.schedules import LRSchedule
@@ -93,12 +117,52 @@ __all__ = [
     "warm_start",
     "evaluate_model",
     "seed_everything",
+    "TrainingDiverged",
+    "absolute_paths",
+    "config_changes",
 ]
 
 Callback = Callable[["Trainer", str, dict[str, Any]], None]
 
-# Keys that change the training trajectory: a resumed run must agree with its checkpoint on them.
-_RESUME_MUST_MATCH = ("model", "data", "quant", "train.seed", "train.batch_size")
+# Keys a resumed run may change without --override: where it runs and how it is watched.
+_RESUME_FREE = ("train.device", "train.tensorboard", "train.eval_batch_size")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the step was not taken."""
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with a relative ``data.root`` and ``init`` made absolute (against the current
+    directory), so the stored run works from any directory."""
+    if cfg.data.root and not Path(cfg.data.root).is_absolute():
+        cfg = replace(cfg, data=replace(cfg.data, root=str(Path(cfg.data.root).resolve())))
+    if cfg.init and not Path(cfg.init).is_absolute():
+        cfg = replace(cfg, init=str(Path(cfg.init).resolve()))
+    return cfg
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and (value or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any],
+                   ignore: Sequence[str] = _RESUME_FREE) -> list[str]:
+    """Dotted keys (leaves, ``model.kwargs.width``) whose values differ between two plain
+    configs, sorted; keys under ``ignore`` are left out."""
+    a, b = _flatten(old), _flatten(new)
+
+    def same(x: Any, y: Any) -> bool:
+        return json.dumps(x, sort_keys=True, default=str) == json.dumps(y, sort_keys=True,
+                                                                        default=str)
+
+    keys = sorted(k for k in set(a) | set(b) if not same(a.get(k), b.get(k)))
+    return [k for k in keys if not any(k == i or k.startswith(i + ".") for i in ignore)]
 
 
 @dataclass
@@ -243,28 +307,19 @@ def evaluate_model(task: Any, model: nn.Module, loader: DataLoader, *, device: t
     return {str(k): float(v) for k, v in metrics.items()}
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    diff = []
-    for key in keys:
-        va, vb = a, b
-        for part in key.split("."):
-            va = va.get(part) if isinstance(va, dict) else None
-            vb = vb.get(part) if isinstance(vb, dict) else None
-        if json.dumps(va, sort_keys=True, default=str) != json.dumps(vb, sort_keys=True,
-                                                                      default=str):
-            diff.append(key)
-    return diff
-
-
 class Trainer:
     """Trains ``cfg`` into ``out_dir`` (see the module docstring).
 
     Args:
-        cfg: the experiment.
+        cfg: the experiment (a relative ``data.root`` / ``init`` is made absolute).
         out_dir: run folder (created). Holding checkpoints already is an error unless
             ``resume``.
         resume: continue from the newest committed checkpoint in ``out_dir`` (start from
             scratch when there is none).
+        override: with ``resume``, accept a ``cfg`` that differs from the checkpoint's config
+            (without it such a resume is a ``ValueError`` naming the keys).
+        skip_bad: train and evaluate on the good items when validation finds bad ones (the
+            count is printed and logged); without it a bad item is a ``ValueError``.
         progress: show the tqdm bar (default: when stderr is a TTY); only rank 0 shows it.
         callbacks: ``cb(trainer, event, info)`` called on every rank for events ``iteration``
             (after each optimizer step), ``eval``, ``checkpoint`` (rank 0 only) and ``end``.
@@ -276,13 +331,17 @@ class Trainer:
         out_dir: str | os.PathLike[str],
         *,
         resume: bool = False,
+        override: bool = False,
+        skip_bad: bool = False,
         progress: bool | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.cfg = cfg
+        self.cfg = absolute_paths(cfg)
         self.run_dir = Path(out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume
+        self.override = override
+        self.skip_bad = skip_bad
         self.progress = progress
         self.callbacks = list(callbacks)
         self.iteration = 0
@@ -292,7 +351,10 @@ class Trainer:
         self.schedule: LRSchedule | None = None
         self.task: Any = None
         self.last_metrics: dict[str, float] = {}
+        self.skipped: dict[str, int] = {}
         self._window: dict[str, Any] = {}
+        self._logger: MetricsLogger | None = None
+        self._last_good: Path | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -301,15 +363,53 @@ class Trainer:
         opened_here = not (dist.is_available() and dist.is_initialized())
         ctx = init_distributed(self.cfg.train.device)
         self.ctx = ctx
+        lock = RunLock(self.run_dir) if ctx.is_main else None
         try:
+            failure = None
+            if lock is not None:
+                try:
+                    note = lock.acquire()
+                except (RunLockedError, ValueError) as exc:
+                    failure = [type(exc).__name__, str(exc)]
+                else:
+                    if note:
+                        print(f"note: {note}", file=sys.stderr)
+            failure = broadcast_json(failure, ctx)
+            if failure is not None:
+                raise (RunLockedError if failure[0] == "RunLockedError" else ValueError)(
+                    failure[1])
             return self._fit(ctx)
         finally:
+            if lock is not None:
+                lock.release()
             if opened_here:
                 shutdown_distributed(ctx)
 
     def _emit(self, event: str, **info: Any) -> None:
         for cb in self.callbacks:
             cb(self, event, info)
+
+    def _datasets(self, task: Any, ctx: DistContext) -> tuple[Dataset, Dataset]:
+        """The task's data sets, validated (see :mod:`lowbit.data.validate`)."""
+        cfg = self.cfg
+        train_ds, test_ds = task.build_datasets(cfg)
+        found = {"train": validate_dataset(train_ds), "test": validate_dataset(test_ds)}
+        sets = {"train": train_ds, "test": test_ds}
+        bad = {k: v for k, v in found.items() if v}
+        if bad and not self.skip_bad:
+            lines = " | ".join(summarize_bad(v, f"{cfg.data.root or cfg.data.kind} {k}",
+                                             len(sets[k])) for k, v in bad.items())
+            raise ValueError(f"{lines} (pass --skip-bad to train on the rest)")
+        for k, v in bad.items():
+            if len(v) == len(sets[k]):
+                raise ValueError(summarize_bad(v, f"{cfg.data.root} {k}", len(sets[k]))
+                                 + " (nothing left to use)")
+            sets[k] = drop_items(sets[k], v)
+            self.skipped[k] = len(v)
+            if ctx.is_main:
+                print(f"warning: skipping {len(v)} bad of {len(v) + len(sets[k])} {k} items: "
+                      + summarize_bad(v, k, len(v) + len(sets[k]), shown=1), file=sys.stderr)
+        return sets["train"], sets["test"]
 
     def _fit(self, ctx: DistContext) -> RunResult:
         cfg, tc = self.cfg, self.cfg.train
@@ -321,7 +421,7 @@ class Trainer:
 
         task = self.task = task_for_model(cfg.model)
         seed_everything(tc.seed)
-        train_ds, test_ds = task.build_datasets(cfg)
+        train_ds, test_ds = self._datasets(task, ctx)
         float_model = task.build_model(cfg)
         init_report = None
         if cfg.init and latest is None:
@@ -353,13 +453,19 @@ class Trainer:
                                       enabled=tc.amp and ctx.device.type == "cuda")
 
         start = 0
+        ckpt_state: dict[str, Any] = {}
+        changed: list[str] = []
         if latest is not None:
+            meta = read_checkpoint_json(latest)
+            saved = (meta.get("state") or {}).get("config") or {}
+            changed = config_changes(saved, config_to_dict(cfg)) if saved else []
+            if changed and not self.override:
+                raise ValueError(
+                    f"{latest}: --resume with a config that differs from the run's in "
+                    f"{', '.join(changed)}; pass --override to change them, or drop those "
+                    "--set flags (resume uses the run's stored config)")
             ckpt = load_checkpoint(latest, model, optimizer, scaler=scaler)
-            saved = ckpt.state.get("config") or {}
-            diff = _config_diff(saved, config_to_dict(cfg), _RESUME_MUST_MATCH)
-            if diff:
-                raise ValueError(f"{latest}: cannot resume, the config differs in "
-                                 f"{', '.join(diff)}")
+            ckpt_state = ckpt.state
             start = int(ckpt.state["iteration"])
             self.last_metrics = dict(ckpt.state.get("metrics") or {})
             rngs = ckpt.state.get("rng") or []
@@ -368,32 +474,50 @@ class Trainer:
                 self._window = (ckpt.state.get("log_window") or [{}] * ctx.world_size)[ctx.rank]
             else:  # another world size: not bit-exact anyway; keep streams distinct
                 seed_everything(epoch_generator_seed(tc.seed, start, salt=ctx.rank + 1))
+            self._last_good = latest
         elif ctx.rank > 0:
             seed_everything(epoch_generator_seed(tc.seed, 0, salt=ctx.rank))
         self.iteration = start
 
+        metrics_file = self.run_dir / "metrics.jsonl"
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+            remove_stale_files(self.ckpt_dir)
+            if latest is None:
+                # an earlier attempt that left no checkpoint: its lines would repeat iterations
+                dropped = truncate_metrics_bytes(metrics_file, 0)
+                if dropped:
+                    print(f"note: {metrics_file}: dropped {dropped} lines of an earlier attempt "
+                          "that left no checkpoint", file=sys.stderr)
+            elif "log_bytes" in ckpt_state:
+                truncate_metrics_bytes(metrics_file, int(ckpt_state["log_bytes"]))
+            else:  # a checkpoint from before log_bytes was recorded
+                truncate_metrics(metrics_file, start)
+            if start < total or latest is None:
+                (self.run_dir / "result.json").unlink(missing_ok=True)
             if latest is not None:
-                remove_stale_files(self.ckpt_dir)
-                truncate_metrics(self.run_dir / "metrics.jsonl", start)
+                msg = f"resuming from iteration {start} ({latest})"
+                if changed:
+                    msg += f"; --override changes {', '.join(changed)}"
+                if start >= total:
+                    msg += f"; the run is complete at {total} iterations"
+                print(msg, file=sys.stderr)
         logger = MetricsLogger(self.run_dir, enabled=ctx.is_main, tensorboard=tc.tensorboard)
+        self._logger = logger
         try:
             if init_report is not None:
                 logger.log("init", 0, 0.0, source=str(cfg.init),
                            loaded=len(init_report["loaded"]), missing=init_report["missing"],
                            unexpected=init_report["unexpected"],
                            mismatched=init_report["mismatched"])
+            if self.skipped:
+                logger.log("data", start, start / ipe, skipped=dict(self.skipped))
             if latest is not None:
-                logger.log("resume", start, start / ipe, checkpoint=str(latest))
-            if cfg.quant is not None and ctx.is_main:  # never silent about layers left float
-                from lowbit.nn import coverage
-
-                cov = coverage(model)
-                logger.log("coverage", start, start / ipe, share=cov.share,
-                           left_float=[[n, r] for n, _, _, r in cov.left_float])
-                tqdm.write(str(cov))
+                if "log_bytes" in ckpt_state:  # the line written after it, cut with the rest
+                    logger.log("checkpoint", start, start / ipe,
+                               path=str(latest.relative_to(self.run_dir)))
+                logger.log("resume", start, start / ipe, checkpoint=str(latest),
+                           **({"override": changed} if changed else {}))
             if ctx.distributed:
                 # QN phases switch requires_grad of the weights on and off between steps:
                 # DDP must then look for parameters without a gradient in every step
@@ -403,10 +527,17 @@ class Trainer:
                 )
             else:
                 ddp = model
+            test_loader = _eval_loader(task, cfg, test_ds, ctx.device) if ctx.is_main else None
+            if latest is not None and (ckpt_state.get("eval_due") or (
+                    start >= total and "eval_due" not in ckpt_state)):
+                # the evaluation that followed this checkpoint (it may not have finished); the
+                # quantizers' state at that point is in the checkpoint's buffers
+                self._evaluate(task, ddp, test_loader, start, ipe, logger)
             last_ckpt = self._loop(ctx, task, ddp, optimizer, schedule, scaler, sampler,
-                                   train_ds, test_ds, start, total, ipe, logger)
+                                   train_ds, test_loader, start, total, ipe, logger)
         finally:
             logger.close()
+            self._logger = None
         result = RunResult(self.run_dir, dict(self.last_metrics), self.iteration, last_ckpt,
                            start if latest is not None else None)
         if ctx.is_main:
@@ -414,6 +545,7 @@ class Trainer:
                 "iteration": self.iteration, "metrics": result.metrics,
                 "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "config_hash": config_hash(cfg),
+                **({"skipped": dict(self.skipped)} if self.skipped else {}),
             })
         self._emit("end", result=result)
         barrier(ctx)
@@ -438,17 +570,26 @@ class Trainer:
         )
         yield from loader
 
+    def _diverged(self, loss: torch.Tensor, it: int) -> TrainingDiverged:
+        last = self._last_good
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        return TrainingDiverged(
+            f"{self.run_dir}: non-finite loss ({float(loss.detach().float().sum())}) at iteration "
+            f"{it + 1}: training stopped before that step; {where}. Resume with a smaller "
+            "learning rate: lowbit train CONFIG --out RUN --resume --override "
+            "--set optim.lr=...")
+
     def _loop(self, ctx: DistContext, task: Any, ddp: nn.Module, optimizer: torch.optim.Optimizer,
               schedule: LRSchedule, scaler: Any, sampler: ResumableShardedSampler,
-              train_ds: Dataset, test_ds: Dataset, start: int, total: int, ipe: int,
-              logger: MetricsLogger) -> Path | None:
-        cfg, tc = self.cfg, self.cfg.train
+              train_ds: Dataset, test_loader: DataLoader | None, start: int, total: int,
+              ipe: int, logger: MetricsLogger) -> Path | None:
+        tc = self.cfg.train
         show = (self.progress if self.progress is not None else sys.stderr.isatty())
-        bar = tqdm(total=total, initial=start, disable=not (show and ctx.is_main), unit="it",
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(total=total, initial=min(start, total),
+                   disable=not (show and ctx.is_main), unit="it", dynamic_ncols=True,
+                   desc="train")
         move = getattr(task, "to_device", None) or to_device
         count = getattr(task, "batch_size_of", None) or batch_size_of
-        test_loader = _eval_loader(task, cfg, test_ds, ctx.device) if ctx.is_main else None
         params = [p for p in ddp.parameters() if p.requires_grad]
         it = start
         last_ckpt: Path | None = None
@@ -458,6 +599,7 @@ class Trainer:
                                    device=ctx.device)
         window_logs: dict[str, float] = dict(self._window.get("logs", {}))
         window_n, window_imgs, t0 = int(self._window.get("n", 0)), 0, time.perf_counter()
+        self._window = {"loss": window_loss, "logs": window_logs, "n": window_n}
         lr = schedule.lr(it)
         ddp.train()
         clock = QuantClock(getattr(ddp, "module", ddp), ipe, total, tc.qn_t0, tc.qn_phases)
@@ -490,6 +632,9 @@ class Trainer:
                             extra = quant_penalty(getattr(ddp, "module", ddp), tc.quant_penalty)
                             loss = loss + extra.to(loss.device)
                             logs = {**(logs or {}), "loss_quant": float(extra.detach())}
+                    # every step, before the step: a diverged loss never reaches the weights
+                    if any_true(not bool(torch.isfinite(loss.detach()).all()), ctx):
+                        raise self._diverged(loss, it)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if tc.clip_grad_norm is not None:
@@ -511,9 +656,6 @@ class Trainer:
                         values = all_reduce_mean(values, ctx)
                         dt = max(time.perf_counter() - t0, 1e-9)
                         ips = window_imgs * ctx.world_size / dt
-                        if not np.isfinite(values["loss"]):
-                            raise RuntimeError(f"non-finite loss {values['loss']} before "
-                                               f"iteration {it}")
                         logger.log("train", it, it / ipe, lr=lr, img_per_s=round(ips, 1),
                                    **values)
                         bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{ips:.0f}",
@@ -521,23 +663,30 @@ class Trainer:
                         window_loss.zero_()
                         window_logs, window_n, window_imgs = {}, 0, 0
                         t0 = time.perf_counter()
+                    # what a checkpoint taken now must carry (also at the end: a resumed,
+                    # extended run continues from it)
+                    self._window = {"loss": window_loss, "logs": window_logs, "n": window_n}
                     self._emit("iteration", iteration=it, loss=loss.detach())
                     if it >= total:
                         break
-                    self._window = {"loss": window_loss, "logs": window_logs, "n": window_n}
                     if tc.checkpoint_every and it % tc.checkpoint_every == 0 and it % ipe:
-                        last_ckpt = self._save(ddp, optimizer, schedule, scaler, it, ipe, logger)
+                        last_ckpt = self._save(ddp, optimizer, schedule, scaler, it, ipe, logger,
+                                               eval_due=False)
                         saved_at = it
                 epoch_end = it % ipe == 0
                 final = it >= total
                 if final:
                     tick(it)  # the run's end state (INQ: every weight quantized) is evaluated
                 n_epochs = it // ipe
-                if final or (epoch_end and tc.eval_interval and n_epochs % tc.eval_interval == 0):
-                    self._evaluate(task, ddp, test_loader, it, ipe, logger)
+                due = final or bool(epoch_end and tc.eval_interval
+                                    and n_epochs % tc.eval_interval == 0)
+                # the checkpoint first: an evaluation that fails loses no training
                 if (epoch_end or final) and saved_at != it:
-                    last_ckpt = self._save(ddp, optimizer, schedule, scaler, it, ipe, logger)
+                    last_ckpt = self._save(ddp, optimizer, schedule, scaler, it, ipe, logger,
+                                           eval_due=due)
                     saved_at = it
+                if due:
+                    self._evaluate(task, ddp, test_loader, it, ipe, logger)
         finally:
             bar.close()
         if last_ckpt is None and ctx.is_main:
@@ -551,7 +700,14 @@ class Trainer:
         metrics = None
         if ctx.is_main:
             assert loader is not None
-            metrics = evaluate_model(task, ddp, loader, device=ctx.device, amp=self.cfg.train.amp)
+            # evaluation must not move the training RNG streams: a run resumed from the
+            # checkpoint written just before it continues exactly as this one does
+            rng = capture_rng_state()
+            try:
+                metrics = evaluate_model(task, ddp, loader, device=ctx.device,
+                                         amp=self.cfg.train.amp)
+            finally:
+                restore_rng_state(rng)
             logger.log("eval", it, it / ipe, **metrics)
             tqdm.write(f"eval @ iteration {it}: "
                        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
@@ -561,7 +717,8 @@ class Trainer:
         return metrics
 
     def _save(self, ddp: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-              scaler: Any, it: int, ipe: int, logger: MetricsLogger) -> Path | None:
+              scaler: Any, it: int, ipe: int, logger: MetricsLogger, *,
+              eval_due: bool = False) -> Path | None:
         ctx, cfg = self.ctx, self.cfg
         assert ctx is not None
         w = self._window
@@ -569,6 +726,7 @@ class Trainer:
                   "n": int(w.get("n", 0))}
         ranks = all_gather_json({"rng": capture_rng_state(), "window": window}, ctx)
         path = None
+        failure = None
         if ctx.is_main:
             state = {
                 "iteration": it,
@@ -579,15 +737,28 @@ class Trainer:
                             "global_batch": cfg.train.batch_size},
                 "rng": [r["rng"] for r in ranks],
                 "log_window": [r["window"] for r in ranks],
+                "log_bytes": logger.size(),
+                "eval_due": eval_due,
                 "metrics": self.last_metrics,
                 "config": config_to_dict(cfg),
                 "config_hash": config_hash(cfg),
                 "torch": torch.__version__,
             }
-            path = save_checkpoint(self.ckpt_dir, ddp, optimizer, schedule, state, scaler=scaler)
-            prune_checkpoints(self.ckpt_dir, cfg.train.keep_checkpoints)
-            logger.log("checkpoint", it, it / ipe, path=str(path.relative_to(self.run_dir)))
-            self._emit("checkpoint", iteration=it, path=path)
+            try:
+                path = save_checkpoint(self.ckpt_dir, ddp, optimizer, schedule, state,
+                                       scaler=scaler)
+            except (NonFiniteError, CheckpointWriteError) as exc:
+                last = self._last_good
+                failure = (f"{exc} (iteration {it}; last good checkpoint: "
+                           f"{last if last else 'none'})")
+            else:
+                self._last_good = path
+                prune_checkpoints(self.ckpt_dir, cfg.train.keep_checkpoints)
+                logger.log("checkpoint", it, it / ipe, path=str(path.relative_to(self.run_dir)))
+                self._emit("checkpoint", iteration=it, path=path)
+        failure = broadcast_json(failure, ctx)
+        if failure is not None:
+            raise RuntimeError(failure)
         return path
 
 
@@ -596,26 +767,51 @@ def fit(
     out_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    override: bool = False,
+    skip_bad: bool = False,
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """``Trainer(cfg, out_dir, resume=..., ...).fit()``."""
-    return Trainer(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks).fit()
+    """``Trainer(cfg, out_dir, resume=..., ...).fit()`` (see :class:`Trainer`)."""
+    return Trainer(cfg, out_dir, resume=resume, override=override, skip_bad=skip_bad,
+                   progress=progress, callbacks=callbacks).fit()
+
+
+def _run_dir_of(json_path: Path) -> Path:
+    return json_path.parent.parent if json_path.parent.name == "checkpoints" else json_path.parent
+
+
+def _stored_paths(cfg: ExperimentConfig, run_dir: Path, source: Path) -> ExperimentConfig:
+    """A stored config's relative ``data.root`` (runs written before roots were stored
+    absolute) resolved against the run folder, else the current directory; one found in
+    neither is an error rather than data written under the current directory."""
+    root = cfg.data.root
+    if not root or Path(root).is_absolute():
+        return cfg
+    for base in (run_dir, Path.cwd()):
+        if (base / root).exists():
+            return replace(cfg, data=replace(cfg.data, root=str((base / root).resolve())))
+    raise ValueError(f"{source}: data.root {root!r} is relative and exists neither under the "
+                     f"run folder {run_dir} nor the current directory; set it to an absolute "
+                     "path there")
 
 
 def config_for_checkpoint(json_path: Path, meta: dict[str, Any]) -> ExperimentConfig:
-    run_dir = json_path.parent.parent if json_path.parent.name == "checkpoints" else \
-        json_path.parent
+    """The config of the run a checkpoint belongs to: its run folder's ``config.yaml``, else
+    the config stored inside the checkpoint; a relative ``data.root`` is resolved as
+    :func:`_stored_paths` says."""
+    run_dir = _run_dir_of(json_path)
     cfg_file = run_dir / "config.yaml"
     if cfg_file.is_file():
-        return load_config(cfg_file)
+        return _stored_paths(load_config(cfg_file), run_dir, cfg_file)
     saved = (meta.get("state") or {}).get("config")
     if not saved:
         raise ValueError(f"{json_path}: no config.yaml next to it and no config inside it")
     try:
-        return config_from_dict(saved)
+        cfg = config_from_dict(saved)
     except ValueError as exc:
         raise ValueError(f"{json_path}: embedded config: {exc}") from None
+    return _stored_paths(cfg, run_dir, json_path)
 
 
 def evaluate_checkpoint(
@@ -625,19 +821,35 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
 ) -> EvalResult:
     """Rebuild the model of a run (its resolved ``config.yaml``, else the config inside the
-    checkpoint), load the checkpoint (newest in a run folder) and evaluate on the test set."""
-    json_path = resolve_checkpoint(path)
-    meta = read_checkpoint_json(json_path)
-    cfg = config_for_checkpoint(json_path, meta)
-    if batch_size is not None:
-        cfg = replace(cfg, train=replace(cfg.train, eval_batch_size=batch_size))
-    dev = resolve_device(device or cfg.train.device)
-    seed_everything(cfg.train.seed)
-    task, model = build_model(cfg)
+    checkpoint), load the checkpoint (newest in a run folder) and evaluate on the test set.
+
+    A checkpoint with non-finite tensors is refused (``ValueError`` naming the file), and so is
+    a non-finite ``main`` or ``loss`` metric. Given a run folder that a training process is
+    rotating checkpoints in, a checkpoint deleted between finding and reading it is looked up
+    again (a few times)."""
+    for attempt in range(5):
+        json_path = resolve_checkpoint(path)
+        try:
+            meta = read_checkpoint_json(json_path)
+            cfg = config_for_checkpoint(json_path, meta)
+            if batch_size is not None:
+                cfg = replace(cfg, train=replace(cfg.train, eval_batch_size=batch_size))
+            dev = resolve_device(device or cfg.train.device)
+            seed_everything(cfg.train.seed)
+            task, model = build_model(cfg)
+            load_checkpoint(json_path, model)
+            break
+        except (FileNotFoundError, ValueError):
+            pruned = Path(path).is_dir() and not json_path.exists()
+            if not pruned or attempt == 4:
+                raise
     _, test_ds = task.build_datasets(cfg)
-    load_checkpoint(json_path, model)
     model.to(dev)
     loader = _eval_loader(task, cfg, test_ds, dev)
     metrics = evaluate_model(task, model, loader, device=dev, amp=cfg.train.amp)
+    for key in ("main", "loss"):
+        if key in metrics and not math.isfinite(metrics[key]):
+            raise ValueError(f"{json_path}: evaluation gave {key}={metrics[key]} (non-finite); "
+                             "the weights do not produce usable outputs")
     iteration = (meta.get("state") or {}).get("iteration")
     return EvalResult(metrics, json_path, iteration, cfg)

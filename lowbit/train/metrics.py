@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "read_metrics", "truncate_metrics"]
+__all__ = ["MetricsLogger", "read_metrics", "truncate_metrics", "truncate_metrics_bytes"]
 
 
 class MetricsLogger:
@@ -33,8 +33,12 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot write the metrics log "
+                             f"({exc.strerror or exc})") from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -50,12 +54,24 @@ class MetricsLogger:
             return
         record = {"event": event, "iteration": int(iteration), "epoch": round(float(epoch), 4),
                   "time": round(time.time(), 3), **values}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise RuntimeError(f"{self.path}: cannot write the metrics log "
+                               f"({exc.strerror or exc})") from None
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(f"{event}/{key}", value, iteration)
+
+    def size(self) -> int:
+        """Bytes in ``metrics.jsonl`` so far (0 when disabled); a checkpoint records it so a
+        resumed run can cut the log back to exactly what was written before it."""
+        if not self.enabled or self._fh is None:
+            return 0
+        self._fh.flush()
+        return int(self._fh.tell())
 
     def close(self) -> None:
         """Close the file and TensorBoard writer."""
@@ -97,3 +113,23 @@ def truncate_metrics(path: str | os.PathLike[str], max_iteration: int) -> int:
     tmp.write_text("".join(json.dumps(e) + "\n" for e in keep), encoding="utf-8")
     os.replace(tmp, p)
     return total_lines - len(keep)
+
+
+def truncate_metrics_bytes(path: str | os.PathLike[str], size: int) -> int:
+    """Cut ``metrics.jsonl`` back to its first ``size`` bytes (what was written before a
+    checkpoint; ``0``: empty it), rewriting atomically, and to a whole line. Returns the number
+    of lines dropped. A file already no longer than ``size`` is left as it is."""
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    data = p.read_bytes()
+    if len(data) <= size:
+        return 0
+    kept = data[:size]
+    if kept and not kept.endswith(b"\n"):
+        kept = kept[: kept.rfind(b"\n") + 1]
+    dropped = data[len(kept):].count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(kept)
+    os.replace(tmp, p)
+    return dropped

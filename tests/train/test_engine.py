@@ -38,7 +38,7 @@ def test_warm_start_from_run_and_init_config(tmp_path: Path, one_thread: None) -
     cfg = make_config(optim={"lr": 1e-12, "warmup_iters": 0}, train={"iterations": 1},
                       init=str(first.checkpoint))
     second = fit(cfg, tmp_path / "b", progress=False, callbacks=[record])
-    assert events == ["iteration", "eval", "checkpoint", "end"]
+    assert events == ["iteration", "checkpoint", "eval", "end"]  # checkpoint before eval
     after = load_checkpoint(second.checkpoint).model_state
     for name, _ in DigitsCNN(width=8).named_parameters():
         torch.testing.assert_close(after[name], trained[name], atol=1e-9, rtol=0)
