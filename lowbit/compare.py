@@ -31,10 +31,25 @@ earlier invocations on the same FP32 run that were not asked for this time stay 
 (``"kept"``; each row records its ``settings``); a method that raises is
 recorded as ``status = "failed"`` with its error and the others go on (a rerun retries it).
 No mAP is ever NaN silently: a non-finite metric fails the row.
+
+Uncertainty: every evaluated row writes its detections in the VOC results format
+(``comp4_det_test_<class>.txt``; QAT rows in their run folder, the others in
+``OUT/runs/<row>``), and at the end all rows are re-scored from those files with
+:func:`lowbit.eval.intervals.interval_table`: the mAP with its 95% percentile bootstrap
+interval over test images (``B`` = 1000 resamples, seed 0) and the drop vs FP32 with its
+*paired* interval (the same resamples for both), ``drop_excludes_zero`` when the drop's
+interval excludes 0 (marked ``*`` in the table). With ``seeds`` > 1 every QAT row is fine-tuned
+once per seed (``train.seed`` = the FP32 run's seed + k); the row's mAP and intervals are those
+of the first seed, and ``mAP_seed_mean`` / ``mAP_seed_sd`` (sample sd) summarise all seeds.
+
+Concurrent invocations into the same ``OUT`` never lose each other's rows: every write of
+``results.json`` holds an exclusive lock (``results.json.lock``), re-reads the file, merges
+its rows by key and replaces the file atomically (temp file + rename).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -42,7 +57,8 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +127,22 @@ class Method:
                    tuple[dict[str, Any], dict[str, Any]]] | None = None
 
     def widths(self, requested: Sequence[int] | None) -> list[int]:
-        """The bit-widths of this method's rows for a ``--bits`` request (None: default)."""
+        """The bit-widths of this method's rows for a ``--bits`` request (None: default): the
+        requested widths in ``bit_range``; when none is, the method's default width (a width no
+        method accepts is refused by :func:`check_bits` before)."""
         if not requested:
             return [self.bits]
         ok = [b for b in requested if self.bit_range[0] <= b <= self.bit_range[1]]
         return sorted(set(ok)) or [self.bits]
+
+
+def check_bits(bits: Sequence[int] | None, methods: Sequence[Method]) -> None:
+    """ValueError naming any requested width that none of ``methods`` accepts (e.g. 0, 99)."""
+    for b in bits or ():
+        if not any(m.bit_range[0] <= b <= m.bit_range[1] for m in methods):
+            lo = min(m.bit_range[0] for m in methods)
+            hi = max(m.bit_range[1] for m in methods)
+            raise ValueError(f"--bits {b}: no chosen method accepts it (widths {lo}..{hi})")
 
 
 def _clip(b: int, learnable: bool) -> dict[str, Any]:
@@ -161,6 +188,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "power-of-two weights {0, +-2^(s-n+1..s)}, exact least-squares scale (Thm 2.1), "
            "projected SGD", "001 LBW-Net",
            lambda b: {"method": "lbw-exact", "bits": b}),
+    Method("lbw-exact-ch", "qat", 4, (2, 8),
+           "lbw-exact with one power-of-two scale per output channel", "001 LBW-Net "
+           "(per-channel variant)",
+           lambda b: {"method": "lbw-exact", "bits": b, "params": {"per_channel": True}}),
     Method("lbw-mu", "qat", 6, (2, 8),
            "LBW-Net's semi-analytical scheme with mu = 3/4 max|W|, 4 partial terms "
            "(eq. 2.8-2.9)", "001 LBW-Net",
@@ -239,11 +270,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            lambda b: {"method": "lbw-exact", "bits": b}, plan=_plan_mixed),
 )}
 
-#: ``clip-qat``, ``clip-ptq-svd``, ``qn-a8(-uniform)`` and ``uniform-ptq-tensor`` are opt-in
-#: (``--methods``): QAT runs on top of ``clip-ptq`` / ``qn``, the SVD row only differs from
-#: ``clip-ptq`` on models with Linear layers, and the per-tensor row is 002's contrast.
+#: ``clip-qat``, ``clip-ptq-svd``, ``qn-a8(-uniform)``, ``uniform-ptq-tensor`` and
+#: ``lbw-exact-ch`` are opt-in (``--methods``): QAT runs on top of ``clip-ptq`` / ``qn``, the
+#: SVD row only differs from ``clip-ptq`` on models with Linear layers, the per-tensor row is
+#: 002's contrast, and the per-channel LBW row is a variant of ``lbw-exact``.
 OPT_IN: tuple[str, ...] = ("clip-qat", "clip-ptq-svd", "qn-a8", "qn-a8-uniform",
-                           "uniform-ptq-tensor")
+                           "uniform-ptq-tensor", "lbw-exact-ch")
 DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in OPT_IN)
 
 
@@ -364,6 +396,98 @@ def evaluate(base: Base, model: nn.Module, test_ds: Any | None = None) -> dict[s
     if not math.isfinite(metrics["main"]):
         raise ValueError(f"non-finite mAP {metrics['main']}")
     return metrics
+
+
+def predict(task: Any, model: nn.Module, ds: Any, device: torch.device,
+            batch_size: int = 1) -> list[dict[str, Tensor]]:
+    """Detections of ``model`` (eval mode, no grad) on every image of ``ds`` in order: one dict
+    per image (``boxes [K, 4]`` internal 0-based xyxy in the original image size, ``labels``,
+    ``scores``, on the CPU), as the detect task's evaluation sees them."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=max(1, batch_size), shuffle=False,
+                        collate_fn=getattr(task, "eval_collate_fn", task.collate_fn),
+                        num_workers=0)
+    was = model.training
+    model.eval()
+    preds: list[dict[str, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for images, _ in loader:
+                out = model([im.to(device) for im in images])
+                preds.extend({k: v.detach().cpu() for k, v in d.items()} for d in out)
+    finally:
+        model.train(was)
+    return preds
+
+
+def score(task: Any, model: nn.Module, ds: Any, folder: Path, device: torch.device,
+          batch_size: int = 1, split: str = "test") -> dict[str, Any]:
+    """Evaluate ``model`` on ``ds`` with the VOC metric and write its detections into
+    ``folder`` in the VOC results format (``comp4_det_<split>_<class>.txt``, 1-based pixels),
+    so any evaluator can re-score them. Returns ``{"mAP" (VOC07), "mAP_area", "dets_dir"}``;
+    ValueError when the mAP is not finite."""
+    from lowbit.eval.voc import evaluate_voc, write_voc_results
+
+    preds = predict(task, model, ds, device, batch_size)
+    r07 = evaluate_voc(preds, ds, metric="07")
+    rarea = evaluate_voc(preds, ds, metric="area")
+    if not math.isfinite(r07.map):
+        raise ValueError(f"{folder}: non-finite mAP {r07.map}")
+    targets = ds.eval_targets()
+    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
+    write_voc_results(preds, ids, list(ds.classes), folder, split)
+    return {"mAP": float(r07.map), "mAP_area": float(rarea.map), "dets_dir": str(folder)}
+
+
+def add_intervals(rows: list[dict[str, Any]], test_ds: Any, reference: str | None = "fp32",
+                  n_boot: int | None = None, seed: int = 0, split: str = "test"
+                  ) -> dict[str, Any]:
+    """Re-score every ``ok`` row that has a ``dets_dir`` from its VOC results files and add
+    ``mAP_ci``, ``mAP_half_width`` and (vs the row keyed ``reference``) ``drop_ci``,
+    ``drop_half_width``, ``drop_excludes_zero`` (fractions; see
+    :func:`lowbit.eval.intervals.interval_table`). Rows whose files are missing get an
+    ``interval_note``. Returns the bootstrap settings."""
+    from lowbit.eval.intervals import (
+        DEFAULT_BOOT,
+        ground_truth_arrays,
+        interval_table,
+        match_results_dir,
+    )
+
+    n_boot = DEFAULT_BOOT if n_boot is None else n_boot
+    gt = ground_truth_arrays(test_ds)
+    matched = {}
+    for r in rows:
+        for k in ("mAP_ci", "mAP_half_width", "drop_ci", "drop_half_width",
+                  "drop_excludes_zero", "interval_note"):
+            r.pop(k, None)
+        if r.get("status") != "ok":
+            continue
+        if not r.get("dets_dir"):
+            r["interval_note"] = "no detections file (row made before intervals existed)"
+            continue
+        try:
+            matched[r["key"]] = match_results_dir(gt, r["dets_dir"], split)
+        except (ValueError, OSError) as exc:
+            r["interval_note"] = str(exc)
+    ref = reference if reference in matched else None
+    table = interval_table(matched, ref, n_boot, seed) if matched else {}
+    for r in rows:
+        t = table.get(r.get("key", ""))
+        if t:
+            r.update({k: v for k, v in t.items() if k not in ("mAP", "drop", "n_undefined")})
+    return {"n_boot": n_boot, "seed": seed, "level": 0.95, "metric": "07",
+            "resampled": "test images, with replacement", "reference": ref}
+
+
+def seed_summary(maps: Sequence[float]) -> dict[str, Any]:
+    """``{"mAP_seeds", "mAP_seed_mean", "mAP_seed_sd"}`` (sample sd; None for one seed)."""
+    import statistics
+
+    maps = [float(m) for m in maps]
+    return {"mAP_seeds": maps, "mAP_seed_mean": statistics.fmean(maps),
+            "mAP_seed_sd": statistics.stdev(maps) if len(maps) > 1 else None}
 
 
 def train_images(base: Base, n: int, batch: int = 4) -> list[list[Tensor]]:
@@ -623,11 +747,14 @@ def _hash(obj: Any) -> str:
 
 
 def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float = 0.0,
-               qn_phases: Sequence[tuple[str, float]] | None = None) -> Any:
+               qn_phases: Sequence[tuple[str, float]] | None = None, seed_offset: int = 0
+               ) -> Any:
     """The FP32 run's config turned into a QAT run: ``quant``, ``init`` = the FP32 run, the
     budget's length and learning rate (cosine, short warm-up), evaluation only at the end,
     ``train.quant_penalty = penalty``; ``qn_phases`` (shares of the budget) become
-    ``train.qn_phases`` in epochs of the engine's sampler, each a whole number of iterations."""
+    ``train.qn_phases`` in epochs of the engine's sampler, each a whole number of iterations.
+    ``seed_offset`` k: ``train.seed`` = the FP32 run's seed + k (k = 0 leaves the config, and
+    so the run folder's name, as without it)."""
     from lowbit.config import config_from_dict, config_to_dict
     from lowbit.train.sampler import ResumableShardedSampler
 
@@ -645,13 +772,28 @@ def qat_config(base: Base, quant: dict[str, Any], budget: Budget, penalty: float
               "log_every": max(1, min(25, total)), "quant_penalty": float(penalty),
               "qn_phases": None if qn_phases is None
               else [[str(n), round(float(f) * total) / ipe] for n, f in qn_phases]})
+    if seed_offset:
+        t["seed"] = int(t.get("seed", 0)) + int(seed_offset)
     return config_from_dict(d)
 
 
+def _eval_batch(base: Base) -> int:
+    tc = base.cfg.train
+    return int(tc.eval_batch_size or tc.batch_size)
+
+
+def _row_dir(out: Path, key: str) -> Path:
+    """``OUT/runs/<key>`` with ``@`` as ``-`` and a ``b`` (``kmeans-df@4`` -> ``kmeans-df-4b``)."""
+    name = key.replace("@", "-") + ("b" if "@" in key else "")
+    return out / "runs" / "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
+
+
 def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
-                   calib: list[list[Tensor]], out: Path, progress: bool
-                   ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build, (train,) convert and evaluate one row; returns the converted model and info."""
+                   calib: list[list[Tensor]], out: Path, progress: bool, seeds: int = 1,
+                   key: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build, (train,) convert and evaluate one row; returns the converted model and info.
+    A QAT row is fine-tuned once per seed (``seeds``); the model and the detections are those
+    of the first seed."""
     import lowbit.nn as L
     from lowbit.demo import load_run_model
     from lowbit.train import fit
@@ -662,16 +804,31 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
     if method.kind == "qat":
         if method.plan is not None:
             quant, plan_info = _planned(base, method, bits, calib, out)
-        cfg = qat_config(base, quant, budget, method.penalty, method.qn_phases)
-        run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
-        res = fit(cfg, run_dir, resume=True, progress=progress)
-        _, model, _ = load_run_model(run_dir)
-        model.to(base.device).eval()
-        m = float(evaluate(base, model)["main"] if method.reevaluate else res.metrics["main"])
-        if not math.isfinite(m):
-            raise ValueError(f"run {run_dir}: non-finite mAP {m}")
-        return model, {"mAP": m, "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
-                       "run_dir": str(run_dir), "iterations": res.iteration, **plan_info}
+        first: tuple[nn.Module, dict[str, Any]] | None = None
+        seed_runs = []
+        for k in range(max(1, seeds)):
+            cfg = qat_config(base, quant, budget, method.penalty, method.qn_phases, k)
+            run_dir = out / "runs" / f"{method.name}-{bits}b-{_hash(asdict(cfg))}"
+            if progress and seeds > 1:
+                print(f"   seed {cfg.train.seed} ({k + 1} of {seeds}) into {run_dir}", flush=True)
+            res = fit(cfg, run_dir, resume=True, progress=progress)
+            _, model, _ = load_run_model(run_dir)
+            model.to(base.device).eval()
+            # the converted model re-evaluated (the run's own final evaluation saw the training
+            # forward, which differs for relaxations such as clip-qat), detections written
+            sc = score(base.task, model, base.test_ds, run_dir, base.device, _eval_batch(base))
+            seed_runs.append({"seed": int(cfg.train.seed), "mAP": sc["mAP"],
+                              "run_dir": str(run_dir)})
+            if first is None:
+                first = (model, {**sc, "run_dir": str(run_dir), "iterations": res.iteration,
+                                 "train_final_mAP": float(res.metrics["main"])})
+            else:
+                del model
+        assert first is not None
+        model, info = first
+        if seeds > 1:
+            info.update(seed_summary([r["mAP"] for r in seed_runs]), seed_runs=seed_runs)
+        return model, {**info, **plan_info}
     model = fp32_model(base)
     svd_info: dict[str, Any] = {}
     if method.svd_energy is not None:
@@ -684,9 +841,9 @@ def _quantized_row(base: Base, method: Method, bits: int, budget: Budget,
         # batches as (images, targets) pairs: calibrate() feeds the first item to the model
         L.calibrate(model, [([im.to(base.device) for im in b], None) for b in calib])
     L.convert(model)
-    met = evaluate(base, model)
-    return model, {"mAP": met["main"], "mAP_area": met.get("mAP_area", math.nan),
-                   "run_dir": None, "calib_images": sum(len(b) for b in calib)
+    sc = score(base.task, model, base.test_ds, _row_dir(out, key or f"{method.name}@{bits}"),
+               base.device, _eval_batch(base))
+    return model, {**sc, "run_dir": None, "calib_images": sum(len(b) for b in calib)
                    if method.calibrate else 0, **svd_info}
 
 
@@ -714,9 +871,46 @@ def _load_results(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    """Write ``obj`` to a unique temp file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(obj, indent=2, default=float))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<path>.lock`` for a read-merge-write of ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def merge_rows(path: Path, header: dict[str, Any], rows: Sequence[dict[str, Any]],
+               finish: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Under :func:`locked`: re-read ``path``, replace its rows that have the keys of ``rows``
+    by ``rows`` (the others stay, in place; a file of another ``fp32_run`` is replaced), apply
+    ``finish`` to the merged content, write it atomically and return it."""
+    with locked(path):
+        cur = _load_results(path)
+        same = cur.get("fp32_run") == header.get("fp32_run")
+        mine = {r["key"]: r for r in rows}
+        merged = [mine.pop(r["key"], r) for r in (cur.get("rows", []) if same else [])]
+        merged += [r for r in rows if r["key"] in mine]
+        res = {**(cur if same else {}), **header, "rows": merged}
+        if finish is not None:
+            finish(res)
+        _write_json(path, res)
+        return res
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -733,51 +927,64 @@ def _method_extras(method: Method | None) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v not in (None, 0.0, False)}
 
 
+def _run_info() -> dict[str, Any]:
+    try:
+        from lowbit.runtime import run_info
+    except ImportError:  # pragma: no cover - lowbit.runtime is part of the package
+        return {}
+    return run_info()
+
+
 def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, Any]]],
               out: Path, results_name: str, settings: dict[str, Any], budget: Budget,
-              calib_images: int, latency: bool, latency_iters: int, progress: bool
-              ) -> dict[str, Any]:
+              calib_images: int, latency: bool, latency_iters: int, progress: bool,
+              seeds: int = 1) -> dict[str, Any]:
     """The shared machinery of compare and sweep-mu: run each ``(key, method, bits, extra)``
-    row (method None: the FP32 reference), resumably, recording failures."""
+    row (method None: the FP32 reference), resumably, recording failures; every write of the
+    results file merges under a lock (:func:`merge_rows`)."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / results_name
     old = _load_results(res_path)
-    old_rows = {r["key"]: r for r in old.get("rows", [])}
-    results: dict[str, Any] = {"fp32_run": str(base.run_dir), "settings": settings, "rows": []}
+    old_rows = {r["key"]: r for r in old.get("rows", [])} \
+        if old.get("fp32_run") == str(base.run_dir) else {}
+    info = _run_info()
+    header = {"fp32_run": str(base.run_dir), "settings": settings, "run_info": info}
+    mine: list[dict[str, Any]] = []
     calib = train_images(base, calib_images)
     skipped = []
     bar = tqdm(specs, desc="compare", unit="row", disable=not progress)
-    fp32_map = None
-    for key, method, bits, extra in bar:
+    for n_row, (key, method, bits, extra) in enumerate(bar):
         bar.set_description(key)
         stamp = _hash({"settings": settings if method else str(base.run_dir),
                        "recipe": method.recipe(bits) if method else None,
                        "kind": method.kind if method else "fp32", **extra,
                        **_method_extras(method)})
         prev = old_rows.get(key)
-        if prev is not None and prev.get("status") == "ok" and prev.get("stamp") == stamp:
-            results["rows"].append(prev)
+        if (prev is not None and prev.get("status") == "ok" and prev.get("stamp") == stamp
+                and prev.get("dets_dir")):
+            mine.append(prev)
             skipped.append(key)
-            if method is None:
-                fp32_map = prev["mAP"]
             continue
         row: dict[str, Any] = {"key": key, "method": method.name if method else "fp32",
                                "kind": method.kind if method else "fp32", "bits": bits,
                                "stamp": stamp, "settings": settings, **extra}
+        if progress:
+            what = "the FP32 reference" if method is None else f"{method.kind}: {method.summary}"
+            tqdm.write(f"== row {n_row + 1} of {len(specs)}: {key} ({what})")
         t0 = time.perf_counter()
         try:
             if method is None:
                 model = fp32_model(base)
-                met = evaluate(base, model)
-                info = {"mAP": met["main"], "mAP_area": met.get("mAP_area", math.nan),
-                        "run_dir": str(base.run_dir)}
+                row_info = {**score(base.task, model, base.test_ds, _row_dir(out, key),
+                                    base.device, _eval_batch(base)),
+                            "run_dir": str(base.run_dir)}
             else:
-                if progress:
-                    tqdm.write(f"== {key}: {method.kind}, {method.summary}")
-                model, info = _quantized_row(base, method, bits, budget, calib, out, progress)
-            row.update(info)
+                model, row_info = _quantized_row(base, method, bits, budget, calib, out,
+                                                 progress, seeds if method.kind == "qat" else 1,
+                                                 key)
+            row.update(row_info)
             row.update(memory(model))
             if "svd_params_before" in row:  # against the FP32 model before its SVD
                 row["all_param_ratio"] = 4.0 * row["svd_params_before"] / row["all_param_bytes"]
@@ -796,27 +1003,27 @@ def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, A
             if progress:
                 tqdm.write(f"!! {row['error']}")
         row["seconds"] = time.perf_counter() - t0
-        if method is None and row["status"] == "ok":
-            fp32_map = row["mAP"]
-        results["rows"].append({k: _finite_or_none(v) for k, v in row.items()})
-        _write_json(res_path, {**results, "rows": results["rows"] + [
-            r for k, r in old_rows.items() if k not in {x["key"] for x in results["rows"]}]})
-    # finished rows of earlier invocations on the same FP32 run (other methods / widths) stay
-    # in the table; each carries the settings it was made with
-    done = {r["key"] for r in results["rows"]}
-    kept = [r for k, r in old_rows.items() if k not in done and r.get("status") == "ok"
-            and old.get("fp32_run") == str(base.run_dir)]
-    if kept:  # table order: FP32, then METHODS order (stable: widths as they were run)
-        order = {name: i for i, name in enumerate(METHODS)}
-        results["rows"] = sorted(results["rows"] + kept, key=lambda r: (
+        mine.append({k: _finite_or_none(v) for k, v in row.items()})
+        merge_rows(res_path, header, mine)
+
+    done = {r["key"] for r in mine}
+    order = {name: i for i, name in enumerate(METHODS)}
+
+    def finish(res: dict[str, Any]) -> None:
+        # finished rows of other invocations on the same FP32 run (other methods / widths)
+        # stay in the table; each carries the settings it was made with
+        rows = [r for r in res["rows"] if r["key"] in done or r.get("status") == "ok"]
+        res["rows"] = sorted(rows, key=lambda r: (  # FP32 first, then METHODS order
             r["method"] != "fp32", order.get(r["method"], len(order))))
-    for r in results["rows"]:
-        r["drop"] = (fp32_map - r["mAP"]) if (fp32_map is not None and r.get("mAP") is not None
-                                              and r["status"] == "ok") else None
-    results["skipped"] = skipped
-    results["kept"] = [r["key"] for r in kept]
-    _write_json(res_path, results)
-    return results
+        fp = next((r for r in res["rows"] if r["key"] == "fp32" and r["status"] == "ok"), None)
+        for r in res["rows"]:
+            r["drop"] = (fp["mAP"] - r["mAP"]) if (fp is not None and r.get("mAP") is not None
+                                                   and r["status"] == "ok") else None
+        res["bootstrap"] = add_intervals(res["rows"], base.test_ds, "fp32")
+        res["kept"] = [r["key"] for r in res["rows"] if r["key"] not in done]
+        res["skipped"] = list(skipped)
+
+    return merge_rows(res_path, header, mine, finish)
 
 
 # ------------------------------------------------------------------------------------ compare
@@ -842,14 +1049,19 @@ def parse_methods(names: str | Sequence[str] | None) -> list[Method]:
 def compare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             methods: str | Sequence[str] | None = None, bits: Sequence[int] | None = None,
             budget: Budget | None = None, calib_images: int = 32, latency: bool = True,
-            latency_iters: int = 20, progress: bool = True) -> dict[str, Any]:
+            latency_iters: int = 20, progress: bool = True, seeds: int = 1) -> dict[str, Any]:
     """Run the comparison (see the module docstring) into ``out``; returns ``results.json``'s
     content plus ``"skipped"`` (rows reused from a previous run), ``"kept"`` (earlier rows not
-    asked for this time, still in the table) and ``"files"``."""
+    asked for this time, still in the table) and ``"files"``. ``seeds``: fine-tunings per QAT
+    row (mean and sd across seeds beside the bootstrap interval). ValueError naming a
+    ``bits`` width no chosen method accepts, or ``seeds`` < 1."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     budget = budget or Budget()
     chosen = parse_methods(methods)
+    check_bits(bits, chosen)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    out.mkdir(parents=True, exist_ok=True)
     base = load_base(source, out, progress)
     specs: list[tuple[str, Method | None, int, dict[str, Any]]] = [("fp32", None, 32, {})]
     for m in chosen:
@@ -857,13 +1069,17 @@ def compare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             specs.append((f"{m.name}@{b}", m, b, {}))
     settings = {"budget": asdict(budget), "calib_images": calib_images, "latency": latency,
                 "fp32_run": str(base.run_dir)}
+    if seeds > 1:  # only then, so rows made before --seeds existed keep their stamps
+        settings["seeds"] = seeds
     res = _run_rows(base, specs, out, "results.json", settings, budget, calib_images, latency,
-                    latency_iters, progress)
+                    latency_iters, progress, seeds)
     md = format_table(res["rows"])
     (out / "results.md").write_text(
         "# lowbit compare\n\n" + f"FP32 run `{base.run_dir}`; QAT budget "
-        f"{_budget_text(budget)}; PTQ calibration on {calib_images} training images.\n\n"
-        + md + "\n\n![mAP vs memory](map_vs_memory.png)\n")
+        f"{_budget_text(budget)}; PTQ calibration on {calib_images} training images"
+        + (f"; each QAT row fine-tuned with {seeds} seeds" if seeds > 1 else "") + ".\n\n"
+        + md + "\n\n" + interval_note(res.get("bootstrap")) + "\n\n"
+        + run_info_line(res.get("run_info")) + "\n\n![mAP vs memory](map_vs_memory.png)\n")
     plot_map_vs_memory(res["rows"], out / "map_vs_memory.png")
     res["files"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md"),
                     "png": str(out / "map_vs_memory.png")}
@@ -882,22 +1098,68 @@ def _fmt(v: Any, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def interval_note(boot: dict[str, Any] | None) -> str:
+    """The sentence under a table with intervals."""
+    if not boot:
+        return ""
+    return (f"mAP [lo, hi]: 95% percentile bootstrap interval over the test images "
+            f"({boot['n_boot']} resamples, seed {boot['seed']}, VOC07 metric); drop [lo, hi]: "
+            "FP32 minus the row on the same resamples (paired), positive = worse than FP32; "
+            "`*` marks a drop whose interval excludes 0. ± is the interval's half-width.")
+
+
+def run_info_line(info: dict[str, Any] | None) -> str:
+    """``Run on 2 threads (torch default), load average at start 1.0 0.7 0.3, 2 CPUs.``"""
+    if not info:
+        return ""
+    la = info.get("load_average_start")
+    load = " ".join(f"{v:.2f}" for v in la) if la else "n/a"
+    return (f"Run on {info.get('threads')} thread(s) ({info.get('threads_source')}), load "
+            f"average at start {load}, {info.get('cpu_count')} CPUs, torch {info.get('torch')}.")
+
+
+def map_cell(r: dict[str, Any]) -> str:
+    """``43.02 [41.10, 44.90]`` (points of %), with the seed mean ± sd when there is one."""
+    from lowbit.eval.intervals import format_ci
+
+    text = format_ci(r.get("mAP"), r.get("mAP_ci"))
+    if r.get("mAP_seed_sd") is not None:
+        text += (f"; seeds {100 * r['mAP_seed_mean']:.2f} ± {100 * r['mAP_seed_sd']:.2f} "
+                 f"(n={len(r['mAP_seeds'])})")
+    return text
+
+
+def drop_cell(r: dict[str, Any]) -> str:
+    """``+0.72 [-0.10, +1.50] *`` (``*``: the paired interval excludes 0)."""
+    from lowbit.eval.intervals import format_ci
+
+    if r.get("drop") is None:
+        return "-"
+    return format_ci(r["drop"], r.get("drop_ci"), signed=True) + (
+        " *" if r.get("drop_excludes_zero") else "")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The comparison table as markdown (mAP and drop in points of %)."""
-    lines = ["| method | kind | bits | mAP | drop vs FP32 | conv weight memory | x smaller | "
-             "all parameters x smaller | zero weights | ORT latency | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    """The comparison table as markdown (mAP and drop in points of %, with their 95% bootstrap
+    intervals and half-widths)."""
+    lines = ["| method | kind | bits | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± mAP | "
+             "± drop | conv weight memory | x smaller | all parameters x smaller | "
+             "zero weights | ORT latency | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['method']} | {r['kind']} | {r['bits']} | failed | | | | | | | "
-                         f"{str(r.get('error', '')).replace('|', '/')[:160]} |")
+                         f"| | {str(r.get('error', '')).replace('|', '/')[:160]} |")
             continue
         lat = (f"{r['latency_ms']:.1f} ms ({r['latency_onnx']})"
                if r.get("latency_ms") is not None else "n/a")
-        note = r.get("latency_note") or ""
+        note = r.get("latency_note") or r.get("interval_note") or ""
+        hw = r.get("mAP_half_width")
+        dhw = r.get("drop_half_width")
         lines.append(
-            f"| {r['method']} | {r['kind']} | {r['bits']} | {100 * r['mAP']:.2f}% | "
-            f"{_fmt(None if r.get('drop') is None else 100 * r['drop'], '+.2f')} | "
+            f"| {r['method']} | {r['kind']} | {r['bits']} | {map_cell(r)} | {drop_cell(r)} | "
+            f"{_fmt(None if hw is None else 100 * hw, '.2f')} | "
+            f"{_fmt(None if dhw is None else 100 * dhw, '.2f')} | "
             f"{r['conv_weight_bytes'] / 1024:.1f} KiB | {r['conv_ratio']:.2f} | "
             f"{r['all_param_ratio']:.2f} | {100 * r['zero_share']:.1f}% | {lat} | {note[:80]} |")
     return "\n".join(lines)
@@ -948,6 +1210,8 @@ def sweep_mu(source: str | os.PathLike[str], out: str | os.PathLike[str], *, bit
     ratios = [float(r) for r in mu]
     if not ratios or any(not (r > 0 and math.isfinite(r)) for r in ratios):
         raise ValueError(f"mu ratios must be finite and > 0, got {list(mu)}")
+    if not 2 <= int(bits) <= 8 or int(bits) != bits:
+        raise ValueError(f"--bits {bits}: lbw-approx takes 2..8 bits")
     base = load_base(source, out, progress)
     specs: list[tuple[str, Method | None, int, dict[str, Any]]] = [("fp32", None, 32, {})]
     for r in ratios:
@@ -958,21 +1222,26 @@ def sweep_mu(source: str | os.PathLike[str], out: str | os.PathLike[str], *, bit
     settings = {"budget": asdict(budget), "bits": bits, "partial_terms": partial_terms,
                 "fp32_run": str(base.run_dir)}
     res = _run_rows(base, specs, out, "sweep_mu.json", settings, budget, 1, False, 0, progress)
-    lines = ["| mu / max|W| | bits | mAP | drop vs FP32 | zero weights | note |",
-             "|---:|---:|---:|---:|---:|---|"]
+    lines = ["| mu / max|W| | bits | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop | "
+             "zero weights | note |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
-        if r["method"] == "fp32":
+        if r["method"] == "fp32" or "mu_ratio" not in r:
             continue
         if r["status"] != "ok":
-            lines.append(f"| {r['mu_ratio']:g} | {bits} | failed | | | {r['error'][:120]} |")
+            lines.append(f"| {r['mu_ratio']:g} | {bits} | failed | | | | "
+                         f"{str(r['error'])[:120]} |")
             continue
-        lines.append(f"| {r['mu_ratio']:g} | {bits} | {100 * r['mAP']:.2f}% | "
-                     f"{100 * r['drop']:+.2f} | {100 * r['zero_share']:.1f}% | |")
+        dhw = r.get("drop_half_width")
+        lines.append(f"| {r['mu_ratio']:g} | {bits} | {map_cell(r)} | {drop_cell(r)} | "
+                     f"{_fmt(None if dhw is None else 100 * dhw, '.2f')} | "
+                     f"{100 * r['zero_share']:.1f}% | {r.get('interval_note') or ''} |")
     fp = next((r for r in res["rows"] if r["method"] == "fp32" and r["status"] == "ok"), None)
     md = "\n".join(lines).replace("mu / max|W|", "mu / max\\|W\\|")
     (out / "sweep_mu.md").write_text(
         f"# lowbit sweep-mu ({bits}-bit lbw-approx, {_budget_text(budget)})\n\n"
-        + (f"FP32 mAP {100 * fp['mAP']:.2f}%\n\n" if fp else "") + md
+        + (f"FP32 mAP {map_cell(fp)}\n\n" if fp else "") + md + "\n\n"
+        + interval_note(res.get("bootstrap")) + "\n\n" + run_info_line(res.get("run_info"))
         + "\n\n![mAP vs mu](map_vs_mu.png)\n")
     _plot_mu(res["rows"], bits, out / "map_vs_mu.png")
     res["files"] = {"json": str(out / "sweep_mu.json"), "markdown": str(out / "sweep_mu.md"),

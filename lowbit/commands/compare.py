@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     budget = _budget(args)
     res = compare(args.source, args.out, methods=args.methods, bits=_ints(args.bits),
                   budget=budget, calib_images=args.calib_images, latency=not args.no_latency,
-                  latency_iters=args.latency_iters, progress=not args.json)
+                  latency_iters=args.latency_iters, progress=not args.json, seeds=args.seeds)
     return print_result(res, args.json)
 
 
@@ -74,7 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "skips finished rows, and rows of earlier runs into the same OUT (other --methods) stay "
         "in the table; a failing method is recorded and the others go on. Opt-in methods "
         "(clip-qat, clip-ptq-svd, qn-a8, qn-a8-uniform, uniform-ptq-tensor) run only when "
-        "named. `lowbit compare --list` prints the methods.",
+        "named. `lowbit compare --list` prints the methods. Every mAP comes with its 95% "
+        "bootstrap interval over test images and every drop with its paired interval (the same "
+        "resamples for FP32 and the row; '*' marks a drop whose interval excludes 0); each row's "
+        "detections are written as comp4_det_test_<class>.txt in its run folder.",
     )
     p.add_argument("source", nargs="?", metavar="CONFIG|FP32_RUN")
     p.add_argument("--methods", help="comma-separated method names (default: all; see --list)")
@@ -84,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-images", type=int, default=32,
                    help="training images for PTQ calibration, the int8 export and (the first 8) "
                    "mixed's layer sensitivity (default 32)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="fine-tune each QAT row with this many seeds and report mean ± sd "
+                   "across them beside the bootstrap interval (default 1)")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency")
     p.add_argument("--latency-iters", type=int, default=20, help="timed runs per row")
     p.add_argument("--out", default="compare_out", help="output folder (default compare_out)")
