@@ -50,3 +50,17 @@ def coord_dtype(input: Tensor) -> torch.dtype:
     """Coordinates are computed in the input's dtype (as the reference kernels do with their
     template type), except that half precision inputs use float32 coordinates."""
     return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def batch_indices(col: Tensor, n: int, name: str) -> Tensor:
+    """``rois[:, 0]`` as int64 batch indices, checked to be integers in ``[0, n)``.
+
+    Raises:
+        ValueError: naming the op and the first bad RoI (a NaN, fractional or out-of-range
+            batch index would otherwise be an IndexError or a silent read of another image).
+    """
+    bad = ~torch.isfinite(col) | (col < 0) | (col >= n) | (col != torch.floor(col))
+    if col.numel() and bool(bad.any()):
+        i = int(torch.nonzero(bad).flatten()[0])
+        raise ValueError(f"{name}: rois[{i}, 0] = {col[i].item()} is not a batch index in [0, {n})")
+    return col.long()

@@ -2,7 +2,14 @@
 
 Convention (see DESIGN.md): boxes are float ``(x1, y1, x2, y2)``, 0-based, continuous, so a
 box's width is ``x2 - x1`` (no ``+ 1``) and its centre is ``x1 + 0.5 * width``. Everything here
-is pure PyTorch, device-agnostic and keeps the input dtype.
+is pure PyTorch and device-agnostic.
+
+Dtype contract (the same as torchvision's ``_upcast``): areas and overlaps are computed in
+float32 for float16 / bfloat16 boxes (a 300 x 300 box already overflows float16's 65504) and
+in int64 for integer boxes (an int8 ``[0, 0, 100, 100]`` has area 10000, not 16), and
+returned in that wider dtype; float32 / float64 boxes are computed and returned as they are.
+``box_iou`` of integer boxes is float32 (int64 division). Non-finite coordinates: see each
+function.
 """
 
 from __future__ import annotations
@@ -22,21 +29,35 @@ __all__ = [
 ]
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32, integer (and bool) -> int64; float32 / float64 as is."""
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype == torch.int64 else t.long()
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """Area of each box.
 
     Args:
-        boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``.
+        boxes: ``Tensor[N, 4]`` (or ``[..., 4]``) in ``(x1, y1, x2, y2)``, any real dtype.
 
     Returns:
-        ``Tensor[N]``, ``(x2 - x1) * (y2 - y1)``. Not clamped: an inverted box has a negative
-        or zero area, as in torchvision.
+        ``Tensor[N]``, ``(x2 - x1) * (y2 - y1)`` in float32 for float16 / bfloat16 boxes, int64
+        for integer boxes, else the boxes' dtype (see the module docstring). Not clamped: an
+        inverted box has a negative or zero area, as in torchvision. IEEE arithmetic: a NaN
+        coordinate gives a NaN area, an infinite one an infinite or NaN area.
     """
+    boxes = _upcast(boxes)
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def _box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     # Separate x and y terms: [N, M] temporaries instead of torchvision's [N, M, 2].
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
+    if boxes1.dtype != boxes2.dtype:
+        common = torch.promote_types(boxes1.dtype, boxes2.dtype)
+        boxes1, boxes2 = boxes1.to(common), boxes2.to(common)
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
     iw = torch.minimum(boxes1[:, None, 2], boxes2[None, :, 2]) - torch.maximum(
@@ -58,12 +79,23 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         boxes2: ``Tensor[M, 4]``, same convention.
 
     Returns:
-        ``Tensor[N, M]``; ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``. Where the union is zero
-        (two degenerate boxes) the IoU is defined as 0 instead of torchvision's NaN.
+        ``Tensor[N, M]``; ``iou[i, j] = |b1_i ∩ b2_j| / |b1_i ∪ b2_j|``, float32 for float16,
+        bfloat16 and integer boxes, else the (promoted) boxes' dtype. Never NaN: where the
+        union is zero (two degenerate boxes) the IoU is 0 (torchvision: NaN), and a pair in
+        which either box has a non-finite coordinate has IoU 0 (it matches nothing and, in
+        :func:`~lowbit.detection.ops.nms`, suppresses nothing).
     """
     inter, union = _box_inter_union(boxes1, boxes2)
-    safe = torch.where(union > 0, union, torch.ones_like(union))
-    return torch.where(union > 0, inter / safe, torch.zeros_like(inter))
+    if not inter.is_floating_point():
+        inter, union = inter.float(), union.float()
+    ok = union > 0
+    if boxes1.is_floating_point() or boxes2.is_floating_point():
+        fin1 = torch.isfinite(boxes1).all(dim=-1)
+        fin2 = torch.isfinite(boxes2).all(dim=-1)
+        ok = ok & fin1[:, None] & fin2[None, :]
+    safe = torch.where(ok, union, torch.ones_like(union))
+    # nan_to_num: belt and braces for overflowing finite boxes (inf / inf), never NaN out.
+    return torch.where(ok, inter / safe, torch.zeros_like(inter)).nan_to_num_(nan=0.0)
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -99,6 +131,11 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return torch.nonzero(keep).flatten()
 
 
+def _compute_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """float64 if either is float64, else float32 (half, bfloat16, integer, float32)."""
+    return torch.float64 if torch.float64 in (a, b) else torch.float32
+
+
 class BoxCoder:
     """Encode boxes as regression targets relative to reference boxes, and decode them back.
 
@@ -110,6 +147,14 @@ class BoxCoder:
 
     Decoding clamps ``dw, dh`` (after dividing by the weights) at ``bbox_xform_clip`` before the
     ``exp`` so that a wild prediction cannot overflow.
+
+    Dtypes: the arithmetic runs in float32 for float16 / bfloat16 / integer inputs and in the
+    input's dtype for float32 / float64; ``encode`` returns that compute dtype, ``decode``
+    returns the codes' dtype (float32 for integer codes), so a decoded float16 box beyond
+    float16's range is ``inf``. Both are elementwise IEEE arithmetic with no checks (they run
+    every training step; a check would cost a device sync): a row with a non-finite
+    coordinate, or a reference of zero or negative size, gives non-finite values in that row
+    only, never an error.
 
     Args:
         weights: ``(wx, wy, ww, wh)``; torchvision's Faster R-CNN box head uses
@@ -137,6 +182,8 @@ class BoxCoder:
         Returns:
             ``Tensor[N, 4]`` of ``(dx, dy, dw, dh)``.
         """
+        dtype = _compute_dtype(boxes.dtype, reference.dtype)
+        boxes, reference = boxes.to(dtype), reference.to(dtype)
         wx, wy, ww, wh = self.weights
         ref_w = reference[:, 2] - reference[:, 0]
         ref_h = reference[:, 3] - reference[:, 1]
@@ -166,7 +213,10 @@ class BoxCoder:
         """
         if codes.shape[-1] % 4 != 0:
             raise ValueError(f"codes must have 4*K columns, got shape {tuple(codes.shape)}")
-        reference = reference.to(codes.dtype)
+        out_dtype = codes.dtype if codes.is_floating_point() else torch.float32
+        dtype = _compute_dtype(codes.dtype, codes.dtype)
+        codes = codes.to(dtype)
+        reference = reference.to(dtype)
         wx, wy, ww, wh = self.weights
         widths = (reference[:, 2] - reference[:, 0])[:, None]
         heights = (reference[:, 3] - reference[:, 1])[:, None]
@@ -189,4 +239,4 @@ class BoxCoder:
             ),
             dim=2,
         )
-        return out.reshape(codes.shape)
+        return out.reshape(codes.shape).to(out_dtype)

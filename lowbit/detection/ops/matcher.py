@@ -6,9 +6,19 @@ with two deliberate differences, both for images or ground truths that match not
 * no ground truth (``M = 0``) gives all ``BELOW_LOW_THRESHOLD`` instead of raising;
 * the low-quality rule ignores a ground truth whose best quality is ``<= 0``: torchvision would
   otherwise re-match *every* prediction that has zero overlap with it.
+
+Dtypes: the quality matrix may be any real dtype. Qualities are compared with the thresholds
+in float32 (float64 for a float64 matrix) with the thresholds rounded to that dtype, exactly
+as torchvision's float32 matcher does (a float32 IoU of ``0.7f`` matches a 0.7 threshold);
+half types are upcast first, so a bfloat16 quality of 0.69921875 is below a 0.7 threshold
+(in bfloat16 the two would round to the same value). A NaN quality counts as ``-inf``: it
+never matches, not even as a low-quality match (``Tensor.max`` would otherwise pick the NaN
+and make the prediction a positive).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -63,10 +73,14 @@ class Matcher:
             return torch.full((n,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=device)
         if n == 0:
             return torch.empty(0, dtype=torch.int64, device=device)
+        if match_quality_matrix.is_floating_point():
+            q = match_quality_matrix
+            match_quality_matrix = torch.where(q.isnan(), torch.full_like(q, -math.inf), q)
         matched_vals, matches = match_quality_matrix.max(dim=0)
         all_matches = matches.clone()
-        below = matched_vals < self.low_threshold
-        between = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
+        vals = matched_vals if matched_vals.dtype == torch.float64 else matched_vals.float()
+        below = vals < self.low_threshold
+        between = (vals >= self.low_threshold) & (vals < self.high_threshold)
         matches[below] = self.BELOW_LOW_THRESHOLD
         matches[between] = self.BETWEEN_THRESHOLDS
         if self.allow_low_quality_matches:

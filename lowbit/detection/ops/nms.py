@@ -11,9 +11,26 @@ greedy pass inside the block runs over those bitmasks with Python integers; then
 kept in the block suppress all later boxes in one vectorised ``[kept, N - end]`` IoU test.
 IoU is thus only ever computed for rows of kept boxes (O(K·N), not O(N²)), and the Python
 loop is over boxes of one block, never over matrix elements.
+
+Dtypes and the threshold: IoU is computed in float32 for float16 / bfloat16 boxes (their
+areas overflow float16: torchvision's CPU kernel accumulates half in float too) and in float64
+for integer boxes (exact for coordinates below 2**26); float32 / float64 boxes as they are.
+The comparison ``IoU > iou_threshold`` uses the threshold as the Python float (a double) it
+was given, like torchvision's CPU kernel (``ovr > iou_threshold`` with a ``double``), not
+the threshold rounded to float32 (torchvision's CUDA kernel): a float32 IoU ``x`` is compared
+as ``x > t`` in exact arithmetic, implemented as ``x > t32`` with ``t32`` the largest float32
+not above ``t`` (for float32 ``x`` the two tests are equivalent).
+
+Non-finite input (a defined result, never an error, so a diverging detector reaches the
+trainer's loss check): a box with a NaN or infinite coordinate has IoU 0 with every box (as
+in :func:`~lowbit.detection.ops.box_iou`), so it never suppresses and is never suppressed;
+NaN scores are ordered as ``torch.sort(descending=True)`` orders them (first, like
+torchvision), ``±inf`` scores as numbers. A NaN ``iou_threshold`` raises ``ValueError``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -24,9 +41,36 @@ __all__ = ["batched_nms", "nms"]
 _BLOCK = 256  # boxes per block; also bounds the later-box test to _BLOCK * N temporaries
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    return torch.float32 if dtype.is_floating_point else torch.float64
+
+
+def _threshold_for(dtype: torch.dtype, iou_threshold: float) -> float:
+    """The threshold ``t'`` in ``dtype`` such that ``x > t'`` iff ``x > iou_threshold`` exactly
+    for every ``x`` of ``dtype``: the largest value of ``dtype`` not above the double."""
+    t = float(iou_threshold)
+    if dtype != torch.float32 or math.isinf(t):
+        return t
+    t32 = np.float32(t)
+    if float(t32) > t:
+        t32 = np.nextafter(t32, np.float32(-np.inf))
+    return float(t32)
+
+
 @torch.no_grad()
-def _suppress(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
-    """Bool ``[R, C]``: ``IoU(rows[r], cols[c]) > iou_threshold``, computed in place."""
+def _suppress(
+    rows: Tensor,
+    cols: Tensor,
+    iou_threshold: float,
+    row_idx: Tensor | None = None,
+    col_idx: Tensor | None = None,
+) -> Tensor:
+    """Bool ``[R, C]``: ``IoU(rows[r], cols[c]) > iou_threshold`` (and the same category when
+    ``row_idx`` / ``col_idx`` are given), computed in place. ``iou_threshold`` is already the
+    dtype-exact threshold of :func:`_threshold_for`; a box with a non-finite coordinate
+    suppresses nothing and is suppressed by nothing (NaN IoU compares False)."""
     x1, y1, x2, y2 = cols.unbind(1)
     rx1, ry1, rx2, ry2 = (t[:, None] for t in rows.unbind(1))
     iw = torch.minimum(rx2, x2).sub_(torch.maximum(rx1, x1)).clamp_(min=0)
@@ -35,22 +79,39 @@ def _suppress(rows: Tensor, cols: Tensor, iou_threshold: float) -> Tensor:
     union = ((rx2 - rx1) * (ry2 - ry1)) + ((x2 - x1) * (y2 - y1)) - inter
     # Zero union (two degenerate boxes): IoU is 0, never suppresses (torchvision gets NaN,
     # which compares False as well).
-    return inter.div_(union) > iou_threshold
+    hit = inter.div_(union) > iou_threshold
+    # inf / inf or an infinite coordinate can still produce a finite "IoU": rule it out.
+    fin_r = torch.isfinite(rows).all(dim=1)
+    fin_c = torch.isfinite(cols).all(dim=1)
+    hit &= fin_r[:, None] & fin_c[None, :]
+    if row_idx is not None and col_idx is not None:
+        hit &= row_idx[:, None] == col_idx[None, :]
+    return hit
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression.
 
     Args:
-        boxes: ``Tensor[N, 4]`` float ``(x1, y1, x2, y2)``.
+        boxes: ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``, any real dtype (see the module docstring
+            for the dtype IoU is computed in).
         scores: ``Tensor[N]``.
         iou_threshold: a box is suppressed by a higher-scored kept box when their
-            IoU is strictly greater than this.
+            IoU is strictly greater than this (compared as a double).
 
     Returns:
         ``Tensor[K]`` int64 indices of the kept boxes, sorted by decreasing score (ties: lower
         index first). Empty input gives an empty int64 tensor on the boxes' device.
+
+    Raises:
+        ValueError: wrong shapes, or a NaN ``iou_threshold``.
     """
+    return _nms(boxes, scores, iou_threshold, None)
+
+
+def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None) -> Tensor:
+    if math.isnan(float(iou_threshold)):
+        raise ValueError("nms: iou_threshold is NaN")
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be Tensor[N, 4], got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
@@ -59,10 +120,16 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     device = boxes.device
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
+    if idxs is not None and idxs.shape != boxes.shape[:1]:
+        raise ValueError(f"idxs must be Tensor[{boxes.shape[0]}], got {tuple(idxs.shape)}")
     order = torch.sort(scores.detach(), descending=True, stable=True).indices
     sorted_boxes = boxes.detach()[order]
-    if not sorted_boxes.is_floating_point():
-        sorted_boxes = sorted_boxes.float()
+    sorted_boxes = sorted_boxes.to(_work_dtype(sorted_boxes.dtype))
+    thr = _threshold_for(sorted_boxes.dtype, iou_threshold)
+    sorted_idx = None if idxs is None else idxs.detach().to(device)[order]
+
+    def cls(sel: Tensor | slice) -> Tensor | None:
+        return None if sorted_idx is None else sorted_idx[sel]
 
     removed = torch.zeros(n, dtype=torch.bool, device=device)
     kept_blocks: list[Tensor] = []
@@ -74,7 +141,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
             continue
         cand_boxes = sorted_boxes[cand]
         masks = np.packbits(
-            _suppress(cand_boxes, cand_boxes, iou_threshold).cpu().numpy(),
+            _suppress(cand_boxes, cand_boxes, thr, cls(cand), cls(cand)).cpu().numpy(),
             axis=1,
             bitorder="little",
         )
@@ -89,19 +156,21 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         kept = cand[torch.tensor(keep_local, dtype=torch.int64, device=device)]
         kept_blocks.append(kept)
         if end < n:
-            hit = _suppress(sorted_boxes[kept], sorted_boxes[end:], iou_threshold).any(dim=0)
+            hit = _suppress(
+                sorted_boxes[kept], sorted_boxes[end:], thr, cls(kept), cls(slice(end, None))
+            ).any(dim=0)
             removed[end:] |= hit
     return order[torch.cat(kept_blocks)]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """NMS performed independently per category, in one :func:`nms` call.
+    """NMS performed independently per category, in one pass.
 
-    Class-offset trick: every box is shifted by ``idx * (span + 1)`` where ``span`` is the
-    coordinate range of all boxes, so boxes of different categories can never overlap. (The
-    boxes are first translated so the smallest coordinate is 0, which also keeps the trick
-    correct for negative coordinates.) With very many categories and large coordinates the
-    shift costs float precision: at 1e5 the float32 spacing is ~0.008 px.
+    Same result as running :func:`nms` on each category and merging the kept indices by
+    decreasing score (ties: lower index first). Implemented without torchvision's
+    coordinate-offset trick: the suppression test itself requires equal categories, so no
+    coordinate is shifted and no float precision is lost, whatever the number of categories
+    or the size of the coordinates. Dtypes, threshold and non-finite boxes as :func:`nms`.
 
     Args:
         boxes: ``Tensor[N, 4]``.
@@ -114,10 +183,4 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    boxes = boxes.detach()
-    if not boxes.is_floating_point():
-        boxes = boxes.float()
-    lo = boxes.min()
-    span = boxes.max() - lo
-    offsets = idxs.to(boxes.dtype) * (span + 1)
-    return nms(boxes - lo + offsets[:, None], scores, iou_threshold)
+    return _nms(boxes, scores, iou_threshold, idxs)

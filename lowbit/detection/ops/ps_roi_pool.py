@@ -14,7 +14,14 @@ For input ``Tensor[N, C_out * k * k, H, W]`` and RoI ``(b, x1, y1, x2, y2)`` in 
 * Output channel ``c_out`` of bin ``(i, j)`` reads input channel ``(c_out * k + i) * k + j``
   and is the **average** of that channel over the bin's pixels; an empty bin gives 0.
 
-Coordinates are computed in the input's dtype, as the reference does in its ``Dtype``.
+Coordinates are computed in the input's dtype, as the reference does in its ``Dtype``
+(float32 for float16 / bfloat16 input); integer rois are accepted and converted. ``round`` is
+exact: ``0.49999997`` rounds to 0 like C's ``round``, where ``sign(x) * floor(|x| + 0.5)``
+gives 1 (``|x| + 0.5`` rounds up to 1.0 in float32).
+
+Non-finite rois (a defined result, never an IndexError): a RoI with a NaN or infinite
+coordinate pools to all zeros (every bin empty). A batch index that is not an integer in
+``[0, N)`` raises ``ValueError``.
 
 Vectorisation: bin sums come from an integral image (a double ``cumsum`` over H and W with a
 zero first row and column), four gathers per output element. The integral image is
@@ -29,13 +36,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lowbit.detection.ops._roi_utils import check_input, convert_to_roi_format, coord_dtype
+from lowbit.detection.ops._roi_utils import (
+    batch_indices,
+    check_input,
+    convert_to_roi_format,
+    coord_dtype,
+)
 
 __all__ = ["PSRoIPool", "ps_roi_pool"]
 
 
 def _round_half_away(x: Tensor) -> Tensor:
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    """C's ``round``: nearest integer, halves away from zero, exact for every float (``x -
+    trunc(x)`` is exact, so no ``+ 0.5`` can round up a value just below a half)."""
+    t = torch.trunc(x)
+    frac = x - t
+    return t + torch.where(frac.abs() >= 0.5, torch.sign(frac), torch.zeros_like(frac))
 
 
 def _bin_bounds(start: Tensor, bin_size: Tensor, k: int, size: int) -> tuple[Tensor, Tensor]:
@@ -75,7 +91,9 @@ def ps_roi_pool(
     rois = convert_to_roi_format(rois)
     dtype = coord_dtype(input)
     r = rois.detach().to(device=input.device, dtype=dtype)
-    batch = r[:, 0].long()
+    batch = batch_indices(r[:, 0], n, "ps_roi_pool")
+    finite = torch.isfinite(r[:, 1:]).all(dim=1)
+    r = torch.where(finite[:, None], r, torch.zeros_like(r))
     start_x = _round_half_away(r[:, 1]) * spatial_scale
     start_y = _round_half_away(r[:, 2]) * spatial_scale
     end_x = (_round_half_away(r[:, 3]) + 1.0) * spatial_scale
@@ -84,6 +102,7 @@ def ps_roi_pool(
     roi_h = (end_y - start_y).clamp(min=0.1)
     hs, he = _bin_bounds(start_y, roi_h / k, k, h)  # [K, k] rows
     ws, we = _bin_bounds(start_x, roi_w / k, k, w)  # [K, k] columns
+    he = torch.where(finite[:, None], he, hs)  # non-finite RoI: every bin empty
 
     integral = input.to(torch.float64).cumsum(dim=2).cumsum(dim=3)
     integral = F.pad(integral, (1, 0, 1, 0)).view(n, c_out, k, k, h + 1, w + 1)

@@ -16,6 +16,13 @@ For RoI ``(b, x1, y1, x2, y2)`` (image coordinates) and bin ``(ph, pw)`` of a ``
   neighbours ``floor(y), floor(y) + 1`` (capped at ``H - 1``) are weighted ``(1 - ly), ly``.
 * The bin value is the mean over its ``gh * gw`` points (``0`` when there are none).
 
+Dtypes: coordinates in float32 for float16 / bfloat16 features (float64 for float64), the
+gathered values and the weighted sum in the features' dtype; integer rois are accepted and
+converted. Non-finite rois (a defined result, never an IndexError): a RoI with a NaN or
+infinite coordinate, or whose scaled size is not finite, pools to all zeros (every sample
+point weight 0, as a point outside the map; torchvision's adaptive grid is empty there too).
+A batch index that is not an integer in ``[0, N)`` raises ``ValueError``.
+
 Vectorisation: the interpolation separates into a y part and an x part, so for every RoI we
 build the row indices / weights ``[P, 2 * Gh]`` and column indices / weights ``[Q, 2 * Gw]``
 (the per-RoI ``1 / gh`` and validity folded into the weights); their outer product gives, for
@@ -33,12 +40,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lowbit.detection.ops._roi_utils import check_input, convert_to_roi_format, coord_dtype, pair
+from lowbit.detection.ops._roi_utils import (
+    batch_indices,
+    check_input,
+    convert_to_roi_format,
+    coord_dtype,
+    pair,
+)
 
 __all__ = ["RoIAlign", "roi_align"]
 
 # Max gathered elements per chunk of RoIs (~64 MB in float32).
 _CHUNK_ELEMS = 1 << 24
+# Most adaptive sample points per bin: beyond it the tap index alone needs gigabytes per RoI.
+_MAX_GRID = 1 << 20
 
 
 def _axis(
@@ -53,7 +68,9 @@ def _axis(
     coords = start[:, None, None] + p[None, :, None] * bs
     coords = coords + (it.to(dtype)[None, None, :] + 0.5) * bs / g
     valid = (coords >= -1.0) & (coords <= size) & (it[None, None, :] < grid[:, None, None])
-    c = coords.clamp(min=0, max=size - 1)
+    # Invalid (outside, or NaN) points get weight 0; park them at 0 so that neither their
+    # index nor their fraction is garbage (NaN * 0 is NaN).
+    c = torch.where(valid, coords, torch.zeros_like(coords)).clamp(min=0, max=size - 1)
     low = c.floor()
     frac = c - low
     low = low.long()
@@ -95,25 +112,40 @@ def roi_align(
     k = rois.shape[0]
     dtype = coord_dtype(input)
     r = rois.detach().to(device=input.device, dtype=dtype)
-    batch = r[:, 0].long()
+    batch = batch_indices(r[:, 0], n, "roi_align")
     offset = 0.5 if aligned else 0.0
     x1 = r[:, 1] * spatial_scale - offset
     y1 = r[:, 2] * spatial_scale - offset
     roi_w = r[:, 3] * spatial_scale - offset - x1
     roi_h = r[:, 4] * spatial_scale - offset - y1
+    # A RoI with a non-finite coordinate or size pools to zeros: zero points per bin.
+    finite = torch.isfinite(torch.stack((x1, y1, roi_w, roi_h), dim=1)).all(dim=1)
     if not aligned:
         roi_w = roi_w.clamp(min=1.0)
         roi_h = roi_h.clamp(min=1.0)
+    zero = torch.zeros_like(roi_h)
+    roi_h = torch.where(finite, roi_h, zero)
+    roi_w = torch.where(finite, roi_w, zero)
+    x1 = torch.where(finite, x1, zero)
+    y1 = torch.where(finite, y1, zero)
     bin_h = roi_h / ph
     bin_w = roi_w / pw
     if sampling_ratio > 0:
         gh = torch.full((k,), sampling_ratio, dtype=torch.int64, device=input.device)
+        gh = torch.where(finite, gh, torch.zeros_like(gh))
         gw = gh
     else:
-        gh = torch.ceil(roi_h / ph).long().clamp(min=0)
-        gw = torch.ceil(roi_w / pw).long().clamp(min=0)
+        # clamp before .long(): a float beyond int64 converts to garbage
+        gh = torch.ceil(roi_h / ph).clamp(min=0, max=_MAX_GRID).long()
+        gw = torch.ceil(roi_w / pw).clamp(min=0, max=_MAX_GRID).long()
     gh_max = max(int(gh.max()), 1) if k > 0 else 1
     gw_max = max(int(gw.max()), 1) if k > 0 else 1
+    if gh_max * gw_max > _MAX_GRID:
+        i = int(torch.argmax(gh * gw))
+        raise ValueError(
+            f"roi_align: RoI {i} needs an adaptive grid of {int(gh[i])} x {int(gw[i])} sample "
+            f"points per bin (over {_MAX_GRID}); pass sampling_ratio > 0 or smaller rois"
+        )
     yi, wy = _axis(y1, bin_h, gh, gh_max, ph, h)
     xi, wx = _axis(x1, bin_w, gw, gw_max, pw, w)
     wy = wy.to(input.dtype)
