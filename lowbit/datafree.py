@@ -44,6 +44,10 @@ distance (data-free) and give each class group its own scale / codebook in that 
 rest of the network quantized per tensor at the same bits. Controls: the same layer per tensor
 (one group), ``G`` random groups of the same sizes, and one group per class. The question
 measured: the fewest bits with mAP within ``tolerance`` of FP32, per variant.
+
+Every row writes its detections in the VOC results format (``comp4_det_test_<class>.txt``
+under ``OUT/runs/<row>``) and gets its mAP's 95% bootstrap interval over the test images and
+its drop's paired interval vs FP32 (:func:`lowbit.compare.add_intervals`).
 """
 
 from __future__ import annotations
@@ -278,9 +282,9 @@ class _Subset:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    from lowbit.compare import _write_json as write_atomic
+
+    write_atomic(path, obj)
 
 
 def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -297,7 +301,15 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
     """
     from tqdm import tqdm
 
-    from lowbit.compare import evaluate, fp32_model, load_base
+    from lowbit.compare import (
+        _eval_batch,
+        _row_dir,
+        _run_info,
+        add_intervals,
+        fp32_model,
+        load_base,
+        score,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +380,8 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
     fp32_map = None
     for key, spec in bar:
         bar.set_description(key)
-        if key in old_rows and old_rows[key].get("status") == "ok":
+        if key in old_rows and old_rows[key].get("status") == "ok" \
+                and old_rows[key].get("dets_dir"):
             rows.append(old_rows[key])
             if key == "fp32":
                 fp32_map = old_rows[key]["mAP"]
@@ -389,10 +402,12 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                         spec["granularity"],
                                         variants.get(spec.get("variant", ""), None))
                 st = weight_stats(layers)
-            met = evaluate(base, model, test_ds)
-            row.update({"mAP": met["main"], **st, "status": "ok", "error": None})
+            met = score(base.task, model, test_ds, _row_dir(out, key), base.device,
+                        _eval_batch(base))
+            row.update({"mAP": met["mAP"], "mAP_area": met["mAP_area"],
+                        "dets_dir": met["dets_dir"], **st, "status": "ok", "error": None})
             if key == "fp32":
-                fp32_map = met["main"]
+                fp32_map = met["mAP"]
         except Exception as exc:  # noqa: BLE001 - one failing row must not stop the grid
             row.update({"status": "failed", "error": f"{key}: {type(exc).__name__}: {exc}"})
             if progress:
@@ -420,8 +435,10 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
             per_variant[v] = bits_needed(lambda r, v=v: r.get("variant") == v)
         clustering = {**groups_info, "scheme": cluster_scheme, "n_groups": int(class_groups),
                       "bits_needed": per_variant}
+    boot = add_intervals(rows, test_ds, "fp32")
     result = {"settings": settings, "tolerance": tolerance, "rows": rows,
-              "bits_needed": needed, "clustering": clustering}
+              "bits_needed": needed, "clustering": clustering, "bootstrap": boot,
+              "run_info": _run_info()}
     _write_json(res_path, result)
     md = format_datafree(result, bits)
     (out / "datafree.md").write_text("# lowbit datafree\n\n" + md +
@@ -494,7 +511,26 @@ def format_datafree(res: dict[str, Any], bits: Sequence[int]) -> str:
             need = cl["bits_needed"].get(v)
             need_s = need if need is not None else f"> {max(bits)}"
             lines.append(f"| {v} | " + " | ".join(cells) + f" | {need_s} |")
+    from lowbit.compare import interval_note, run_info_line
+
+    lines += ["", "## Every row with its intervals", "", *format_intervals(rows), "",
+              interval_note(res.get("bootstrap")), "", run_info_line(res.get("run_info"))]
     return "\n".join(lines)
+
+
+def format_intervals(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each row's ``mAP [lo, hi]`` and ``drop [lo, hi]`` (points of %)."""
+    from lowbit.compare import drop_cell, map_cell
+
+    lines = ["| row | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        hw = r.get("drop_half_width")
+        lines.append(f"| {r['key']} | {map_cell(r)} | {drop_cell(r)} | "
+                     f"{'-' if hw is None else f'{100 * hw:.2f}'} |")
+    return lines
 
 
 def _plot(res: dict[str, Any], bits: Sequence[int], path: Path) -> Path:
