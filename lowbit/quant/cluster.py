@@ -22,6 +22,7 @@ from lowbit.quant._common import (
     compute_dtype,
 )
 from lowbit.quant.pot import pot_levels_count, pot_round
+from lowbit.quant.uniform import check_axis
 
 __all__ = ["kmeans_1d", "kmeans_quantize", "log_quantize", "nearest_level"]
 
@@ -119,10 +120,12 @@ def kmeans_quantize(
     """Non-uniform b-bit quantization to ``2**bits`` k-means centroids (data-free).
 
     Returns ``(wq, levels)``: ``levels`` is ``Tensor[2**b]`` (per tensor) or ``Tensor[C, 2**b]``
-    (per channel, rows padded by repeating their last centroid), float64, sorted.
+    (per channel, rows padded by repeating their last centroid), float64, sorted. An ``axis``
+    outside ``-dim .. dim - 1`` raises ``ValueError`` (per channel or not).
     """
     check_bits(bits, 1, 8)
     check_float(w)
+    check_axis(w, axis, "kmeans")
     k = 1 << bits
     x = w.detach().to(compute_dtype(w))
     if x.numel() == 0:
@@ -156,6 +159,7 @@ def log_quantize(
     """
     check_float(w)
     pot_levels_count(bits)
+    check_axis(w, axis, "log")
     x = w.detach().to(compute_dtype(w))
     if x.numel() == 0:
         return w.detach().clone(), x.new_zeros(())

@@ -10,7 +10,12 @@ Conventions:
 * value = ``(code - zero_point) * scale``; rounding is ``torch.round`` (half to even);
 * per channel: ``axis`` is the channel dimension (0 for Conv2d/Linear weights); ``scale`` and
   ``zero_point`` are ``Tensor[C]``; per tensor they are 0-dim;
-* a zero range gives ``scale = 1`` (all codes 0) instead of a division by zero.
+* a zero range gives ``scale = 1`` (all codes 0) instead of a division by zero;
+* near the float32 limit the affine range ``hi - lo`` (up to ``2 * 3.4e38``) is formed in
+  float64, so ``[3e38, -3e38, 1.]`` gets a finite scale; a grid whose dequantized values do
+  not fit the compute dtype (``(code - zero_point) * scale`` beyond 3.4e38) raises
+  ``ValueError`` instead of returning ``inf`` / NaN;
+* ``axis`` must index a dimension of the weight (``-dim <= axis < dim``), else ``ValueError``.
 """
 
 from __future__ import annotations
@@ -62,11 +67,26 @@ def range_to_qparams(lo: Tensor, hi: Tensor, bits: int, symmetric: bool) -> tupl
     else:
         lo = torch.clamp(lo, max=0.0)
         hi = torch.clamp(hi, min=0.0)
-        scale = (hi - lo) / (qmax - qmin)
+        # in float64: hi - lo overflows float32 for a range near its limit (3e38 - -3e38)
+        scale = ((hi.double() - lo.double()) / (qmax - qmin)).to(hi.dtype)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zp = torch.clamp(torch.round(-lo / safe), qmin, qmax)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return scale, zp
+
+
+def check_axis(w: Tensor, axis: int, who: str) -> int:
+    """Validate a channel ``axis`` of ``w`` (``-dim <= axis < dim``; 0 / -1 for a 0-dim
+    tensor) and return it; ``ValueError`` naming ``who``, the axis and the shape otherwise."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"{who}: axis must be an int, got {axis!r}")
+    d = max(w.dim(), 1)
+    if not -d <= axis < d:
+        raise ValueError(
+            f"{who}: axis {axis} is out of range for a {w.dim()}-d weight of shape "
+            f"{tuple(w.shape)} (valid: {-d} .. {d - 1})"
+        )
+    return axis
 
 
 def _shape(v: Tensor, x: Tensor, axis: int | None) -> Tensor:
@@ -203,6 +223,8 @@ def calibrate(
     """
     check_float(x)
     check_bits(bits, 2, 16)
+    if axis is not None:
+        check_axis(x, axis, "calibrate")
     rows = (channel_view(x, axis) if axis is not None else x.reshape(1, -1)).to(compute_dtype(x))
     if rows.shape[1] == 0:
         raise ValueError("cannot calibrate an empty tensor")
@@ -237,6 +259,7 @@ def uniform(
     """
     check_bits(bits, 2, 8)
     check_float(w)
+    check_axis(w, axis, "uniform")
     x = w.detach().to(compute_dtype(w))
     if x.numel() == 0:
         z = x.new_zeros(())
@@ -246,7 +269,19 @@ def uniform(
     scale, zp = range_to_qparams(lo, hi, bits, symmetric)
     qmin, qmax = qrange(bits, symmetric)
     wq = fake_quant(x, scale, zp, qmin, qmax, ax)
-    return wq.to(w.dtype), scale, zp
+    if not bool(torch.isfinite(wq).all()):
+        raise ValueError(
+            f"uniform: the {bits}-bit {'symmetric' if symmetric else 'affine'} grid of range "
+            f"[{float(lo.min()):.6g}, {float(hi.max()):.6g}] does not fit {x.dtype} (values "
+            f"near its limit of {torch.finfo(x.dtype).max:.4g}); rescale the weights"
+        )
+    out = wq.to(w.dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"uniform: quantized values up to {float(wq.abs().max()):.6g} overflow {w.dtype}; "
+            "quantize a float32 copy instead"
+        )
+    return out, scale, zp
 
 
 def dorefa(w: Tensor, bits: int) -> Tensor:

@@ -129,3 +129,43 @@ def test_bad_inputs() -> None:
         dorefa(torch.ones(3), 0)
     assert twn(torch.zeros(4))[0].abs().sum() == 0
     assert uniform(torch.zeros(4), 4)[0].abs().sum() == 0
+
+
+# -- near the float32 limit and bad axes (issue 18) --------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "kl"])
+@pytest.mark.parametrize("sym", [True, False])
+def test_uniform_at_float32_limit_is_finite(method: str, sym: bool) -> None:
+    w = torch.tensor([3e38, -3e38, 1.0])
+    wq, scale, zp = uniform(w, 4, symmetric=sym, method=method, percentile=100.0)
+    assert torch.isfinite(wq).all() and torch.isfinite(scale).all()
+    # the grid is still the module's grid, checked in float64 from scale and zero point
+    s, z = scale.double().item(), zp.double().item()
+    qmin, qmax = qrange(4, sym)
+    for x, y in zip(w.double().tolist(), wq.double().tolist()):
+        code = min(max(round(x / s) + z, qmin), qmax)
+        assert y == pytest.approx((code - z) * s, rel=1e-6)
+    # the two huge values stay huge and of the right sign; nothing collapses to 0 or NaN
+    assert wq[0] > 1e38 and wq[1] < -1e38
+
+
+def test_uniform_grid_beyond_float32_is_value_error() -> None:
+    # affine 2-bit over [-3.4e38, 3.4e38]: (code - zp) * scale reaches beyond float32's max
+    w = torch.tensor([3.4e38, -3.4e38, 1.0])
+    with pytest.raises(ValueError, match="does not fit torch.float32"):
+        uniform(w, 2, symmetric=False)
+
+
+@pytest.mark.parametrize("axis", [5, -3, 2])
+@pytest.mark.parametrize("pc", [True, False])
+def test_uniform_bad_axis_is_value_error(axis: int, pc: bool) -> None:
+    with pytest.raises(ValueError, match=f"uniform: axis {axis} is out of range.*\\(4, 4\\)"):
+        uniform(torch.randn(4, 4), 4, per_channel=pc, axis=axis)
+    with pytest.raises(ValueError, match=f"calibrate: axis {axis}"):
+        calibrate(torch.randn(4, 4), 4, axis=axis)
+    # the valid negative axis is the last dimension, as in torch
+    w = torch.randn(3, 5)
+    _, s_neg, _ = uniform(w, 4, per_channel=True, axis=-1)
+    _, s_pos, _ = uniform(w, 4, per_channel=True, axis=1)
+    assert s_neg.shape == (5,) and torch.equal(s_neg, s_pos)

@@ -71,3 +71,18 @@ def test_log_quantizer_is_pot_grid_times_real_scale() -> None:
     wq, alpha = log_quantize(w, 4)
     assert alpha.item() == float(w.abs().max())
     assert torch.equal(wq, pot_round(w / alpha, 0, 4) * alpha)
+
+
+@pytest.mark.parametrize("axis", [7, 2, -3])
+def test_kmeans_and_log_bad_axis_is_value_error(axis: int) -> None:
+    w = torch.randn(4, 4)
+    for pc in (True, False):
+        with pytest.raises(ValueError, match=f"kmeans: axis {axis} is out of range"):
+            kmeans_quantize(w, 2, per_channel=pc, axis=axis)
+        with pytest.raises(ValueError, match=f"log: axis {axis} is out of range"):
+            log_quantize(w, 3, per_channel=pc, axis=axis)
+    # a valid axis still clusters each channel on its own: 4 distinct values per column
+    wq, levels = kmeans_quantize(w, 2, per_channel=True, axis=-1)
+    assert levels.shape == (4, 4)
+    for j in range(4):
+        assert set(wq[:, j].tolist()) <= set(levels[j].float().tolist())
