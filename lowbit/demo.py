@@ -10,7 +10,17 @@
    pictures FP32 vs 6-bit (Fig. 3.1).
 
 Every phase trains through :func:`lowbit.train.fit`, so each has its run folder under
-``OUT/runs/`` with config, metrics and checkpoint.
+``OUT/runs/`` with config, metrics and checkpoint, and writes its test detections there in the
+VOC results format (``comp4_det_test_<class>.txt``). Every mAP comes with its 95% percentile
+bootstrap interval over the test images and every drop with its paired interval against FP32
+(the same 1000 resamples, seed 0; :func:`lowbit.compare.add_intervals`); a drop whose interval
+excludes 0 is marked ``*``. ``seeds`` > 1 repeats each QAT phase with ``train.seed`` = seed + k
+(folders ``OUT/runs/<phase>_seed<k>``) and reports the mean ± sd across seeds beside the
+interval (the interval and the table's mAP are the first seed's).
+
+A rerun into the same ``OUT`` reuses finished phases; their recorded timings are kept (a
+phase's ``seconds`` is the time of the invocation that trained it), so the report's total is
+the time the work took, not the time of the rerun.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "conv_memory", "load_run_model",
-           "effective_weights", "save_histogram"]
+           "effective_weights", "save_histogram", "PHASES"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,11 @@ class DemoSettings:
     k: int = 3
     seed: int = 0
     pictures: int = 3
+    seeds: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("train_images", "test_images", "fp32_epochs", "qat_epochs", "batch_size"):
+        for name in ("train_images", "test_images", "fp32_epochs", "qat_epochs", "batch_size",
+                     "seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo setting {name} must be >= 1, got {getattr(self, name)}")
 
@@ -69,6 +81,16 @@ RUNS: dict[str, tuple[str, int, dict[str, Any]] | None] = {
     "lbw6_mu": ("lbw-approx", 6, {"mu_ratio": 0.75, "partial_terms": 4}),
 }
 
+#: run name -> the phase's title for people
+PHASES: dict[str, str] = {
+    "fp32": "FP32 R-FCN trained from scratch",
+    "lbw4": "4-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
+    "lbw5": "5-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
+    "lbw6": "6-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
+    "lbw6_mu": "6-bit LBW weights (the paper's mu = 3/4 max|W| scheme), fine-tuned from the "
+               "FP32 weights",
+}
+
 # The paper's Table 3.1 (R-FCN + ResNet-50 / ResNet-101, VOC 07+12 -> VOC07 test), for reference.
 PAPER_TABLE_3_1 = {
     "4-bit LBW": (74.37, 76.79),
@@ -78,7 +100,8 @@ PAPER_TABLE_3_1 = {
 }
 
 
-def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None) -> dict[str, Any]:
+def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
+            seed_offset: int = 0) -> dict[str, Any]:
     spec = RUNS[run]
     qat = spec is not None
     cfg: dict[str, Any] = {
@@ -102,7 +125,28 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None) -
         method, bits, params = spec
         cfg["quant"] = {"method": method, "bits": bits, "params": params}
         cfg["init"] = str(fp32_dir)
+    cfg["train"]["seed"] = s.seed + seed_offset
     return cfg
+
+
+def _checkpoint_iteration(run_dir: Path) -> int | None:
+    """Iteration of the newest checkpoint of ``run_dir`` (None: none yet)."""
+    from lowbit.train.checkpoint import read_checkpoint_json, resolve_checkpoint
+
+    try:
+        meta = read_checkpoint_json(resolve_checkpoint(run_dir))
+    except (OSError, ValueError):
+        return None
+    it = (meta.get("state") or {}).get("iteration")
+    return int(it) if it is not None else None
+
+
+def _old_results(path: Path) -> dict[str, Any]:
+    """An earlier invocation's results.json ({} when absent or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def load_run_model(run_dir: Path) -> tuple[Any, nn.Module, Any]:
@@ -205,6 +249,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         format_magnitude_table,
         magnitude_table,
     )
+    from lowbit.compare import _run_info, add_intervals, score, seed_summary
     from lowbit.config import config_from_dict
     from lowbit.train import fit
 
@@ -213,29 +258,58 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "digits"
     t_start = time.perf_counter()
-    results: dict[str, Any] = {"settings": asdict(s), "runs": {}}
+    old = _old_results(out / "results.json")
+    results: dict[str, Any] = {"settings": asdict(s), "runs": {}, "run_info": _run_info()}
     fp32_dir = out / "runs" / "fp32"
-    for run in RUNS:
-        run_dir = out / "runs" / run
-        cfg = config_from_dict(_config(s, data_root, run, fp32_dir))
+    reused: list[str] = []
+    test_ds = None
+    for i, run in enumerate(RUNS):
+        seeds = 1 if RUNS[run] is None else s.seeds
         if progress:
-            print(f"== {run}: {'FP32 from scratch' if RUNS[run] is None else RUNS[run]}",
-                  flush=True)
-        t0 = time.perf_counter()
-        res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun continues, loses nothing
-        _, model, _ = load_run_model(run_dir)
-        mem = conv_memory(model)
-        results["runs"][run] = {
-            "mAP": float(res.metrics["main"]),
-            "mAP_area": float(res.metrics.get("mAP_area", math.nan)),
-            "seconds": time.perf_counter() - t0,
-            "run_dir": str(run_dir),
-            **mem,
-        }
+            print(f"\n== Phase {i + 1} of {len(RUNS)}: {PHASES[run]}"
+                  + (f" ({seeds} seeds)" if seeds > 1 else ""), flush=True)
+        per_seed = []
+        mem: dict[str, float] = {}
+        for k in range(seeds):
+            name = run if k == 0 else f"{run}_seed{k}"
+            run_dir = out / "runs" / name
+            cfg = config_from_dict(_config(s, data_root, run, fp32_dir, k))
+            done_before = _checkpoint_iteration(run_dir)
+            t0 = time.perf_counter()
+            res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun loses nothing
+            task, model, _ = load_run_model(run_dir)
+            if test_ds is None:
+                _, test_ds = task.build_datasets(cfg)
+            sc = score(task, model, test_ds, run_dir, torch.device("cpu"), s.batch_size)
+            seconds = time.perf_counter() - t0
+            prev = old.get("runs", {}).get(name, {})
+            if (done_before == res.iteration and prev.get("iterations") == res.iteration
+                    and prev.get("seconds") is not None and prev.get("run_dir") == str(run_dir)):
+                seconds = float(prev["seconds"])  # nothing trained now: keep the real timing
+                reused.append(name)
+            per_seed.append({"mAP": sc["mAP"], "mAP_area": sc["mAP_area"],
+                             "dets_dir": sc["dets_dir"], "seconds": seconds,
+                             "iterations": res.iteration, "run_dir": str(run_dir),
+                             "train_final_mAP": float(res.metrics["main"]),
+                             "seed": int(cfg.train.seed)})
+            if k == 0:
+                mem = conv_memory(model)
+        results["runs"][run] = {**per_seed[0], **mem}
+        for k, extra in enumerate(per_seed[1:], start=1):
+            results["runs"][f"{run}_seed{k}"] = {**extra, "phase": run}
+        if seeds > 1:
+            results["runs"][run].update(seed_summary([r["mAP"] for r in per_seed]))
     fp = results["runs"]["fp32"]["mAP"]
     for r in results["runs"].values():
         r["drop"] = fp - r["mAP"]
-
+    rows = [{"key": k, "status": "ok", **v} for k, v in results["runs"].items()]
+    results["bootstrap"] = add_intervals(rows, test_ds, "fp32")
+    for row in rows:
+        results["runs"][row["key"]].update(
+            {k: row[k] for k in ("mAP_ci", "mAP_half_width", "drop_ci", "drop_half_width",
+                                 "drop_excludes_zero", "interval_note") if k in row})
+    for k in ("drop_ci", "drop_half_width", "drop_excludes_zero"):
+        results["runs"]["fp32"].pop(k, None)
     # weight statistics of two layers (Tables 3.2-3.3, Fig. 3.2)
     models = {run: load_run_model(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
     weights = {run: effective_weights(m) for run, (_, m, _) in models.items()}
@@ -267,17 +341,32 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     classes = list(getattr(test_ds, "classes", [str(i) for i in range(10)]))
     side_by_side(imgs, dets, classes, out / "detections.png", threshold=0.5)
     results["pictures"] = "detections.png"
-    results["seconds"] = time.perf_counter() - t_start
+    from lowbit.compare import _write_json, interval_note, run_info_line
 
+    this_call = time.perf_counter() - t_start
+    phases = sum(r["seconds"] for r in results["runs"].values())
+    results["seconds_this_invocation"] = this_call
+    results["reused_phases"] = reused
+    # the time the work took: each phase's training + evaluation as timed by the invocation
+    # that did it (a no-op rerun keeps them); this invocation's own time is recorded apart
+    results["seconds"] = phases
     table = format_table_3_1(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    _write_json(out / "results.json", results)
+    timing = (f"Total {results['seconds'] / 60:.1f} min of training and evaluation"
+              + (f" (phases reused from an earlier invocation keep the times of the invocation "
+                 f"that trained them: {', '.join(reused)})" if reused else "")
+              + f"; this invocation took {this_call / 60:.1f} min.")
+    seed_text = (f" Each LBW model was fine-tuned with {s.seeds} seeds (mean ± sd across seeds "
+                 "beside the first seed's interval)." if s.seeds > 1 else "")
     report = [
         "# lowbit demo: LBW-Net on the built-in digits devkit", "",
-        f"R-FCN (ResNet-18 width {s.width}, k = {s.k}), {s.train_images} train / "
-        f"{s.test_images} test images at {s.image_size} px; FP32 {s.fp32_epochs} epochs, "
-        f"each LBW model {s.qat_epochs} epochs of QAT from the FP32 weights. "
-        f"Total {results['seconds'] / 60:.1f} min.", "",
-        "## Table 3.1 (VOC07 mAP)", "", table, "",
+        f"R-FCN (ResNet-18 width {s.width}, k = {s.k}), {s.train_images} training and "
+        f"{s.test_images} test images at {s.image_size} px. The FP32 model trains "
+        f"{s.fp32_epochs} epochs from scratch; each LBW model is fine-tuned from the FP32 "
+        f"weights for {s.qat_epochs} epoch(s).{seed_text} {timing}", "",
+        run_info_line(results.get("run_info")), "",
+        "## Table 3.1 (VOC07 mAP, with 95% bootstrap intervals)", "", table, "",
+        interval_note(results.get("bootstrap")), "",
         "The paper's Table 3.1 (R-FCN on VOC 07+12 → VOC07 test), for reference:", "",
         "| | ResNet-50 | ResNet-101 |", "|---|---:|---:|",
         *[f"| {k} | {a:.2f}% | {b:.2f}% |" for k, (a, b) in PAPER_TABLE_3_1.items()], "",
@@ -287,7 +376,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     ]
     (out / "report.md").write_text("\n".join(report))
     if progress:
-        print(table)
+        print("\n" + table + "\n\n" + interval_note(results.get("bootstrap")))
         print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'detections.png'}")
     return results
 
@@ -297,14 +386,20 @@ def format_table_3_1(results: dict[str, Any]) -> str:
     rows = [("4-bit LBW (exact)", "lbw4"), ("5-bit LBW (exact)", "lbw5"),
             ("6-bit LBW (exact)", "lbw6"), ("6-bit LBW (paper's mu scheme)", "lbw6_mu"),
             ("32-bit full precision", "fp32")]
-    lines = ["| model | mAP | drop vs FP32 | conv weight memory | × smaller | zero weights |",
-             "|---|---:|---:|---:|---:|---:|"]
+    from lowbit.compare import drop_cell, map_cell
+
+    lines = ["| model | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop | "
+             "conv weight memory | × smaller | zero weights |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for title, key in rows:
         r = results["runs"].get(key)
         if r is None:
             continue
+        hw = r.get("drop_half_width")
+        drop = "" if key == "fp32" else drop_cell(r)
         lines.append(
-            f"| {title} | {100 * r['mAP']:.2f}% | {100 * r['drop']:+.2f} | "
+            f"| {title} | {map_cell(r)} | {drop} | "
+            f"{'' if hw is None else f'{100 * hw:.2f}'} | "
             f"{r['conv_weight_bytes'] / 1024:.1f} KiB | {r['conv_ratio']:.2f} | "
             f"{100 * r['zero_share']:.1f}% |"
         )
