@@ -105,7 +105,8 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
     sizes = {c: save_packed(model, out / f"model.{c}.lbp", arch=None, coding=c)
              for c in ("raw", "radix", "zlib")}
     calib = calibration_batches(model, ims, len(ims), batch_size=8)
-    rep = export_detector_onnx(model, out / "model.int8.onnx", calib[0][:1], calibration=calib)
+    rep = export_detector_onnx(model, out / "model.int8.onnx", calib[0][:1], calibration=calib,
+                               fp32_path=out / "model.fp32.onnx")
     s32 = ort_session(rep["fp32_path"], threads, spinning=False)
     s8 = ort_session(rep["path"], threads, spinning=False)
     batch = calib[0][:1]

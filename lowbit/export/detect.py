@@ -34,13 +34,17 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from lowbit.export.onnx import Int8Config
+
 __all__ = ["load_run", "DetectorNetwork", "OnnxDetector", "calibration_batches", "detector_kind",
+           "default_int8",
            "export_detector_onnx",
            "postprocess_outputs", "OUTPUT_NAMES"]
 
@@ -48,6 +52,18 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "rfcn": ("objectness", "rpn_deltas", "cls_maps", "bbox_maps"),
     "yolov3": ("out_s8", "out_s16", "out_s32"),
 }
+
+
+def default_int8(kind: str) -> Int8Config:
+    """lowbit's int8 configuration for a detector kind (``"rfcn"`` / ``"yolov3"``), the
+    fastest measured by ``benchmarks/bench_int8.py`` that keeps the accuracy checks of
+    tests/export/test_detect.py: QDQ, per-channel, u8s8, no reduce_range, for both; YOLOv3's
+    stem conv (3 input channels, 3x3) and its LeakyReLU stay float (``float_below_channels=4``:
+    0.44-0.57x FP32 instead of 0.67-0.83x at 1 thread); R-FCN's 7x7 stem stays int8 (float, it
+    breaks onnxruntime's NHWC chain: 0.52-0.63x instead of 0.39-0.42x). docs/deployment.md."""
+    from lowbit.export.onnx import Int8Config
+
+    return Int8Config(float_below_channels=4) if kind == "yolov3" else Int8Config()
 
 
 def detector_kind(model: nn.Module) -> str | None:
@@ -235,6 +251,7 @@ class OnnxDetector:
 def export_detector_onnx(
     model: nn.Module, path: str | os.PathLike[str], example: Tensor, *,
     calibration: Sequence[Tensor] | None = None, config: dict[str, Any] | None = None,
+    int8: Int8Config | None = None, fp32_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Export a detector's network (:class:`DetectorNetwork`) to ONNX at ``path``.
 
@@ -245,9 +262,13 @@ def export_detector_onnx(
             these prepared batches; see :func:`lowbit.export.onnx.export_onnx_int8`).
         config: the run's resolved config dict, stored as ``lowbit_config`` metadata so that
             :class:`OnnxDetector` can rebuild the post-processing without the run folder.
+        int8: :class:`lowbit.export.onnx.Int8Config` (default :func:`default_int8` of the
+            detector's kind).
+        fp32_path: int8 only: where to keep the FP32 intermediate (default: a temporary
+            folder, deleted).
 
     Returns:
-        ``{"path", "kind", "outputs"}`` (+ ``"fp32_path", "weights"`` for int8).
+        ``{"path", "kind", "outputs"}`` (+ ``"fp32_path", "config", "weights"`` for int8).
     """
     from lowbit.export.onnx import export_onnx, export_onnx_int8
 
@@ -262,7 +283,8 @@ def export_detector_onnx(
                         metadata=meta)
         return {"path": str(p), "kind": net.kind, "outputs": names}
     rep = export_onnx_int8(net, example, path, calibration, output_names=names,
-                           dynamic_hw=dyn_hw, metadata=meta)
+                           dynamic_hw=dyn_hw, metadata=meta,
+                           config=int8 or default_int8(net.kind), fp32_path=fp32_path)
     return {**rep, "kind": net.kind, "outputs": names}
 
 
