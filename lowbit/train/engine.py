@@ -466,6 +466,13 @@ class Trainer:
                     "--set flags (resume uses the run's stored config)")
             ckpt = load_checkpoint(latest, model, optimizer, scaler=scaler)
             ckpt_state = ckpt.state
+            if any(k.startswith("optim.") for k in changed):
+                # the optimizer state carries the old hyper-parameters (and the schedule's
+                # base rate, initial_lr): the overridden ones take their place
+                for group in optimizer.param_groups:
+                    group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr,
+                                 momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                                 weight_decay=cfg.optim.weight_decay)
             start = int(ckpt.state["iteration"])
             self.last_metrics = dict(ckpt.state.get("metrics") or {})
             rngs = ckpt.state.get("rng") or []
@@ -570,14 +577,16 @@ class Trainer:
         )
         yield from loader
 
-    def _diverged(self, loss: torch.Tensor, it: int) -> TrainingDiverged:
+    def _last_words(self) -> str:
         last = self._last_good
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        return (f"{where} (resume with a smaller learning rate: lowbit train CONFIG --out "
+                f"{self.run_dir} --resume --override --set optim.lr=...)")
+
+    def _diverged(self, loss: torch.Tensor, it: int) -> TrainingDiverged:
         return TrainingDiverged(
             f"{self.run_dir}: non-finite loss ({float(loss.detach().float().sum())}) at iteration "
-            f"{it + 1}: training stopped before that step; {where}. Resume with a smaller "
-            "learning rate: lowbit train CONFIG --out RUN --resume --override "
-            "--set optim.lr=...")
+            f"{it + 1}: training stopped before that step; {self._last_words()}")
 
     def _loop(self, ctx: DistContext, task: Any, ddp: nn.Module, optimizer: torch.optim.Optimizer,
               schedule: LRSchedule, scaler: Any, sampler: ResumableShardedSampler,
@@ -747,10 +756,12 @@ class Trainer:
             try:
                 path = save_checkpoint(self.ckpt_dir, ddp, optimizer, schedule, state,
                                        scaler=scaler)
-            except (NonFiniteError, CheckpointWriteError) as exc:
-                last = self._last_good
-                failure = (f"{exc} (iteration {it}; last good checkpoint: "
-                           f"{last if last else 'none'})")
+            except NonFiniteError as exc:
+                failure = ["TrainingDiverged", (
+                    f"{self.run_dir}: training diverged by iteration {it}: {exc}; "
+                    f"{self._last_words()}")]
+            except CheckpointWriteError as exc:
+                failure = ["RuntimeError", f"{exc} (iteration {it}); {self._last_words()}"]
             else:
                 self._last_good = path
                 prune_checkpoints(self.ckpt_dir, cfg.train.keep_checkpoints)
@@ -758,7 +769,8 @@ class Trainer:
                 self._emit("checkpoint", iteration=it, path=path)
         failure = broadcast_json(failure, ctx)
         if failure is not None:
-            raise RuntimeError(failure)
+            raise (TrainingDiverged if failure[0] == "TrainingDiverged" else RuntimeError)(
+                failure[1])
         return path
 
 
