@@ -169,12 +169,12 @@ def test_loading_is_strict_about_everything_but_fc() -> None:
     model = resnet50(width=0.25)
     load_backbone_weights(model, sd)  # scaled widths, same names
     extra = dict(sd, **{"layer4.9.conv1.weight": torch.zeros(1)})
-    with pytest.raises(RuntimeError, match="layer4.9.conv1.weight"):
+    with pytest.raises(ValueError, match="layer4.9.conv1.weight"):
         load_backbone_weights(model, extra)
     missing = {k: v for k, v in sd.items() if k != "layer2.1.bn2.bias"}
-    with pytest.raises(RuntimeError, match="layer2.1.bn2.bias"):
+    with pytest.raises(ValueError, match="layer2.1.bn2.bias"):
         load_backbone_weights(model, missing)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match="size mismatch"):
         load_backbone_weights(resnet50(width=0.5), sd)
     res = load_backbone_weights(model, missing, strict=False)
     assert res.missing_keys == ["layer2.1.bn2.bias"]

@@ -4,6 +4,7 @@ stem-then-stages forward pass of ResNet and Darknet (:class:`StagedBackbone`).""
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -112,16 +113,31 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Torch files are read with ``weights_only=True``; a ``{"state_dict": ...}`` or
     ``{"model": ...}`` wrapper is unwrapped.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: one line naming the file when it is not a safetensors file or a torch
+            file holding only tensors (a pickle of arbitrary objects, a truncated or corrupt
+            file, a mapping with non-tensor values). Arbitrary pickled objects are refused,
+            never unpickled.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd: object = load_file(str(path), device="cpu")
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd: object = load_file(str(path), device="cpu")
+        else:
+            with warnings.catch_warnings():  # "protocol 4" chatter before our one-line error
+                warnings.simplefilter("ignore", UserWarning)
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, SafetensorError...
+        raise ValueError(
+            f"{path}: not a safetensors or state_dict file of tensors ({type(e).__name__}; "
+            "lowbit reads weights with weights_only=True and never unpickles other objects)"
+        ) from None
     if isinstance(sd, Mapping):
         for key in ("state_dict", "model"):
             if key in sd and isinstance(sd[key], Mapping):
@@ -130,6 +146,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
     return dict(sd)
+
+
+def _first_mismatch(model: nn.Module, sd: Mapping[str, Tensor], strict: bool) -> str | None:
+    """One line on the first key (in the model's order) that does not fit, with counts."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    unexpected = [
+        k for k in sd if k not in own and not k.endswith("num_batches_tracked")
+    ]  # FrozenBatchNorm2d drops num_batches_tracked on load
+    if not strict:
+        missing, unexpected = [], []
+    if not (missing or shapes or unexpected):
+        return None
+    order = {k: i for i, k in enumerate(own)}
+    first_own = min(missing + shapes, key=order.__getitem__, default=None)
+    if first_own is not None and first_own in shapes:
+        what = (
+            f"first mismatched key {first_own!r}: size mismatch, "
+            f"{tuple(sd[first_own].shape)} in the file, {tuple(own[first_own].shape)} in the model"
+        )
+    elif first_own is not None:
+        what = f"first mismatched key {first_own!r}: missing from the file"
+    else:
+        what = f"first mismatched key {unexpected[0]!r}: unexpected (not in the model)"
+    return (
+        f"{what} ({len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(shapes)} of another shape)"
+    )
 
 
 def load_backbone_weights(
@@ -149,13 +194,16 @@ def load_backbone_weights(
             rule then uses ``getattr(model, "head_prefixes", ())``).
         weights: a ``.pth``/``.pt`` file (read with ``weights_only=True``), a ``.safetensors``
             file, or a state_dict.
-        strict: as in ``nn.Module.load_state_dict``.
+        strict: as in ``nn.Module.load_state_dict`` (shapes must match either way).
 
     Returns:
         :class:`LoadResult`.
 
     Raises:
-        RuntimeError: naming the file and the mismatching keys.
+        ValueError: one line naming the file (or ``state_dict``), the model class and the
+            first key that does not fit (missing, unexpected or of another shape), with the
+            counts of each; or naming the file when it is not a weights file at all
+            (:func:`read_state_dict`).
     """
     source = "state_dict" if isinstance(weights, Mapping) else str(weights)
     sd = dict(weights) if isinstance(weights, Mapping) else read_state_dict(weights)
@@ -166,10 +214,17 @@ def load_backbone_weights(
             ignored.extend(k for k in sd if k.startswith(prefix))
     for k in ignored:
         del sd[k]
+    problem = _first_mismatch(model, sd, strict)
+    if problem is not None:
+        raise ValueError(f"{source}: backbone weights do not fit {type(model).__name__}: {problem}")
     try:
         res = model.load_state_dict(sd, strict=strict)
-    except RuntimeError as e:
-        raise RuntimeError(f"cannot load backbone weights from {source}: {e}") from e
+    except RuntimeError as e:  # anything _first_mismatch did not foresee: still one line
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise ValueError(
+            f"{source}: backbone weights do not fit {type(model).__name__}: {detail}"
+        ) from None
     return LoadResult(list(res.missing_keys), list(res.unexpected_keys), ignored)
 
 
