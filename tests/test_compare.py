@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lowbit.cli import main
-from lowbit.compare import DEFAULT_METHODS, METHODS, Method, compare
+from lowbit.compare import DEFAULT_METHODS, METHODS, Budget, Method, compare
 from lowbit.quant import lbw_exact
 from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
 from tests._tiny import remember_fp32_run, write_tiny_config
@@ -511,3 +511,96 @@ def test_dorefa_keeps_exactly_the_convs_without_batchnorm_float(cmp_out: Path) -
     ssd = create_model("ssd_lite_vgg", 10)
     got = _plan_dorefa(ssd, [], 4)[1]["dorefa_float_layers"]
     assert got == sorted(f"head.{k}.{i}" for k in ("loc", "conf") for i in range(6))
+
+
+# ------------------------------------------------------------------------------- intervals
+
+
+def test_every_row_has_intervals_and_rescorable_detections(cmp_out: Path) -> None:
+    from lowbit.eval.intervals import bootstrap_map, match_results_dir, paired_bootstrap
+    from lowbit.eval.voc import load_voc_ground_truth, voc_eval_files
+
+    res = json.loads((cmp_out / "out" / "results.json").read_text())
+    assert res["bootstrap"]["n_boot"] >= 1000 and res["bootstrap"]["reference"] == "fp32"
+    assert res["run_info"]["threads"] >= 1 and "load_average_start" in res["run_info"]
+    rows = {r["key"]: r for r in res["rows"]}
+    from lowbit.config import load_config
+
+    data_root = Path(load_config(Path(res["fp32_run"]) / "config.yaml").data.root)
+    gt = load_voc_ground_truth(data_root, "test")
+    fp = match_results_dir(gt, rows["fp32"]["dets_dir"])
+    for key, r in rows.items():
+        assert r["status"] == "ok", key
+        # the files re-score to the row's mAP with the plain point metric
+        assert voc_eval_files(data_root, "test", r["dets_dir"], metric="07").map == \
+            pytest.approx(r["mAP"], abs=1e-12), key
+        m = match_results_dir(gt, r["dets_dir"])
+        iv = bootstrap_map(m)
+        assert r["mAP_ci"] == pytest.approx([iv.lo, iv.hi]), key
+        if key == "fp32":
+            assert "drop_ci" not in r
+            continue
+        d = paired_bootstrap(fp, m)
+        assert r["drop_ci"] == pytest.approx([d.lo, d.hi]), key
+        assert r["drop"] == pytest.approx(d.estimate, abs=1e-12)
+        assert r["drop_excludes_zero"] == (d.lo > 0 or d.hi < 0)
+        assert r["drop_half_width"] == pytest.approx((d.hi - d.lo) / 2)
+    md = (cmp_out / "out" / "results.md").read_text()
+    assert "mAP [95% CI]" in md and "paired" in md and "load average" in md
+
+
+def _merge_worker(path: str, worker: int, n: int) -> None:
+    from lowbit.compare import merge_rows
+
+    for k in range(n):
+        merge_rows(Path(path), {"fp32_run": "/run", "settings": {"w": worker}},
+                   [{"key": f"w{worker}-{j}", "value": j} for j in range(k + 1)])
+
+
+def test_concurrent_writers_never_lose_rows(tmp_path: Path) -> None:
+    """Real processes merging rows into one results.json at the same time."""
+    import multiprocessing as mp
+
+    path = tmp_path / "results.json"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_merge_worker, args=(str(path), w, 6)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted(r["key"] for r in rows) == sorted(f"w{w}-{j}" for w in range(4)
+                                                    for j in range(6))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bits_nobody_accepts_exit_2(cmp_out: Path, capsys: pytest.CaptureFixture) -> None:
+    run = str(cmp_out / "out" / "runs" / "fp32")
+    for bad in ("0", "99"):
+        assert main(["compare", run, "--bits", bad, "--out", str(cmp_out / "e")]) == 2
+        assert f"--bits {bad}" in capsys.readouterr().err
+    assert main(["compare", run, "--seeds", "0", "--out", str(cmp_out / "e")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["sweep-mu", run, "--bits", "99", "--out", str(cmp_out / "e")]) == 2
+    assert "--bits 99" in capsys.readouterr().err
+
+
+def test_seeds_repeat_each_qat_row(cmp_out: Path) -> None:
+    import statistics
+
+    out = cmp_out / "out_seeds"
+    res = compare(cmp_out / "out" / "runs" / "fp32", out, methods="lbw-exact,kmeans-df",
+                  budget=Budget(iters=1),
+                  calib_images=2, latency=False, progress=False, seeds=2)
+    rows = {r["key"]: r for r in res["rows"]}
+    lbw = rows["lbw-exact@4"]
+    assert len(lbw["seed_runs"]) == 2
+    assert len({s["run_dir"] for s in lbw["seed_runs"]}) == 2
+    assert [s["seed"] for s in lbw["seed_runs"]] == [0, 1]
+    maps = [s["mAP"] for s in lbw["seed_runs"]]
+    assert lbw["mAP_seeds"] == maps and lbw["mAP"] == maps[0]
+    assert lbw["mAP_seed_mean"] == pytest.approx(statistics.fmean(maps))
+    assert lbw["mAP_seed_sd"] == pytest.approx(statistics.stdev(maps))
+    assert "seed_runs" not in rows["kmeans-df@4"]  # PTQ / data-free rows are not repeated
+    assert "seeds " in (out / "results.md").read_text()

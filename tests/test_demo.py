@@ -76,3 +76,75 @@ def test_stats_command_on_demo_runs(demo_out: Path, capsys: pytest.CaptureFixtur
         assert entry["table"]["lbw4"][0] == pytest.approx(direct)
         assert entry["stats"]["lbw4"]["sparsity"] == pytest.approx(direct / 100)
     assert main(["stats", str(runs / "fp32"), "--layers", "no-such-layer"]) == 2
+
+
+def test_every_phase_has_intervals_and_rescorable_detections(demo_out: Path) -> None:
+    from lowbit.eval.intervals import (
+        bootstrap_map,
+        ground_truth_arrays,
+        match_results_dir,
+        paired_bootstrap,
+    )
+    from lowbit.eval.voc import voc_eval_files
+
+    res = json.loads((demo_out / "results.json").read_text())
+    assert res["bootstrap"]["n_boot"] >= 1000 and res["bootstrap"]["reference"] == "fp32"
+    assert res["run_info"]["threads"] >= 1 and "load_average_start" in res["run_info"]
+    root = demo_out / "digits"
+    matched = {}
+    for name, r in res["runs"].items():
+        run_dir = Path(r["run_dir"])
+        files = sorted(p.name for p in run_dir.glob("comp4_det_test_*.txt"))
+        assert len(files) == 10, name
+        # any VOC evaluator re-scores the files to the phase's mAP
+        assert voc_eval_files(root, "test", run_dir, metric="07").map == pytest.approx(
+            r["mAP"], abs=1e-12)
+        lo, hi = r["mAP_ci"]
+        assert 0.0 <= lo <= hi <= 1.0 and r["mAP_half_width"] == pytest.approx((hi - lo) / 2)
+        assert r["train_final_mAP"] == pytest.approx(r["mAP"], abs=1e-9)
+        matched[name] = run_dir
+    # the test split's ground truth from the files the demo wrote
+    from lowbit.eval.voc import load_voc_ground_truth
+
+    gt = load_voc_ground_truth(root, "test")
+    assert gt.n_images == 4 and ground_truth_arrays is not None
+    fp = match_results_dir(gt, matched["fp32"])
+    assert res["runs"]["fp32"]["mAP_ci"] == pytest.approx(
+        [bootstrap_map(fp).lo, bootstrap_map(fp).hi])
+    for name in ("lbw4", "lbw5", "lbw6", "lbw6_mu"):
+        r = res["runs"][name]
+        d = paired_bootstrap(fp, match_results_dir(gt, matched[name]))
+        assert r["drop_ci"] == pytest.approx([d.lo, d.hi])
+        assert r["drop_excludes_zero"] == (d.lo > 0 or d.hi < 0)
+    assert "drop_ci" not in res["runs"]["fp32"]
+    report = (demo_out / "report.md").read_text()
+    assert "mAP [95% CI]" in report and "paired" in report and "thread" in report
+
+
+def test_eval_prints_the_interval(demo_out: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["eval", str(demo_out / "runs" / "lbw4"), "--json", "--boot", "1000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    iv = out["interval"]
+    assert iv["estimate"] == pytest.approx(out["metrics"]["mAP"], abs=1e-12)
+    assert iv["lo"] <= iv["hi"] and iv["n_boot"] == 1000 and iv["n_images"] == 4
+    res = json.loads((demo_out / "results.json").read_text())
+    assert [iv["lo"], iv["hi"]] == pytest.approx(res["runs"]["lbw4"]["mAP_ci"])
+    assert main(["eval", str(demo_out / "runs" / "lbw4"), "--boot", "-1"]) == 2
+
+
+def test_noop_rerun_keeps_the_timings(demo_out: Path) -> None:
+    before = json.loads((demo_out / "results.json").read_text())
+    report_before = (demo_out / "report.md").read_text()
+    rc = main(["demo", "--quick", "--out", str(demo_out), "--train-images", "8",
+               "--test-images", "4", "--size", "64", "--epochs", "1", "--qat-epochs", "1",
+               "--width", "0.125", "--batch-size", "4", "--json"])
+    assert rc == 0
+    after = json.loads((demo_out / "results.json").read_text())
+    for name, r in before["runs"].items():
+        assert after["runs"][name]["seconds"] == r["seconds"], name
+        assert after["runs"][name]["mAP"] == r["mAP"]
+    assert set(after["reused_phases"]) == set(before["runs"])
+    total = [ln for ln in report_before.splitlines() if "Total" in ln][0]
+    first = total.split("Total ")[1].split(" min")[0]
+    assert f"Total {first} min" in (demo_out / "report.md").read_text()
