@@ -34,6 +34,9 @@ Conventions:
 * Paired differences (:func:`paired_bootstrap`) evaluate both models on the *same* resamples:
   the resamples depend only on ``(n_images, n_boot, seed)``, so two runs bootstrapped with the
   same seed at different times are paired. ``a - b`` with ``a`` the reference gives the drop.
+* Ties: the copies of a drawn image sit where the image's detections sit in the full set's
+  stable score order (the point metric on a literal copy of the resample can order detections
+  of *equal* score on different images differently; with distinct scores the two agree).
 * Units: mAP and differences are fractions (0..1), like :class:`lowbit.eval.voc.VOCEvalResult`.
 """
 
