@@ -165,6 +165,7 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
         "ms_ort_fp32": med(t32), "ms_ort_int8": med(t8), "ms_torch_fp32": med(tpt),
         "ms_float_postprocess": med(tpp),
         "int8_over_fp32": round(med(t8) / med(t32), 3),
+        "int8_config": rep["config"],
         "exact_pot_weights": f"{sum(v == 'pot-exact' for v in rep['weights'].values())}"
                              f"/{len(rep['weights'])}",
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
