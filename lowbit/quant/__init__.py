@@ -9,7 +9,16 @@ The uniform quantizer function is exported as ``uniform_quantize`` so that the s
 """
 
 from lowbit.quant.cluster import kmeans_1d, kmeans_quantize, log_quantize
-from lowbit.quant.pot import inq, lbw_approx, lbw_errors, lbw_exact, lbw_ternary_sorted, pot_round
+from lowbit.quant.pot import (
+    inq,
+    lbw_approx,
+    lbw_errors,
+    lbw_exact,
+    lbw_exact_channels,
+    lbw_exact_many,
+    lbw_ternary_sorted,
+    pot_round,
+)
 from lowbit.quant.registry import QuantizerEntry, QuantResult, get, list_quantizers, quantize
 from lowbit.quant.sigmoid import hard_staircase, init_biases, soft_staircase
 from lowbit.quant.ternary import binary, twn
@@ -34,6 +43,8 @@ __all__ = [
     "lbw_approx",
     "lbw_errors",
     "lbw_exact",
+    "lbw_exact_channels",
+    "lbw_exact_many",
     "lbw_ternary_sorted",
     "list",
     "list_quantizers",

@@ -25,6 +25,7 @@ Tie rules (deterministic, documented once here):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -33,6 +34,8 @@ from lowbit.quant._common import check_bits, check_float, compute_dtype
 
 __all__ = [
     "lbw_exact",
+    "lbw_exact_channels",
+    "lbw_exact_many",
     "lbw_ternary_sorted",
     "lbw_approx",
     "inq",
@@ -92,123 +95,401 @@ def _pot_table(
     return torch.cat([-mag, mag])
 
 
-_FINE = 7  # extra mantissa bits of the fast path's buckets
-
-
-_MID_CACHE: dict[str, Tensor] = {}
-
-
-def _fine_midpoints(device) -> Tensor:
-    """float64 midpoint of every fine float32 magnitude bucket (cached per device)."""
-    key = str(device)
-    if key not in _MID_CACHE:
-        shift = 22 - _FINE
-        km = torch.arange(1 << (31 - shift), dtype=torch.int32, device=device)
-        mid = ((km << shift) | (1 << (shift - 1))).view(torch.float32).double()
-        _MID_CACHE[key] = torch.where(torch.isfinite(mid), mid, torch.zeros_like(mid))
-    return _MID_CACHE[key]
-
-
-def _fast_s(x: Tensor, n: int, s_cap: int) -> tuple[Tensor, int, int | None]:
-    """Counts-only pass for float32: returns ``(fine_keys, nmag, s)``, ``s`` None if undecided.
-
-    Buckets carry 7 extra mantissa bits, so each half-octave's ``sum |w|`` is known to within
-    ``count * 2**(e-8)`` from counts alone. Each candidate's error *difference* to the estimated
-    best gets a rigorous interval; when every candidate is then certainly inside or certainly
-    outside the tie band, the documented choice is certain. Otherwise (a candidate straddles the
-    band, or the optimum's zero threshold reaches subnormals) ``s`` is None and the caller
-    falls back to exact float64 statistics.
-    """
-    key, nmag, bias2 = _keys(x, _FINE)
-    cnt = torch.bincount(key, minlength=2 * nmag)
-    cnt = (cnt[:nmag] + cnt[nmag:]).double()
-    per = 1 << _FINE
-    mid = _fine_midpoints(x.device)
-    c_h = cnt.view(-1, per).sum(1)
-    s1_h = (cnt * mid).view(-1, per).sum(1)
-    top = c_h.numel() - 2
-    n_bad, n_tiny = torch.stack([c_h[top:].sum(), c_h[:2].sum()]).tolist()
-    if n_bad:
-        raise ValueError(f"w contains {int(n_bad)} NaN/Inf value(s); refusing to quantize")
-    e = torch.arange(c_h.numel(), device=x.device) // 2 - bias2 // 2
-    delta = torch.ldexp(c_h, (e - 8).double())  # |true - estimated sum|w|| per bucket
-    s2_hat = float((cnt * mid * mid).sum())
-    out = _solve(c_h, s1_h, s1_h.new_zeros(()), n, bias2, s_cap, delta)
-    if out[0] is None:
-        return key, nmag, None  # only zeros/subnormals: let the exact path decide
-    _, grid, err, lev, sl = out
-    # Certify the documented choice (smallest s within 1e-12 ||W||^2 of the minimum) using
-    # differences to the estimated best r: buckets at the same level under s and r cancel
-    # exactly, so |D(s) - D_hat(s)| <= sum_b 2 |L_s - L_r| delta_b.
-    r = int(torch.argmin(err))
-    d_hat = err - err[r]
-    bnd = 2.0 * ((lev - lev[r]).abs() * delta[sl]).sum(dim=1)
-    # zeros/subnormals sit in buckets the estimate treats as zero; under any candidate they
-    # change an error by < count * 2**-250 (and the bound on ||W||^2 covers them too)
-    bnd = bnd + n_tiny * 2.0**-250
-    band_lo = _TIE_RTOL * s2_hat * (1 - 2.0**-6)
-    band_hi = _TIE_RTOL * (s2_hat * (1 + 2.0**-6) + n_tiny * 2.0**-250)
-    m_lo = float((d_hat - bnd).min())
-    sure_in = d_hat + bnd <= m_lo + band_lo
-    sure_out = d_hat - bnd > band_hi
-    if not bool((sure_in | sure_out).all()):
-        return key, nmag, None
-    s_best = int(grid[sure_in].min())
-    if n_tiny and s_best - n < -126:  # the zero threshold reaches subnormals: be exact
-        return key, nmag, None
-    return key, nmag, s_best
-
-
-def _bucket_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, float, int, int]:
-    """Per-bucket count and sum of |x| (float64), folded over sign; keys; ``||x||**2``."""
-    key, nmag, bias2 = _keys(x)
-    cnt = torch.bincount(key, minlength=2 * nmag)
-    xd = x.reshape(-1).to(torch.float64)
-    s1 = torch.bincount(key, weights=xd, minlength=2 * nmag)
-    cnt = cnt[:nmag] + cnt[nmag:]
-    s1 = s1[nmag:] - s1[:nmag]  # negative bins hold negative sums
-    s2 = torch.dot(xd, xd)
-    return key, cnt, s1, s2, nmag, bias2
-
-
 def _max_exponent(dtype: torch.dtype) -> int:
     """Largest s with 2**s finite in ``dtype``."""
     return math.frexp(torch.finfo(dtype).max)[1] - 1
 
 
-def _solve(
-    cnt: Tensor, s1: Tensor, s2: Tensor, n: int, bias2: int, s_cap: int, delta: Tensor | None = None
-):
-    """Error of every candidate s from half-octave statistics.
+# ---------------------------------------------------------------- batched exact solver
+#
+# Every quantizer call below works on *rows*: independent segments (a whole tensor, or one
+# channel of a tensor) whose half-octave statistics sit in one matrix, one row per segment.
+# Rows are solved together; nothing computed for a row depends on the other rows or on how
+# much padding the batch adds (sums along a row use a sequential ``cumsum``, padding is zeros
+# at the end), so a tensor's result is bit-identical whether it is quantized alone, with
+# other tensors, or as a channel slice.
 
-    Returns ``(s_best, s_grid, err)``; when ``delta`` (a per-bucket bound on the error of
-    ``s1``) is given, also the level matrix ``Tensor[S, H]`` and the bucket slice it covers.
-    """
-    nmag = cnt.numel()
-    km = torch.arange(nmag, device=cnt.device)
-    idx = torch.nonzero((cnt > 0) & (km >= 2)).flatten()
-    if idx.numel() == 0:
-        return (None, None, None) if delta is None else (None, None, None, None, None)
-    lo_k, hi_k = idx[[0, -1]].tolist()
-    h = km[lo_k : hi_k + 1] - bias2
-    c = cnt[lo_k : hi_k + 1].to(torch.float64)
-    a = s1[lo_k : hi_k + 1]
-    h_min, h_max = lo_k - bias2, hi_k - bias2
+_NOCOL = -(1 << 40)  # hcol marker of columns outside the solve (zeros, subnormals, padding)
+_BIG = 1 << 62
+
+
+def _floordiv(a: Tensor, d: int) -> Tensor:
+    return torch.div(a, d, rounding_mode="floor")
+
+
+def _pow2(k: Tensor) -> Tensor:
+    """Exact ``2.0**k`` in float64 for int64 ``k <= 1023`` (0 below 2**-1074), no ``pow``."""
+    hi = k.clamp(min=-1022)
+    lo = (k - hi).clamp(min=-1022)
+    f = torch.bitwise_left_shift(hi + 1023, 52).view(torch.float64)
+    return f * torch.bitwise_left_shift(lo + 1023, 52).view(torch.float64)
+
+
+def _window(cnt: Tensor, hcol: Tensor, n: int, s_cap: Tensor):
+    """Per-row occupied column window and candidate exponent range (shared by both solvers)."""
+    r, hh = cnt.shape
+    dev = cnt.device
+    occ = (cnt > 0) & (hcol != _NOCOL)
+    has = occ.any(1)
+    col = torch.arange(hh, device=dev)
+    lo_c = torch.where(has, torch.where(occ, col, hh).amin(1), 0)
+    hi_c = torch.where(has, torch.where(occ, col, -1).amax(1), 0)
+    h_lo = torch.where(has, hcol.gather(1, lo_c[:, None]).squeeze(1), 0)
+    h_hi = torch.where(has, hcol.gather(1, hi_c[:, None]).squeeze(1), 0)
     # Below s_lo every weight saturates at 2**s < |w| (error only grows); above s_hi the
     # largest weight falls under the zero threshold (the all-zero solution).
-    s_hi = min(h_max // 2 + n, s_cap)
-    s_lo = min(h_min // 2 - 1, s_hi)
-    s_grid = torch.arange(s_lo, s_hi + 1, device=cnt.device)[:, None]
-    k, zero = _level_exponents(h[None, :], s_grid, n)
-    lev = torch.ldexp(torch.ones((), dtype=torch.float64, device=cnt.device), k.double())
-    lev = torch.where(zero, torch.zeros_like(lev), lev)
-    err = s2 - (lev * (2.0 * a - lev * c)).sum(dim=1)
-    best = err.min()
-    near = err <= best + _TIE_RTOL * s2
-    s_best = int(s_grid.flatten()[near].min())  # ties -> smaller s
-    if delta is not None:
-        return s_best, s_grid.flatten(), err, lev, slice(lo_k, hi_k + 1)
-    return s_best, s_grid.flatten(), err
+    s_hi = torch.minimum(_floordiv(h_hi, 2) + n, s_cap)
+    s_lo = torch.minimum(_floordiv(h_lo, 2) - 1, s_hi)
+    sizes = torch.stack([(hi_c - lo_c + 1).amax(), (s_hi - s_lo + 1).amax()]) if r else None
+    w_n, j_n = sizes.tolist() if sizes is not None else (1, 1)
+    ar_w = torch.arange(w_n, device=dev)
+    widx = lo_c[:, None] + ar_w
+    wvalid = (widx <= hi_c[:, None]) & has[:, None]
+    widx = widx.clamp(max=hh - 1)
+    grid = s_lo[:, None] + torch.arange(j_n, device=dev)
+    valid = (grid <= s_hi[:, None]) & has[:, None]
+    return has, h_lo, widx, wvalid, grid, valid
+
+
+def _take(t: Tensor, widx: Tensor, wvalid: Tensor) -> Tensor:
+    return torch.where(wvalid, t.gather(1, widx), t.new_zeros(()))
+
+
+def _choose(err: Tensor, valid: Tensor, grid: Tensor, has: Tensor, s2: Tensor) -> Tensor:
+    """The documented choice per row: smallest s within ``1e-12 * s2`` of the row minimum."""
+    best = err.amin(1)
+    near = valid & (err <= best[:, None] + _TIE_RTOL * s2[:, None])
+    return torch.where(has, torch.where(near, grid, _BIG).amin(1), 0), best
+
+
+def _solve_rows(
+    cnt: Tensor, s1: Tensor, s2b: Tensor, hcol: Tensor, n: int, s_cap: Tensor
+) -> dict[str, Tensor]:
+    """Exact error of every candidate exponent for R independent rows; the documented choice.
+
+    Args:
+        cnt, s1, s2b: ``Tensor[R, H]`` float64 per column: count, ``sum |x|``, ``sum x**2`` of
+            a half-octave bucket.
+        hcol: ``Tensor[R, H]`` int64 half-octave index ``h`` of each column (bucket
+            ``[2**e (1 + m/2), ...)`` has ``h = 2e + m``), ``_NOCOL`` for columns outside the
+            solve (zeros, subnormals, padding); a row's usable columns carry consecutive ``h``.
+        n: levels count; s_cap: ``Tensor[R]`` int64 largest allowed s per row.
+
+    Returns ``{"has": [R] bool (a non-zero normal value), "s": [R] int64 (0 where not has),
+    "best": [R] min error, "grid"/"valid"/"err": [R, J]}`` (err +inf where not valid).
+
+    Under exponent s a bucket is zero (``h < 2(s-n)``), on the smallest level
+    ``2**(s+1-n)`` (``h <= 2(s+1-n)``), interior at ``2**ceil(h/2)`` whatever s is
+    (``h <= 2s``) or saturated at ``2**s``. Prefix sums along each row's window (sequential
+    ``cumsum``, so padding and batching never change a row's rounding) give every candidate's
+    error in O(1): ``err = ||x||**2 - sum_b L_b (2 S1_b - L_b C_b)``.
+    """
+    has, h_lo, widx, wvalid, grid, valid = _window(cnt, hcol, n, s_cap)
+    c = _take(cnt, widx, wvalid)
+    a = _take(s1, widx, wvalid)
+    q = _take(s2b, widx, wvalid)
+    r, w_n = c.shape
+    h = h_lo[:, None] + torch.arange(w_n, device=c.device)
+    li = _pow2(_floordiv(h + 1, 2))  # interior level ceil(h/2)
+    f = torch.where(wvalid, li * (2.0 * a - li * c), c.new_zeros(()))
+    pre = torch.cumsum(torch.stack([c, a, f, q]), 2)
+    pre = torch.nn.functional.pad(pre, (1, 0))  # P[:, :, i] = sum over columns < i
+    pc, pa, pf, pq = pre
+    s2 = pq[:, -1]
+    h0 = h_lo[:, None]
+
+    def at(p: Tensor, hb: Tensor) -> Tensor:  # prefix up to (excluding) h = hb
+        return p.gather(1, (hb - h0).clamp(0, w_n))
+
+    b0 = 2 * (grid - n)
+    b1 = 2 * (grid + 1 - n) + 1
+    i1 = 2 * grid + 1
+    lb = _pow2(grid + 1 - n)
+    ls = _pow2(grid)
+    cb = at(pc, b1) - at(pc, b0)
+    ab = at(pa, b1) - at(pa, b0)
+    cs = pc[:, -1:] - at(pc, i1)
+    as_ = pa[:, -1:] - at(pa, i1)
+    x = lb * (2.0 * ab - lb * cb) + (at(pf, i1) - at(pf, b1)) + ls * (2.0 * as_ - ls * cs)
+    err = torch.where(valid, s2[:, None] - x, torch.inf)
+    s, best = _choose(err, valid, grid, has, s2)
+    return {"has": has, "s": s, "best": best, "grid": grid, "valid": valid, "err": err}
+
+
+def _solve_rows_levels(
+    cnt: Tensor, s1: Tensor, hcol: Tensor, n: int, s_cap: Tensor
+) -> dict[str, Tensor]:
+    """The fast path's estimate: like :func:`_solve_rows` with ``||x||**2 := 0`` (only error
+    differences matter there), also returning the level matrix ``lev [R, J, W]`` and the
+    window ``widx``/``wvalid [R, W]`` its certification bound needs."""
+    has, h_lo, widx, wvalid, grid, valid = _window(cnt, hcol, n, s_cap)
+    c = _take(cnt, widx, wvalid)
+    a = _take(s1, widx, wvalid)
+    h = h_lo[:, None] + torch.arange(c.shape[1], device=c.device)
+    k, is_zero = _level_exponents(h[:, None, :], grid[:, :, None], n)
+    lev = torch.where(is_zero, c.new_zeros(()), _pow2(k))
+    x = (lev * (2.0 * a[:, None, :] - lev * c[:, None, :])).sum(2)
+    err = torch.where(valid, -x, torch.inf)
+    return {"has": has, "grid": grid, "valid": valid, "err": err, "lev": lev, "widx": widx,
+            "wvalid": wvalid}
+
+
+def _level_table(s: Tensor, hcol: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """Signed lookup tables ``Tensor[R, 2H]`` (negatives first) for rows with exponents ``s``."""
+    k, is_zero = _level_exponents(hcol, s[:, None], n)
+    mag = _pow2(k.clamp(max=1023))
+    mag = torch.where(is_zero | (hcol == _NOCOL), torch.zeros_like(mag), mag).to(dtype)
+    return torch.cat([-mag, mag], 1)
+
+
+def _nonfinite_error(name: str, count: int) -> ValueError:
+    return ValueError(f"{name} contains {count} NaN/Inf value(s); refusing to quantize")
+
+
+def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Half-octave statistics of ``x: Tensor[R, L]`` (float32/float64), one row per segment.
+
+    Returns ``(keys, cnt, s1, s2b, hcol)``: ``keys`` int ``Tensor[R*L]`` index the signed
+    tables of :func:`_level_table` flattened (row ``r``'s table at ``r * 2H``); the stats are
+    ``Tensor[R, H]`` float64 folded over sign; ``hcol`` as :func:`_solve_rows` wants it.
+    A single float32 row keeps IEEE's 512 magnitude columns; otherwise columns are compressed
+    to the tensor's occupied exponent range (column 0 collects zeros and subnormals), so that
+    per-channel histograms stay small.
+    """
+    rows, length = x.shape
+    dev = x.device
+    if x.dtype == torch.float32:
+        ityp, shift, nmag, bias2 = torch.int32, 22, 512, 254
+    else:
+        ityp, shift, nmag, bias2 = torch.int64, 51, 4096, 2046
+    key = torch.bitwise_right_shift(x.view(ityp), shift).reshape(-1).add_(nmag)
+    if rows == 1 and x.dtype == torch.float32:
+        hh = nmag
+        km = torch.arange(hh, device=dev)
+        hcol = torch.where(km >= 2, km - bias2, _NOCOL)[None]
+    else:
+        glob = torch.bincount(key, minlength=2 * nmag)
+        glob = glob[:nmag] + glob[nmag:]
+        nbad = int(glob[nmag - 2:].sum())
+        if nbad:
+            raise _nonfinite_error(name, nbad)
+        km = torch.arange(nmag, device=dev)
+        occ = km[(glob > 0) & (km >= 2)]
+        lo, hi = occ[[0, -1]].tolist() if occ.numel() else (2, 1)
+        hh = hi - lo + 2
+        col = torch.where(km >= lo, km - (lo - 1), 0)
+        lut = torch.cat([col, col + hh]).to(key.dtype)
+        key = torch.index_select(lut, 0, key)
+        cc = torch.arange(hh, device=dev)
+        hcol = torch.where(cc >= 1, cc + (lo - 1) - bias2, _NOCOL)[None]
+    if rows > 1:
+        off = torch.arange(0, 2 * hh * rows, 2 * hh, device=dev, dtype=key.dtype)
+        key.view(rows, length).add_(off[:, None])
+    xd = x.reshape(-1).to(torch.float64)
+    nb = 2 * hh * rows
+    cnt = torch.bincount(key, minlength=nb).view(rows, 2, hh)
+    s1 = torch.bincount(key, weights=xd, minlength=nb).view(rows, 2, hh)
+    s2b = torch.bincount(key, weights=xd * xd, minlength=nb).view(rows, 2, hh)
+    cnt = (cnt[:, 0] + cnt[:, 1]).double()
+    s1 = s1[:, 1] - s1[:, 0]  # negative bins hold negative sums
+    s2b = s2b[:, 0] + s2b[:, 1]
+    if hh == nmag:
+        nbad = int(cnt[:, nmag - 2:].sum())
+        if nbad:
+            raise _nonfinite_error(name, nbad)
+    return key, cnt, s1, s2b, hcol.expand(rows, -1).contiguous()
+
+
+def _has_subnormals(s1: Tensor, hcol: Tensor) -> bool:
+    """Whether any row has a non-zero value in a column outside the solve (subnormals)."""
+    return bool((torch.where(hcol == _NOCOL, s1, 0.0) > 0).any())
+
+
+_FINE = 7  # extra mantissa bits of the fast path's buckets
+_NMAG_FINE = 1 << 16  # fine float32 magnitude buckets (8 exponent + 1 + 7 mantissa bits)
+
+_MID_CACHE: dict[str, tuple[Tensor, Tensor]] = {}
+
+
+def _fine_midpoints(device) -> tuple[Tensor, Tensor]:
+    """float64 midpoint of every fine float32 magnitude bucket and its square (cached)."""
+    key = str(device)
+    if key not in _MID_CACHE:
+        shift = 22 - _FINE
+        km = torch.arange(1 << (31 - shift), dtype=torch.int32, device=device)
+        mid = ((km << shift) | (1 << (shift - 1))).view(torch.float32).double()
+        mid = torch.where(torch.isfinite(mid), mid, torch.zeros_like(mid))
+        _MID_CACHE[key] = (mid, mid * mid)
+    return _MID_CACHE[key]
+
+
+def _fine_keys(x: Tensor) -> Tensor:
+    """Sign-folded fine keys ``[0, 2**17)`` of a float32 tensor, flattened (int32)."""
+    return torch.bitwise_right_shift(x.view(torch.int32), 22 - _FINE).reshape(-1).add_(_NMAG_FINE)
+
+
+def _fast_decide(cntf: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple[Tensor, Tensor]:
+    """Counts-only decision for float32 rows: ``(s [G] int64, decided [G] bool)``.
+
+    ``cntf``: ``Tensor[G, 2**17]`` int64 fine-bucket counts per tensor. Buckets carry 7 extra
+    mantissa bits, so each half-octave's ``sum |w|`` is known to within ``count * 2**(e-8)``
+    from counts alone. Each candidate's error *difference* to the estimated best gets a
+    rigorous interval; when every candidate is then certainly inside or certainly outside the
+    tie band, the documented choice is certain. Otherwise (a candidate straddles the band, or
+    the optimum's zero threshold reaches subnormals) the row is undecided and the caller uses
+    exact float64 statistics.
+    """
+    g = cntf.shape[0]
+    dev = cntf.device
+    per = 1 << _FINE
+    fold = cntf[:, :_NMAG_FINE] + cntf[:, _NMAG_FINE:]
+    c_h = fold.view(g, -1, per).sum(2)
+    bad = c_h[:, -2:].sum(1)
+    tiny = c_h[:, :2].sum(1)
+    mid, mid2 = _fine_midpoints(dev)
+    cnt = fold.double()
+    s1_h = (cnt.view(g, -1, per) * mid.view(-1, per)).sum(2)
+    s2_hat = (cnt * mid2).sum(1)
+    c_h = c_h.double()
+    nbad = bad.tolist()
+    for i, b in enumerate(nbad):
+        if b:
+            raise _nonfinite_error(names[i], int(b))
+    hh = c_h.shape[1]
+    km = torch.arange(hh, device=dev)
+    hcol = torch.where((km >= 2) & (km < hh - 2), km - 254, _NOCOL).expand(g, -1).contiguous()
+    sol = _solve_rows_levels(c_h, s1_h, hcol, n, s_cap)
+    e = _floordiv(km, 2) - 127
+    delta = c_h * _pow2(e - 8)  # |true - estimated sum|w|| per bucket
+    err, lev, valid, grid = sol["err"], sol["lev"], sol["valid"], sol["grid"]
+    # Certify the documented choice (smallest s within 1e-12 ||W||^2 of the minimum) using
+    # differences to the estimated best r: buckets at the same level under s and r cancel
+    # exactly, so |D(s) - D_hat(s)| <= sum_b 2 |L_s - L_r| delta_b.
+    r = err.argmin(1)
+    err_r = err.gather(1, r[:, None])
+    d_hat = torch.where(valid, err - err_r, torch.inf)
+    lev_r = lev.gather(1, r[:, None, None].expand(-1, 1, lev.shape[2]))
+    dw = torch.where(sol["wvalid"], delta.gather(1, sol["widx"]), 0.0)
+    tiny_d = tiny.double() * 2.0**-250
+    # zeros/subnormals sit in buckets the estimate treats as zero; under any candidate they
+    # change an error by < count * 2**-250 (and the bound on ||W||^2 covers them too)
+    bnd = 2.0 * ((lev - lev_r).abs() * dw[:, None, :]).sum(2) + tiny_d[:, None]
+    band_lo = _TIE_RTOL * s2_hat * (1 - 2.0**-6)
+    band_hi = _TIE_RTOL * (s2_hat * (1 + 2.0**-6) + tiny_d)
+    m_lo = torch.where(valid, d_hat - bnd, torch.inf).amin(1)
+    sure_in = valid & (d_hat + bnd <= m_lo[:, None] + band_lo[:, None])
+    sure_out = ~valid | (d_hat - bnd > band_hi[:, None])
+    s_best = torch.where(sure_in, grid, _BIG).amin(1)
+    decided = sol["has"] & (sure_in | sure_out).all(1)
+    decided &= ~((tiny > 0) & (s_best - n < -126))  # zero threshold reaches subnormals
+    return torch.where(decided, s_best, 0), decided
+
+
+def _prepare_many(ws: Sequence[Tensor], n: int, per_channel: bool, axis: int, what: str):
+    """Validate and view each input; returns per-tensor job dicts."""
+    jobs = []
+    for i, w in enumerate(ws):
+        name = what if len(ws) == 1 and what == "w" else f"{what}[{i}]"
+        check_float(w, name=name, finite=False)
+        job = {"w": w, "name": name, "cap": _max_exponent(w.dtype)}
+        x = w.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if per_channel:
+            if w.dim() == 0:
+                raise ValueError(f"{name}: per-channel quantization needs at least 1 dim, "
+                                 "got a 0-dim tensor")
+            if not -w.dim() <= axis < w.dim():
+                raise ValueError(f"{name}: axis {axis} out of range for shape "
+                                 f"{tuple(w.shape)}")
+            ax = axis % w.dim()
+            job["axis"] = ax
+            x = x.movedim(ax, 0)
+            job["moved_shape"] = x.shape
+            x = x.reshape(x.shape[0], -1)
+        else:
+            x = x.reshape(1, -1)
+        job["x"] = x
+        jobs.append(job)
+    return jobs
+
+
+def _pad_cols(t: Tensor, width: int, value: float | int) -> Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+def _quantize_rows(
+    ws: Sequence[Tensor], n: int, per_channel: bool, axis: int, what: str
+) -> list[tuple[Tensor, Tensor]]:
+    """The engine behind :func:`lbw_exact`, :func:`lbw_exact_channels`, :func:`lbw_exact_many`."""
+    jobs = _prepare_many(ws, n, per_channel, axis, what)
+    for j in jobs:
+        j["s"] = None
+    # 1. float32 per-tensor rows: counts-only fast path (one row per tensor)
+    fast = [j for j in jobs if not per_channel and j["x"].dtype == torch.float32
+            and j["x"].numel()]
+    if fast:
+        keys = [_fine_keys(j["x"]) for j in fast]
+        cntf = torch.stack([torch.bincount(k, minlength=2 * _NMAG_FINE) for k in keys])
+        dev = cntf.device
+        caps = torch.tensor([j["cap"] for j in fast], device=dev)
+        s, decided = _fast_decide(cntf, n, caps, [j["name"] for j in fast])
+        dec = decided.tolist()
+        if any(dec):
+            hc = torch.arange(512, device=dev)
+            hcol = torch.where(hc >= 2, hc - 254, _NOCOL).expand(len(fast), -1)
+            tab = _level_table(s, hcol, n, torch.float32)  # [G, 1024]
+            tab = tab.view(-1, 2, 512, 1).expand(-1, -1, -1, 1 << _FINE).reshape(len(fast), -1)
+            for i, j in enumerate(fast):
+                if dec[i]:
+                    j["wq"] = torch.index_select(tab[i], 0, keys[i])
+                    j["s"] = s[i]
+    # 2. everything else: exact float64 statistics, all rows in one solve
+    todo = [j for j in jobs if j["s"] is None and j["x"].numel()]
+    stats = [_exact_rows(j["x"], j["name"]) for j in todo]
+    for i, j in enumerate(todo):
+        if j["x"].dtype == torch.float32 and _has_subnormals(stats[i][2], stats[i][4]):
+            # float32 subnormals: solve in float64, where they are normal (exact upcast)
+            j["x"] = j["x"].double()
+            stats[i] = _exact_rows(j["x"], j["name"])
+    if todo:
+        hmax = max(st[1].shape[1] for st in stats)
+        cnt = torch.cat([_pad_cols(st[1], hmax, 0.0) for st in stats])
+        s1 = torch.cat([_pad_cols(st[2], hmax, 0.0) for st in stats])
+        s2b = torch.cat([_pad_cols(st[3], hmax, 0.0) for st in stats])
+        hcol = torch.cat([_pad_cols(st[4], hmax, _NOCOL) for st in stats])
+        caps = torch.cat([torch.full((st[1].shape[0],), j["cap"], device=cnt.device)
+                          for j, st in zip(todo, stats)])
+        sol = _solve_rows(cnt, s1, s2b, hcol, n, caps)
+        if bool((sol["has"] & ~torch.isfinite(sol["best"])).any()):
+            bad = [j["name"] for j in todo]
+            raise ValueError(f"{', '.join(bad)}: magnitudes too large for float64 error sums "
+                             "(|w| above ~2**511); refusing to quantize")
+        row = 0
+        for j, st in zip(todo, stats):
+            rows = st[1].shape[0]
+            sj = sol["s"][row:row + rows]
+            tab = _level_table(sj, st[4], n, j["x"].dtype)
+            j["wq"] = torch.index_select(tab.reshape(-1), 0, st[0])
+            j["s"] = sj if per_channel else sj[0]
+            row += rows
+    out = []
+    for j in jobs:
+        w, x = j["w"], j["x"]
+        if not x.numel():
+            wq = w.detach().clone()
+            rows = x.shape[0] if per_channel else 1
+            s = torch.zeros(rows, dtype=torch.int64, device=w.device)
+            if per_channel and rows:
+                wq = torch.zeros_like(wq)
+            out.append((wq, s if per_channel else s[0]))
+            continue
+        wq = j["wq"]
+        if per_channel:
+            wq = wq.view(j["moved_shape"]).movedim(0, j["axis"])
+        wq = wq.reshape(w.shape).to(w.dtype)
+        out.append((wq, j["s"]))
+    return out
 
 
 def lbw_errors(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -219,12 +500,16 @@ def lbw_errors(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """
     check_float(w, finite=False)
     n = pot_levels_count(bits)
-    x = w.detach().to(compute_dtype(w))
-    _, cnt, s1, s2, _, bias2 = _bucket_stats(x)
-    _, grid, err = _solve(cnt, s1, s2, n, bias2, _max_exponent(w.dtype))
-    if grid is None:
+    x = w.detach().reshape(1, -1).double()
+    if x.numel() == 0:
         return torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.float64)
-    return grid, err
+    _, cnt, s1, s2b, hcol = _exact_rows(x, "w")
+    cap = torch.tensor([_max_exponent(w.dtype)], device=x.device)
+    sol = _solve_rows(cnt, s1, s2b, hcol, n, cap)
+    if not bool(sol["has"][0]):
+        return torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.float64)
+    v = sol["valid"][0]
+    return sol["grid"][0][v], sol["err"][0][v]
 
 
 def lbw_exact(w: Tensor, bits: int) -> tuple[Tensor, int]:
@@ -242,46 +527,71 @@ def lbw_exact(w: Tensor, bits: int) -> tuple[Tensor, int]:
     count and ``sum |w|`` (float64) per bucket; because every decision threshold is a bucket
     boundary, each candidate ``s`` maps whole buckets to levels and its error
     ``||W||**2 - sum_b (2 L_b S1_b - L_b**2 C_b)`` is exact. A second elementwise pass looks each
-    weight's bucket up in the winning ``s``'s table. Ties: see the module docstring. Half inputs
-    are computed in float32 (exact) and the levels rounded back to the input dtype (levels below
-    the dtype's range become 0; ``s`` is capped so ``2**s`` stays finite). float64 subnormals
-    (below 2**-1022) are treated as zero; float32 subnormals are handled exactly.
+    weight's bucket up in the winning ``s``'s table. float32 takes a counts-only fast path (7
+    more mantissa bits per bucket, a certified decision) and falls back to the float64 sums
+    when it cannot certify. Ties: see the module docstring. Half inputs are computed in float32
+    (exact) and the levels rounded back to the input dtype (levels below the dtype's range
+    become 0; ``s`` is capped so ``2**s`` stays finite). float64 subnormals (below 2**-1022)
+    are treated as zero; float32 subnormals are handled exactly. This is
+    :func:`lbw_exact_many` on one tensor (bit-identical by construction).
 
     Raises:
-        ValueError: NaN/Inf in ``w``, non-float ``w``, or ``bits`` outside [2, 8].
+        ValueError: NaN/Inf in ``w``, non-float ``w``, ``bits`` outside [2, 8], or float64
+            magnitudes whose squares overflow (above ~2**511).
     """
-    check_float(w, finite=False)
     n = pot_levels_count(bits)
-    if w.numel() == 0:
-        return w.detach().clone(), 0
-    x = w.detach()
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    wq, s = _lbw_exact(x, n, _max_exponent(w.dtype))
-    return wq.to(w.dtype), s
+    wq, s = _quantize_rows([w], n, False, 0, "w")[0]
+    return wq, int(s)
 
 
-def _lbw_exact(x: Tensor, n: int, s_cap: int) -> tuple[Tensor, int]:
-    """:func:`lbw_exact` on a float32/float64 tensor; returns values in ``x``'s dtype."""
-    if x.dtype == torch.float32:
-        key, nmag, s_fast = _fast_s(x, n, s_cap)
-        if s_fast is not None:
-            table = _pot_table(s_fast, n, nmag, 254, x.dtype, x.device, _FINE)
-            return torch.index_select(table, 0, key).view(x.shape), s_fast
-    key, cnt, s1, s2, nmag, bias2 = _bucket_stats(x)
-    top = nmag - 2  # buckets of the all-ones exponent: Inf and NaN
-    flags = torch.stack([cnt[top:].sum().double(), cnt[1].double(), s1[0]]).tolist()  # one sync
-    if flags[0]:
-        raise ValueError(f"w contains {int(flags[0])} NaN/Inf value(s); refusing to quantize")
-    if x.dtype == torch.float32 and (flags[1] or flags[2] > 0.0):
-        # float32 subnormals: solve in float64, where they are normal numbers (exact upcast).
-        wq, s = _lbw_exact(x.double(), n, s_cap)
-        return wq.to(x.dtype), s
-    s_best, _, _ = _solve(cnt, s1, s2, n, bias2, s_cap)
-    if s_best is None:  # all zero (or only float64 subnormals)
-        return torch.zeros(x.shape, dtype=x.dtype, device=x.device), 0
-    table = _pot_table(s_best, n, nmag, bias2, x.dtype, x.device)
-    return torch.index_select(table, 0, key).view(x.shape), s_best
+def lbw_exact_channels(w: Tensor, bits: int, axis: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-channel exact LBW: each slice along ``axis`` gets its own least-squares exponent.
+
+    Args:
+        w: weights ``Tensor[..., C, ...]`` (at least 1 dim), float16/bfloat16/float32/float64.
+        bits: b in [2, 8]. axis: the channel axis (output channels: 0 for conv/linear).
+
+    Returns:
+        ``(wq, s)``: ``wq`` of ``w``'s shape/dtype/device; ``s: Tensor[C]`` int64 with
+        ``wq.select(axis, c)`` in ``2**s[c] * {0, +-2**(1-n), ..., +-1}``. Bit-identical to
+        ``lbw_exact(w.select(axis, c), bits)`` for every channel (values and ``s``, same ties;
+        an all-zero channel gives zeros and ``s = 0``). O(N) in one vectorised pass: one
+        histogram with per-channel offsets and one solve over all channels (float64 bucket
+        sums; no Python loop over channels).
+
+    Raises:
+        ValueError: as :func:`lbw_exact`, plus a 0-dim ``w`` or ``axis`` out of range.
+    """
+    n = pot_levels_count(bits)
+    return _quantize_rows([w], n, True, axis, "w")[0]
+
+
+def lbw_exact_many(
+    tensors: Sequence[Tensor], bits: int, per_channel: bool = False
+) -> list[tuple[Tensor, Tensor]]:
+    """Quantize many tensors (e.g. every LBW layer of a model) in one vectorised pass.
+
+    Args:
+        tensors: any float tensors (shapes, dtypes and devices may differ).
+        bits: b in [2, 8], shared by all.
+        per_channel: one exponent per slice along axis 0 (output channel) of each tensor.
+
+    Returns:
+        ``[(wq_i, s_i)]`` in input order: ``wq_i`` like ``tensors[i]``; ``s_i`` a 0-dim int64
+        tensor (per tensor) or ``Tensor[C_i]`` int64 (per channel). Bit-identical to
+        :func:`lbw_exact` (or :func:`lbw_exact_channels` with ``axis=0``) on each tensor.
+
+    One histogram row per tensor (or channel), one solve for all rows, one table lookup per
+    tensor: the fixed cost of a call is paid once, not once per layer.
+
+    Raises:
+        ValueError naming ``tensors[i]``: NaN/Inf, non-float, 0-dim with ``per_channel``;
+        ``bits`` outside [2, 8].
+    """
+    if isinstance(tensors, Tensor):
+        raise ValueError("tensors must be a sequence of tensors, got a single Tensor")
+    n = pot_levels_count(bits)
+    return _quantize_rows(list(tensors), n, per_channel, 0, "tensors")
 
 
 def _apply_pot(x: Tensor, s: int, n: int) -> Tensor:
