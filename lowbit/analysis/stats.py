@@ -117,10 +117,17 @@ def weight_stats(w: Tensor, max_test: int = 1_000_000) -> WeightStats:
 
 
 def select_layers(names: Sequence[str], pattern: str | None) -> list[str]:
-    """Names matching the regular expression ``pattern`` (all when None); ValueError if none."""
+    """Names matching the regular expression ``pattern`` (all when None).
+
+    Raises:
+        ValueError: ``pattern`` is not a regular expression, or matches no name.
+    """
     if not pattern:
         return list(names)
-    rx = re.compile(pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"layer pattern {pattern!r} is not a regular expression ({e})") from None
     sel = [n for n in names if rx.search(n)]
     if not sel:
         raise ValueError(f"no layer matches {pattern!r}; layers: {', '.join(names[:20])} ...")

@@ -9,9 +9,39 @@ import sys
 from typing import Any
 
 
+def check_run_path(path: str) -> None:
+    """Raise a one-line error naming ``path`` unless it is a run folder (with ``config.yaml``),
+    its ``checkpoints/`` folder, or a checkpoint file (``.json`` / ``.safetensors``) inside a
+    run's ``checkpoints/``: what `lowbit export` and `lowbit stats` accept.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it exists but is none of the above (a ``.pt`` file, a plain folder, ...).
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such run folder or checkpoint")
+    if p.is_dir():
+        if (p / "config.yaml").is_file():
+            return
+        if p.name == "checkpoints" and (p.parent / "config.yaml").is_file():
+            return
+        raise ValueError(f"{path}: not a run folder (it has no config.yaml)")
+    in_run = p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file()
+    if p.suffix in (".json", ".safetensors") and in_run:
+        return
+    raise ValueError(
+        f"{path}: not a run folder or a checkpoint inside one (RUN/checkpoints/ckpt-*.json); "
+        "lowbit reads runs written by `lowbit train`, never pickled .pt/.pth files"
+    )
+
+
 def _load_run(path: str) -> tuple[Any, Any, Any]:
     from lowbit.export.detect import load_run
 
+    check_run_path(path)
     return load_run(path)
 
 
@@ -73,9 +103,10 @@ def _run(args: argparse.Namespace) -> int:
     elif calib is None:
         print(f"{rep['path']}: FP32 ONNX")
     else:
+        fp32 = rep.get("fp32_path") or "a temporary folder, removed"
         print(f"{rep['path']}: int8 QDQ ONNX ({len(batches)} calibration batches; "
               f"{sum(v == 'pot-exact' for v in rep['weights'].values())} of "
-              f"{len(rep['weights'])} weights exact powers of two)")
+              f"{len(rep['weights'])} weights exact powers of two; FP32 intermediate: {fp32})")
     return 0
 
 
@@ -96,20 +127,31 @@ lowbit.export.detect.OnnxDetector(FILE)(images), which rebuilds them from the ru
 in the file. NMS inside the graph is not offered: ONNX NonMaxSuppression has no per-class
 pre-NMS top-k and an unspecified tie order, so it would not reproduce the PyTorch model's
 detections. Faster R-CNN (fc layers on pooled RoIs) and SSD are refused.""")
-    p.add_argument("path", metavar="RUN|CHECKPOINT")
-    p.add_argument("--format", choices=("packed", "onnx", "onnx-int8"), default="packed")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("path", metavar="RUN|CHECKPOINT",
+                   help="a run folder written by `lowbit train`, or a checkpoint inside its "
+                        "checkpoints/ (ckpt-*.json or .safetensors); default: the latest")
+    p.add_argument("--format", choices=("packed", "onnx", "onnx-int8"), default="packed",
+                   help="packed: bit-packed safetensors container of the quantized codes "
+                        "(load with lowbit.export.packed); onnx: FP32 ONNX of the network; "
+                        "onnx-int8: int8 QDQ ONNX with calibrated activations (default: "
+                        "%(default)s)")
+    p.add_argument("--out", required=True,
+                   help="output file (written 0644; its folder must exist)")
     p.add_argument("--coding", choices=("raw", "radix", "zlib", "lzma"), default="raw",
                    help="packed: raw bit fields, radix (fixed-rate: 9 LBW levels in 3.18 "
                         "bits), or zlib/lzma entropy coding of the code streams")
     p.add_argument("--method", default=None,
                    help="FP32 run only: post-training weight quantizer before export "
                         "(default lbw-exact when --bits is given)")
-    p.add_argument("--bits", type=int, default=None, help="FP32 run only: bit-width")
+    p.add_argument("--bits", type=int, default=None,
+                   help="FP32 run only: bit-width of the post-training quantizer (default: "
+                        "none, export as trained)")
     p.add_argument("--calib-images", type=int, default=32,
                    help="onnx/onnx-int8: training images for the example input and the "
-                        "int8 activation ranges")
-    p.add_argument("--json", action="store_true")
+                        "int8 activation ranges (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the export report (path, sizes, per-layer details) as one "
+                        "JSON object instead of the summary line")
     p.set_defaults(func=_run)
 
 
@@ -135,7 +177,10 @@ def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         description="For each detector: onnxruntime FP32 vs int8 QDQ latency of the exported "
                     "network (2 threads, same input, alternating blocks, one process), PyTorch "
                     "FP32 eager, float post-processing time, and FP32 / packed / ONNX file sizes.")
-    p.add_argument("--models", nargs="+", default=["rfcn_resnet18", "yolov3_tiny_darknet"])
+    p.add_argument("--models", nargs="+", default=["rfcn_resnet18", "yolov3_tiny_darknet"],
+                   metavar="MODEL",
+                   help="detectors to export and time (registered names, see `lowbit train "
+                        "--help`; default: %(default)s)")
     p.add_argument("--run", nargs="*", default=[], metavar="RUN",
                    help="trained run folders; used for the model of the same name (else the "
                         "model's initial weights on noise images)")
@@ -145,7 +190,10 @@ def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2,
                    help="onnxruntime intra-op and PyTorch threads (2 as the issue asks; on an "
                         "oversubscribed machine 1 avoids spin-wait collapse)")
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--iters", type=int, default=20,
+                   help="timed forward passes per engine and model, after warm-up, in "
+                        "alternating blocks (default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for the exported files (default: tmp)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON instead of the per-model listing")
     p.set_defaults(func=_bench)

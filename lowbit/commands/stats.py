@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 
@@ -15,13 +16,26 @@ def _run(args: argparse.Namespace) -> int:
         select_layers,
         weight_stats,
     )
-    from lowbit.demo import effective_weights, load_run_model, save_histogram
+    from lowbit.commands.export import check_run_path
+    from lowbit.demo import effective_weights, save_histogram
+    from lowbit.export.detect import load_run
 
+    if args.layers:  # before any run is loaded: a bad pattern fails in a second
+        try:
+            re.compile(args.layers)
+        except re.error as e:
+            raise ValueError(f"--layers {args.layers!r}: not a regular expression ({e})") from None
+    if args.min_exp is not None and args.min_exp < 1:
+        raise ValueError(f"--min-exp must be >= 1, got {args.min_exp}")
+    for p in args.runs:
+        check_run_path(p)
     runs = [Path(p) for p in args.runs]
     labels = args.labels.split(",") if args.labels else [p.name for p in runs]
     if len(labels) != len(runs):
         raise ValueError(f"--labels has {len(labels)} names for {len(runs)} runs")
-    weights = {lab: effective_weights(load_run_model(p)[1]) for lab, p in zip(labels, runs)}
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--labels: duplicate column names in {args.labels or labels}")
+    weights = {lab: effective_weights(load_run(p)[2]) for lab, p in zip(labels, runs)}
     names = list(weights[labels[0]])
     chosen = select_layers(names, args.layers)
     out: dict = {"layers": {}}
@@ -61,10 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the paper's Tables 3.2-3.3), excess kurtosis, skewness, normality p-value and "
         "sparsity (Fig. 3.2). Quantized runs are measured on the weights the forward uses.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints' runs)")
-    p.add_argument("--labels", help="comma-separated column names (default: folder names)")
-    p.add_argument("--layers", help="regular expression on layer names (default: all convs)")
-    p.add_argument("--min-exp", type=int, help="smallest bin 2^-K (default: automatic)")
-    p.add_argument("--out", help="folder for stats.json and histograms")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders written by `lowbit train`, or checkpoints inside their "
+                        "checkpoints/ (ckpt-*.json); the first run's layers are listed")
+    p.add_argument("--labels",
+                   help="comma-separated column names, one per RUN (default: folder names)")
+    p.add_argument("--layers", metavar="REGEX",
+                   help="Python regular expression searched in the conv layer names, e.g. "
+                        "'layer1' or 'conv1$' (default: all convs)")
+    p.add_argument("--min-exp", type=int, metavar="K",
+                   help="smallest magnitude bin 2^-K; smaller non-zero weights share one row "
+                        "(default: automatic, per layer)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for stats.json and one histogram PNG per layer (files 0644)")
+    p.add_argument("--json", action="store_true",
+                   help="print the tables and statistics as JSON instead of markdown")
     p.set_defaults(func=_run)
