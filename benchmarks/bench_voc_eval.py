@@ -12,12 +12,35 @@ on one core). The vectorised evaluator is timed on the full set, and also on the
 (same-size ratio); on the subset (or full set) both must give the same APs.
 
     .venv/bin/python benchmarks/bench_voc_eval.py [--images 5000] [--dets 100] [--full-loop]
+
+``--end-to-end`` times whole processes instead, as a user waits for them: a devkit of
+``--images`` XML annotations (default 5,000, 1-5 boxes each, 20 classes) and 20 results files
+holding ``--e2e-dets`` detections in all (default 100,000) are written to a temporary folder;
+then, in interleaved rounds (median of ``--rounds``), one subprocess each of
+
+* ``plain``: py-faster-rcnn's ``voc_eval.py`` as written (ElementTree parse of every
+  annotation, one Python step per detection), all classes, no annotation cache;
+* ``plain+pkl``: the same with its ``annots.pkl`` cache already written (its second run);
+* ``lowbit cold``: ``python -m lowbit.cli voc-eval --json --exact`` with an empty cache;
+* ``lowbit warm``: the same with its annotation cache written by the previous run.
+
+All four must print bit-identical APs. Printed: seconds per variant, ratios plain / lowbit,
+thread settings and the load average before and after.
+
+    .venv/bin/python benchmarks/bench_voc_eval.py --end-to-end [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -119,6 +142,240 @@ def subset(gt: GroundTruth, dets: dict, n: int):
     return sub_gt, sub
 
 
+# ----------------------------------------------------------------------------- end to end
+PLAIN = r"""
+# py-faster-rcnn lib/datasets/voc_eval.py (Ross Girshick, MIT licence), logic unchanged:
+# argv: devkit split dets_dir classes(comma) use07 [cachefile]
+import json, os, pickle, sys
+import xml.etree.ElementTree as ET
+import numpy as np
+
+
+def parse_rec(filename):
+    tree = ET.parse(filename)
+    objects = []
+    for obj in tree.findall("object"):
+        obj_struct = {}
+        obj_struct["name"] = obj.find("name").text
+        obj_struct["difficult"] = int(obj.find("difficult").text)
+        bbox = obj.find("bndbox")
+        obj_struct["bbox"] = [int(bbox.find("xmin").text), int(bbox.find("ymin").text),
+                              int(bbox.find("xmax").text), int(bbox.find("ymax").text)]
+        objects.append(obj_struct)
+    return objects
+
+
+def voc_ap(rec, prec, use_07_metric=False):
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
+            p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+            ap = ap + p / 11.0
+    else:
+        mrec = np.concatenate(([0.0], rec, [1.0]))
+        mpre = np.concatenate(([0.0], prec, [0.0]))
+        for i in range(mpre.size - 1, 0, -1):
+            mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
+        i = np.where(mrec[1:] != mrec[:-1])[0]
+        ap = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+    return ap
+
+
+def voc_eval(detpath, annopath, imagesetfile, classname, cachefile, ovthresh=0.5,
+             use_07_metric=False):
+    with open(imagesetfile) as f:
+        lines = f.readlines()
+    imagenames = [x.strip() for x in lines]
+    if cachefile is None or not os.path.isfile(cachefile):
+        recs = {}
+        for imagename in imagenames:
+            recs[imagename] = parse_rec(annopath.format(imagename))
+        if cachefile is not None:
+            with open(cachefile, "wb") as f:
+                pickle.dump(recs, f)
+    else:
+        with open(cachefile, "rb") as f:
+            recs = pickle.load(f)
+    class_recs = {}
+    npos = 0
+    for imagename in imagenames:
+        R = [obj for obj in recs[imagename] if obj["name"] == classname]
+        bbox = np.array([x["bbox"] for x in R])
+        difficult = np.array([x["difficult"] for x in R]).astype(bool)
+        det = [False] * len(R)
+        npos = npos + sum(~difficult)
+        class_recs[imagename] = {"bbox": bbox, "difficult": difficult, "det": det}
+    with open(detpath.format(classname)) as f:
+        lines = f.readlines()
+    splitlines = [x.strip().split(" ") for x in lines]
+    image_ids = [x[0] for x in splitlines]
+    confidence = np.array([float(x[1]) for x in splitlines])
+    BB = np.array([[float(z) for z in x[2:]] for x in splitlines])
+    sorted_ind = np.argsort(-confidence, kind="stable")  # lowbit's tie order (see module doc)
+    BB = BB[sorted_ind, :]
+    image_ids = [image_ids[x] for x in sorted_ind]
+    nd = len(image_ids)
+    tp = np.zeros(nd)
+    fp = np.zeros(nd)
+    for d in range(nd):
+        R = class_recs[image_ids[d]]
+        bb = BB[d, :].astype(float)
+        ovmax = -np.inf
+        BBGT = R["bbox"].astype(float)
+        if BBGT.size > 0:
+            ixmin = np.maximum(BBGT[:, 0], bb[0])
+            iymin = np.maximum(BBGT[:, 1], bb[1])
+            ixmax = np.minimum(BBGT[:, 2], bb[2])
+            iymax = np.minimum(BBGT[:, 3], bb[3])
+            iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
+            ih = np.maximum(iymax - iymin + 1.0, 0.0)
+            inters = iw * ih
+            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
+                   + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0) - inters)
+            overlaps = inters / uni
+            ovmax = np.max(overlaps)
+            jmax = np.argmax(overlaps)
+        if ovmax > ovthresh:
+            if not R["difficult"][jmax]:
+                if not R["det"][jmax]:
+                    tp[d] = 1.0
+                    R["det"][jmax] = 1
+                else:
+                    fp[d] = 1.0
+        else:
+            fp[d] = 1.0
+    fp = np.cumsum(fp)
+    tp = np.cumsum(tp)
+    rec = tp / float(npos)
+    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return rec, prec, voc_ap(rec, prec, use_07_metric)
+
+
+root, split, dets, classes, use07 = sys.argv[1:6]
+cache = sys.argv[6] if len(sys.argv) > 6 else None
+aps = {}
+for c in classes.split(","):
+    _, _, ap = voc_eval(os.path.join(dets, "comp4_det_" + split + "_{:s}.txt"),
+                        os.path.join(root, "Annotations", "{:s}.xml"),
+                        os.path.join(root, "ImageSets", "Main", split + ".txt"), c, cache,
+                        0.5, use07 == "1")
+    aps[c] = float(ap)
+print(json.dumps(aps))
+"""
+
+
+def write_devkit(folder: Path, n_images: int, n_classes: int, n_dets: int, seed: int = 0
+                 ) -> tuple[str, ...]:
+    """A VOC devkit folder with ``n_images`` annotations and ``n_dets`` detections in all
+    (results files ``comp4_det_test_<class>.txt`` in ``folder/dets``). Returns the classes."""
+    rng = np.random.default_rng(seed)
+    names = tuple(f"c{k}" for k in range(n_classes))
+    (folder / "Annotations").mkdir(parents=True)
+    (folder / "ImageSets" / "Main").mkdir(parents=True)
+    (folder / "dets").mkdir()
+    ids = [f"{i:06d}" for i in range(n_images)]
+    (folder / "ImageSets" / "Main" / "test.txt").write_text("".join(i + "\n" for i in ids))
+    gts: list[tuple[int, int, list[int]]] = []
+    for i, iid in enumerate(ids):
+        objs = []
+        for _ in range(int(rng.integers(1, 6))):
+            c = int(rng.integers(0, n_classes))
+            x1, y1 = (int(v) for v in rng.integers(1, 300, 2))
+            x2, y2 = x1 + int(rng.integers(10, 190)), y1 + int(rng.integers(10, 170))
+            d = int(rng.random() < 0.2)
+            gts.append((i, c, [x1, y1, x2, y2]))
+            objs.append(
+                f"  <object>\n    <name>{names[c]}</name>\n    <pose>Unspecified</pose>\n"
+                f"    <truncated>0</truncated>\n    <difficult>{d}</difficult>\n"
+                f"    <bndbox>\n      <xmin>{x1}</xmin>\n      <ymin>{y1}</ymin>\n"
+                f"      <xmax>{x2}</xmax>\n      <ymax>{y2}</ymax>\n    </bndbox>\n"
+                "  </object>\n")
+        (folder / "Annotations" / f"{iid}.xml").write_text(
+            f"<annotation>\n  <folder>VOC2007</folder>\n  <filename>{iid}.jpg</filename>\n"
+            "  <size>\n    <width>500</width>\n    <height>500</height>\n"
+            "    <depth>3</depth>\n  </size>\n  <segmented>0</segmented>\n"
+            + "".join(objs) + "</annotation>\n")
+    per = n_dets // n_classes
+    for c, name in enumerate(names):
+        own = [g for g in gts if g[1] == c]
+        lines = []
+        for k in range(per):
+            if own and k % 3 == 0:  # a third near this class's boxes, on their images
+                i, _, b = own[int(rng.integers(0, len(own)))]
+                bb = np.array(b, float) + rng.normal(0, 8, 4)
+            else:
+                i = int(rng.integers(0, n_images))
+                xy = rng.uniform(1, 400, 2)
+                bb = np.concatenate([xy, xy + rng.uniform(10, 200, 2)])
+            bb = np.round(bb, 1)
+            lines.append(f"{ids[i]} {rng.random():.3f} {bb[0]:.1f} {bb[1]:.1f} "
+                         f"{bb[2]:.1f} {bb[3]:.1f}\n")
+        (folder / "dets" / f"comp4_det_test_{name}.txt").write_text("".join(lines))
+    return names
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-voc-e2e-") as tmp:
+        work = Path(tmp)
+        kit = work / "kit"
+        t0 = time.perf_counter()
+        names = write_devkit(kit, args.images, args.classes, args.e2e_dets)
+        plain = work / "plain_voc_eval.py"
+        plain.write_text(PLAIN)
+        print(f"devkit: {args.images} annotations, {args.classes} classes, {args.e2e_dets:,} "
+              f"detections (written in {time.perf_counter() - t0:.1f} s)")
+        use07 = "1" if args.metric == "07" else "0"
+        pkl = work / "annots.pkl"
+        cache = work / "lowbit-cache"
+        py = sys.executable
+        base = [py, str(plain), str(kit), "test", str(kit / "dets"), ",".join(names), use07]
+        low = [py, "-m", "lowbit.cli", "voc-eval", "--root", str(kit), "--split", "test",
+               "--dets", str(kit / "dets"), "--classes", ",".join(names), "--metric",
+               args.metric, "--json", "--exact",
+               "--cache-dir", str(cache)]
+        variants = {
+            "plain": (base, None),
+            "plain+pkl": (base + [str(pkl)], None),
+            "lowbit cold": (low, "cold"),
+            "lowbit warm": (low, None),
+        }
+        subprocess.run(base + [str(pkl)], check=True, capture_output=True)  # writes annots.pkl
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        aps: dict[str, dict] = {}
+        for _ in range(args.rounds):
+            for name, (cmd, mode) in variants.items():
+                if mode == "cold":
+                    for f in cache.glob("*.json"):
+                        f.unlink()
+                t = time.perf_counter()
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode:
+                    raise SystemExit(f"{name} failed: {r.stderr.strip()[-2000:]}")
+                times[name].append(time.perf_counter() - t)
+                out = json.loads(r.stdout)
+                got = out["AP"] if "AP" in out else out
+                if name in aps and aps[name] != got:
+                    raise SystemExit(f"{name}: APs changed between rounds")
+                aps[name] = got
+        ref = aps["plain"]
+        same = all(a == ref for a in aps.values())  # exact float equality, every class
+        load1 = os.getloadavg()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"OMP_NUM_THREADS={threads}, {os.cpu_count()} CPUs, load average before "
+              f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after "
+              f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; median of {args.rounds} rounds")
+        for k, v in med.items():
+            print(f"  {k:<12} {v:7.3f} s   (all: {' '.join(f'{x:.2f}' for x in times[k])})")
+        print(f"APs bit-identical across all four: {same}")
+        print(f"ratio plain / lowbit cold:          {med['plain'] / med['lowbit cold']:.2f}x")
+        print(f"ratio plain / lowbit warm:          {med['plain'] / med['lowbit warm']:.2f}x")
+        print(f"ratio plain+pkl / lowbit warm:      {med['plain+pkl'] / med['lowbit warm']:.2f}x")
+        if not same:
+            raise SystemExit("APs differ")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=5000)
@@ -127,7 +384,15 @@ def main() -> None:
     ap.add_argument("--loop-images", type=int, default=100)
     ap.add_argument("--full-loop", action="store_true", help="time the loop on the full set")
     ap.add_argument("--metric", choices=("07", "area"), default="area")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="time whole processes: lowbit voc-eval vs py-faster-rcnn's script")
+    ap.add_argument("--e2e-dets", type=int, default=100_000,
+                    help="--end-to-end: detections in all (default 100,000)")
+    ap.add_argument("--rounds", type=int, default=5, help="--end-to-end: interleaved rounds")
     args = ap.parse_args()
+    if args.end_to_end:
+        end_to_end(args)
+        return
 
     t0 = time.perf_counter()
     gt, dets = make_case(args.images, args.classes, args.dets)

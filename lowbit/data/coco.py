@@ -9,6 +9,8 @@ the id.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,21 +24,76 @@ from lowbit.data.voc import Transform, VOCDetection, load_image
 __all__ = ["COCODetection", "load_coco_json", "voc_to_coco"]
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
 def load_coco_json(path: str | Path) -> dict[str, Any]:
-    """Read and sanity-check an instances JSON (``images``, ``annotations``, ``categories``)."""
+    """Read and sanity-check an instances JSON (``images``, ``annotations``, ``categories``).
+
+    Raises ``FileNotFoundError`` if missing and ``ValueError`` naming the file (and the line
+    and column of a JSON syntax error) for anything else: not UTF-8, not JSON, ``NaN`` /
+    ``Infinity`` literals, nesting too deep, or a top level without the three lists. The
+    entries themselves are checked by :class:`COCODetection`.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: COCO annotation file not found")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: COCO annotation file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: COCO annotation file is a folder") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read COCO annotation file: {exc.strerror or exc}"
+                         ) from None  # fmt: skip
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: malformed JSON: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # carries "line L column C"
         raise ValueError(f"{path}: malformed JSON: {exc}") from None
+    except ValueError as exc:  # NaN / Infinity: find where, outside strings
+        blank = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: " " * len(m.group()), text)
+        m = re.search(r"-?(?:NaN|Infinity)", blank)
+        where = ""
+        if m:
+            at = text[: m.start()]
+            where = f": line {at.count(chr(10)) + 1} column {m.start() - at.rfind(chr(10))}"
+        raise ValueError(f"{path}: malformed JSON: {exc}{where}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a COCO instances file (top level is not an object)")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: not a COCO instances file (no '{key}' list)")
     return data
+
+
+def _int(value: Any, what: str, path: Path) -> int:
+    """A JSON integer (an integral float such as ``3.0`` is accepted; bools are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{path}: {what} is {str(value)[:40]!r}, not an integer")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{path}: {what} is {value!r}, not an integer")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{path}: {what} is {str(value)[:40]}, outside the 64-bit range")
+    return int(value)
+
+
+def _flag(value: Any, what: str, path: Path) -> bool:
+    """``iscrowd`` / ``difficult``: 0, 1, false or true (a string such as "0" is refused: it
+    would read as true)."""
+    if value in (0, 1) and isinstance(value, int | bool):
+        return bool(value)
+    raise ValueError(f"{path}: {what} is {str(value)[:40]!r}, not 0 or 1")
+
+
+def _entry(item: Any, what: str, path: Path) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}: {what} is not an object")
+    return item
 
 
 class COCODetection(torch.utils.data.Dataset):
@@ -66,32 +123,56 @@ class COCODetection(torch.utils.data.Dataset):
     ) -> None:
         self.image_root = Path(image_root)
         self.ann_file = Path(ann_file)
-        data = load_coco_json(self.ann_file)
-        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-        self.cat_ids: list[int] = [int(c["id"]) for c in cats]
+        path = self.ann_file
+        data = load_coco_json(path)
+        cats = [_entry(c, f"categories[{k}]", path) for k, c in enumerate(data["categories"])]
+        ids = [_int(c.get("id"), f"categories[{k}].id", path) for k, c in enumerate(cats)]
+        order = sorted(range(len(cats)), key=ids.__getitem__)
+        self.cat_ids: list[int] = [ids[k] for k in order]
         if len(set(self.cat_ids)) != len(self.cat_ids):
-            raise ValueError(f"{self.ann_file}: duplicate category ids")
-        self.classes: tuple[str, ...] = tuple(str(c.get("name", c["id"])) for c in cats)
+            raise ValueError(f"{path}: duplicate category ids")
+        self.classes: tuple[str, ...] = tuple(str(cats[k].get("name", ids[k])) for k in order)
         self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.keep_crowd = keep_crowd
         self.keep_difficult = keep_difficult
         self.transforms = transforms
-        self.images: list[dict[str, Any]] = list(data["images"])
-        by_id = {int(im["id"]): im for im in self.images}
+        self.images: list[dict[str, Any]] = []
+        by_id: dict[int, dict[str, Any]] = {}
+        for k, im in enumerate(data["images"]):
+            im = _entry(im, f"images[{k}]", path)
+            img_id = _int(im.get("id"), f"images[{k}].id", path)
+            if img_id in by_id:
+                raise ValueError(f"{path}: images[{k}] repeats image id {img_id}")
+            for key in ("width", "height"):
+                if not 1 <= _int(im.get(key), f"images[{k}].{key}", path) < 2**31:
+                    raise ValueError(
+                        f"{path}: images[{k}].{key} is {im[key]!r}, not in 1 .. 2**31 - 1"
+                    )
+            if not isinstance(im.get("file_name"), str):
+                raise ValueError(f"{path}: images[{k}].file_name is not a string")
+            by_id[img_id] = im
+            self.images.append(im)
         anns: dict[int, list[dict[str, Any]]] = {i: [] for i in by_id}
         for k, a in enumerate(data["annotations"]):
-            img_id = int(a.get("image_id", -1))
+            a = _entry(a, f"annotations[{k}]", path)
+            img_id = _int(a.get("image_id"), f"annotations[{k}].image_id", path)
             if img_id not in by_id:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {k} refers to unknown image {img_id}"
-                )
-            if int(a.get("category_id", -1)) not in self.cat_id_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {k} has unknown category {a.get('category_id')}"
-                )
+                raise ValueError(f"{path}: annotation {k} refers to unknown image {img_id}")
+            cid = _int(a.get("category_id"), f"annotations[{k}].category_id", path)
+            if cid not in self.cat_id_to_label:
+                raise ValueError(f"{path}: annotation {k} has unknown category {cid}")
             bbox = a.get("bbox")
-            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-                raise ValueError(f"{self.ann_file}: annotation {k} bbox is not [x, y, w, h]")
+            if (
+                not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+                or not all(math.isfinite(v) for v in bbox)
+            ):  # fmt: skip
+                raise ValueError(
+                    f"{path}: annotation {k} bbox is not [x, y, w, h] of finite numbers"
+                )
+            for key in ("iscrowd", "difficult"):
+                if key in a:
+                    _flag(a[key], f"annotations[{k}].{key}", path)
             anns[img_id].append(a)
         self._anns = anns
         if remove_empty:

@@ -17,18 +17,21 @@ A *devkit folder* holds ``Annotations/*.xml``, ``JPEGImages/*.jpg`` and
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET  # only for *writing*; parsing goes through defusedxml
+import math
+import re
+import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from defusedxml import DefusedXmlException
-from defusedxml import ElementTree as SafeET
-from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported lazily: `lowbit voc-eval` never loads it
+    from torch import Tensor
+
+    from lowbit.data.voc_dataset import VOCDetection
 
 __all__ = [
     "VOC_CLASSES",
@@ -43,6 +46,11 @@ __all__ = [
     "read_classes",
     "resolve_voc_folders",
     "load_image",
+    "load_voc_annotations",
+    "annotation_entries",
+    "annotation_cache_path",
+    "parse_xml_bytes",
+    "Transform",
 ]
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -65,8 +73,8 @@ def internal_to_voc(boxes: np.ndarray | Tensor) -> np.ndarray:
 
     Not rounded: detections keep their sub-pixel values, as in VOC results files.
     """
-    if isinstance(boxes, Tensor):
-        boxes = boxes.detach().to("cpu", torch.float64).numpy()
+    if hasattr(boxes, "detach"):  # a torch.Tensor (torch is not imported here)
+        boxes = boxes.detach().cpu().double().numpy()
     b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     b[:, :2] += 1.0
     return b
@@ -114,27 +122,104 @@ def _text(node: Any, tag: str, path: Path, default: str | None = None) -> str:
 
 def _number(text: str, tag: str, path: Path) -> float:
     try:
-        return float(text)
+        v = float(text)
     except ValueError:
         raise ValueError(f"{path}: malformed VOC annotation: <{tag}> is {text!r}") from None
+    if not math.isfinite(v):  # inf / 1e400 / nan: refused here, never an OverflowError later
+        raise ValueError(f"{path}: malformed VOC annotation: <{tag}> is {text!r} (not finite)")
+    return v
+
+
+class _Unsafe(Exception):
+    """Raised from inside expat when a document declares a DTD, an entity or an external
+    reference."""
+
+
+_XML_DECL = re.compile(rb"<\?xml[^>]*>")
+_DECL_ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_PLAIN_ENCODINGS = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii"})
+
+
+def _markup_declarations_impossible(data: bytes) -> bool:
+    """True when ``data`` provably holds no ``<!...>`` markup (no DOCTYPE, ENTITY, comment or
+    CDATA): an ASCII-compatible encoding (UTF-8 / ASCII, no NUL, no UTF-16 BOM, no other
+    declared encoding) in which the two bytes ``<!`` never occur."""
+    if b"<!" in data or b"\x00" in data or data.startswith((b"\xfe\xff", b"\xff\xfe")):
+        return False
+    m = _XML_DECL.match(data[3:] if data.startswith(b"\xef\xbb\xbf") else data)
+    if m is None:
+        return True
+    enc = _DECL_ENCODING.search(m.group())
+    return enc is None or enc.group(1).lower() in _PLAIN_ENCODINGS
+
+
+def _refuse_declarations(data: bytes) -> None:
+    """One expat pass that raises :class:`_Unsafe` at the first DOCTYPE, entity declaration or
+    external reference (before anything is expanded) and ``ExpatError`` if malformed."""
+
+    def refuse(what: str) -> Callable[..., None]:
+        def handler(*args: Any) -> None:
+            raise _Unsafe(f"{what} {args[0]!r}" if args and isinstance(args[0], str) else what)
+
+        return handler
+
+    p = xml.parsers.expat.ParserCreate()
+    p.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    p.StartDoctypeDeclHandler = refuse("DTD <!DOCTYPE>")
+    p.EntityDeclHandler = refuse("entity declaration")
+    p.UnparsedEntityDeclHandler = refuse("unparsed entity declaration")
+    p.ExternalEntityRefHandler = refuse("external entity reference")
+    p.NotationDeclHandler = refuse("notation declaration")
+    p.Parse(data, True)
+
+
+def parse_xml_bytes(data: bytes, path: str | Path) -> ET.Element:
+    """Securely parse an XML document into an ElementTree element.
+
+    Entities, DTDs (any ``<!DOCTYPE``) and external references are refused with
+    ``ValueError("<path>: unsafe XML refused: Entities, DTDs and external references are
+    forbidden ...")``; malformed XML gives ``ValueError("<path>: malformed XML: ... line L,
+    column C")``. Speed: documents without any ``<!`` markup in a UTF-8/ASCII encoding (all
+    VOC annotations) go straight to the C parser of :mod:`xml.etree.ElementTree`, which cannot
+    meet an entity or DTD there; anything else is first checked by one expat pass with
+    handlers that refuse declarations before they take effect. (defusedxml's tree builder runs
+    in Python: 3-4x slower on VOC files.)
+    """
+    try:
+        if not _markup_declarations_impossible(data):
+            _refuse_declarations(data)
+        return ET.fromstring(data)
+    except _Unsafe as exc:
+        raise ValueError(
+            f"{path}: unsafe XML refused: Entities, DTDs and external references are "
+            f"forbidden (found {exc})"
+        ) from None
+    except (ET.ParseError, xml.parsers.expat.ExpatError) as exc:
+        raise ValueError(f"{path}: malformed XML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{path}: malformed XML: nested too deeply or too large") from None
 
 
 def parse_voc_xml(path: str | Path, check_bounds: bool = True) -> VOCAnnotation:
-    """Parse one VOC annotation file with defusedxml.
+    """Parse one VOC annotation file securely (see :func:`parse_xml_bytes`).
 
-    Raises ``FileNotFoundError`` if missing and ``ValueError`` (naming the file) for malformed
-    XML, missing fields, or -- with ``check_bounds`` -- a box not inside
-    ``1 <= xmin <= xmax <= width``, ``1 <= ymin <= ymax <= height``.
+    Raises ``FileNotFoundError`` if missing and ``ValueError`` (naming the file) for unsafe or
+    malformed XML, missing or non-finite fields, or -- with ``check_bounds`` -- a box not
+    inside ``1 <= xmin <= xmax <= width``, ``1 <= ymin <= ymax <= height``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
     try:
-        root = SafeET.parse(str(path)).getroot()
-    except SafeET.ParseError as exc:
-        raise ValueError(f"{path}: malformed XML: {exc}") from None
-    except DefusedXmlException as exc:
-        raise ValueError(f"{path}: unsafe XML refused: {exc!r}") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: annotation file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: annotation is a folder, not a file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read annotation: {exc.strerror or exc}") from None
+    return _voc_from_root(parse_xml_bytes(data, path), path, check_bounds)
+
+
+def _voc_from_root(root: ET.Element, path: Path, check_bounds: bool) -> VOCAnnotation:
     if root.tag != "annotation":
         raise ValueError(f"{path}: malformed VOC annotation: root element is <{root.tag}>")
     size = root.find("size")
@@ -218,8 +303,18 @@ def read_image_set(folder: str | Path, split: str) -> list[str]:
     path = Path(folder) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image set not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in _read_text(path).splitlines() if line.strip()]
     return ids
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 text of a devkit list file; ``ValueError`` naming the file if it is not text."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a file") from None
 
 
 def read_classes(path: str | Path) -> tuple[str, ...]:
@@ -227,7 +322,7 @@ def read_classes(path: str | Path) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: classes file not found")
-    names = tuple(s.strip() for s in path.read_text().splitlines() if s.strip())
+    names = tuple(s.strip() for s in _read_text(path).splitlines() if s.strip())
     if not names or len(set(names)) != len(names):
         raise ValueError(f"{path}: class list is empty or has duplicates")
     return names
@@ -262,150 +357,179 @@ def resolve_voc_folders(
     return roots
 
 
+# ----------------------------------------------------------------------------- annotation cache
+#: Bump when parsing semantics change: every cache written before is then ignored.
+_CACHE_FORMAT = "lowbit-voc-annotations-1"
+
+
+def annotation_cache_path(folder: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the annotation cache of a devkit folder lives.
+
+    ``cache_dir`` or ``$LOWBIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/lowbit`` or
+    ``~/.cache/lowbit``, file ``voc-annotations-<16 hex of sha256(absolute folder)>.json``:
+    one file per devkit folder (all splits), never inside the (possibly read-only) devkit.
+    """
+    import hashlib
+    import os
+
+    if cache_dir is None:
+        env = os.environ.get("LOWBIT_CACHE_DIR")
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        if env:
+            cache_dir = Path(env)
+        else:
+            cache_dir = (Path(xdg) if xdg else Path.home() / ".cache") / "lowbit"
+    key = hashlib.sha256(str(Path(folder).resolve()).encode("utf-8", "surrogatepass"))
+    return Path(cache_dir) / f"voc-annotations-{key.hexdigest()[:16]}.json"
+
+
+def _to_entry(ann: VOCAnnotation, st: Any) -> list[Any]:
+    objs = [[o.name, *o.bbox, o.difficult, o.truncated, o.extra] for o in ann.objects]
+    return [st.st_size, st.st_mtime_ns, ann.filename, ann.width, ann.height, objs]
+
+
+def _from_entry(entry: Any, path: Path) -> VOCAnnotation:
+    """Rebuild an annotation from a cache entry; raises TypeError/ValueError if malformed."""
+    _, _, filename, width, height, objs = entry
+    objects = []
+    for name, x1, y1, x2, y2, difficult, truncated, extra in objs:
+        box = (float(x1), float(y1), float(x2), float(y2))
+        if not (isinstance(name, str) and isinstance(extra, dict) and all(map(math.isfinite, box))):
+            raise ValueError("malformed cache entry")
+        objects.append(VOCObject(name, box, bool(difficult), bool(truncated), dict(extra)))
+    if not (isinstance(filename, str) and type(width) is int and type(height) is int):
+        raise ValueError("malformed cache entry")
+    return VOCAnnotation(path, filename, width, height, objects)
+
+
+def load_voc_annotations(
+    folder: str | Path,
+    image_ids: Sequence[str],
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> list[VOCAnnotation]:
+    """Parse ``folder/Annotations/<id>.xml`` for every id (``check_bounds=True``), through a
+    JSON cache.
+
+    Cache (see :func:`annotation_cache_path` for where): one entry per image id holding the
+    parsed annotation and the XML file's ``st_size`` and ``st_mtime_ns``. An entry is used only
+    when both still match the file (a file edited in place with the same size within the same
+    filesystem timestamp tick would be missed, as with ``make``); anything else -- a changed,
+    new or malformed entry, a cache of another format version, a corrupt cache file -- is
+    parsed again. The file is rewritten (temp file + rename, so readers never see half a file)
+    only when something was parsed; an unwritable cache folder just means no cache. Errors are
+    those of :func:`parse_voc_xml`, never cached. Results equal an uncached parse exactly
+    (floats round-trip through JSON).
+    """
+    folder = Path(folder)
+    entries = annotation_entries(folder, image_ids, cache, cache_dir)
+    out = []
+    for image_id, entry in zip(image_ids, entries):
+        path = folder / "Annotations" / f"{image_id}.xml"
+        try:
+            out.append(_from_entry(entry, path))
+        except (TypeError, ValueError):  # a hand-edited cache: parse the file itself
+            out.append(parse_voc_xml(path))
+    return out
+
+
+def annotation_entries(
+    folder: str | Path,
+    image_ids: Sequence[str],
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> list[list[Any]]:
+    """The raw cache entries behind :func:`load_voc_annotations` (fast path of the VOC metric):
+    ``[size, mtime_ns, filename, width, height, objects]`` per id with ``objects`` a list of
+    ``[name, xmin, ymin, xmax, ymax, difficult, truncated, extra]`` (VOC 1-based pixels).
+    Entries read from the cache file are only shape-checked: a consumer that meets a malformed
+    one must fall back to ``cache=False``."""
+    import json
+    import os
+
+    folder = Path(folder)
+    ann_dir = folder / "Annotations"
+    cpath = None
+    if cache:
+        try:
+            cpath = annotation_cache_path(folder, cache_dir)
+        except (RuntimeError, OSError):  # no home folder: no cache
+            cpath = None
+    old: dict[str, Any] = {}
+    if cpath is not None:
+        try:
+            data = json.loads(cpath.read_bytes())
+            if isinstance(data, dict) and data.get("format") == _CACHE_FORMAT:
+                if isinstance(data.get("entries"), dict):
+                    old = data["entries"]
+        except (OSError, ValueError, RecursionError):
+            old = {}
+    out: list[list[Any]] = []
+    fresh: dict[str, Any] = {}
+    for image_id in image_ids:
+        path = ann_dir / f"{image_id}.xml"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: annotation file not found") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read annotation: {exc.strerror or exc}") from None
+        entry = old.get(image_id)
+        if not (
+            type(entry) is list and len(entry) == 6 and entry[0] == st.st_size
+            and entry[1] == st.st_mtime_ns and type(entry[5]) is list
+        ):  # fmt: skip
+            entry = _to_entry(parse_voc_xml(path), st)
+            fresh[image_id] = entry
+        out.append(entry)
+    if cpath is not None and fresh:
+        text = json.dumps({"format": _CACHE_FORMAT, "folder": str(folder.resolve()),
+                           "entries": {**old, **fresh}})  # fmt: skip
+        tmp = cpath.with_name(f"{cpath.name}.{os.getpid()}.tmp")
+        try:
+            cpath.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, cpath)
+        except OSError:  # read-only home, full disk...: work without a cache
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return out
+
+
 def load_image(path: str | Path) -> Tensor:
-    """Decode an image with PIL into ``float32[3, H, W]`` RGB in ``[0, 1]``."""
+    """Decode an image with PIL into ``float32[3, H, W]`` RGB in ``[0, 1]``.
+
+    Raises ``FileNotFoundError`` if missing and ``ValueError`` naming the file for anything PIL
+    cannot decode, including decompression bombs (more than twice PIL's
+    ``Image.MAX_IMAGE_PIXELS``, e.g. a 40000x40000 PNG saved as ``.jpg``).
+    """
+    import torch
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: image refused as too large: {exc}") from None
+    except (OSError, ValueError, EOFError, SyntaxError, MemoryError) as exc:
         raise ValueError(f"{path}: cannot decode image: {exc}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 # ----------------------------------------------------------------------------- dataset
-Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
+Transform = Callable[["Tensor", dict[str, Any]], tuple["Tensor", dict[str, Any]]]
 
 
-class VOCDetection(torch.utils.data.Dataset):
-    """A VOC-format detection set (one folder, or a union such as VOC 07+12 trainval).
+def __getattr__(name: str) -> Any:
+    # VOCDetection subclasses torch's Dataset: imported on first use so that the parsing half
+    # of this module (and `lowbit voc-eval`) never loads torch.
+    if name == "VOCDetection":
+        from lowbit.data.voc_dataset import VOCDetection
 
-    ``dataset[i]`` is ``(image, target)``: ``image`` ``float32[3, H, W]`` in ``[0, 1]``;
-    ``target`` holds ``boxes`` ``float32[K, 4]`` (0-based continuous xyxy), ``labels``
-    ``int64[K]`` (0-based index into :attr:`classes`), ``difficult`` ``bool[K]``,
-    ``truncated`` ``bool[K]``, ``image_id`` (str), ``orig_size`` ``(H, W)``, ``size``
-    ``(H, W)`` after transforms. Difficult objects are dropped unless ``keep_difficult``;
-    :meth:`eval_targets` always keeps them (the VOC metric needs them).
-
-    Args:
-        root: devkit folder, list of folders, or devkit root with ``years``.
-        split: image set name (``trainval``, ``test``...), or one per folder.
-        classes: class names; default ``classes.txt`` of the first folder if present, else the
-            20 VOC names. With explicit classes, objects of other classes are skipped; with
-            inferred ones an unknown name is an error.
-        years: e.g. ``("2007", "2012")`` with a devkit root.
-    """
-
-    def __init__(
-        self,
-        root: str | Path | Sequence[str | Path],
-        split: str | Sequence[str],
-        classes: Sequence[str] | None = None,
-        keep_difficult: bool = False,
-        transforms: Transform | None = None,
-        years: Sequence[str | int] | None = None,
-    ) -> None:
-        self.folders = resolve_voc_folders(root, years)
-        splits = [split] * len(self.folders) if isinstance(split, str) else list(split)
-        if len(splits) != len(self.folders):
-            raise ValueError(f"{len(splits)} splits for {len(self.folders)} devkit folders")
-        self.split = split if isinstance(split, str) else "+".join(splits)
-        self.strict_classes = classes is None
-        if classes is None:
-            cfile = self.folders[0] / "classes.txt"
-            classes = read_classes(cfile) if cfile.is_file() else VOC_CLASSES
-        self.classes: tuple[str, ...] = tuple(classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.keep_difficult = keep_difficult
-        self.transforms = transforms
-        self.items: list[tuple[Path, str]] = []
-        for folder, sp in zip(self.folders, splits):
-            self.items.extend((folder, i) for i in read_image_set(folder, sp))
-        self._cache: list[dict[str, Any] | None] = [None] * len(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def image_ids(self) -> list[str]:
-        """Image ids in dataset order (as in the image set files)."""
-        return [i for _, i in self.items]
-
-    def annotation(self, index: int) -> VOCAnnotation:
-        """Parsed annotation of item ``index`` (file coordinates)."""
-        folder, image_id = self.items[index]
-        return parse_voc_xml(folder / "Annotations" / f"{image_id}.xml")
-
-    def _record(self, index: int) -> dict[str, Any]:
-        rec = self._cache[index]
-        if rec is None:
-            ann = self.annotation(index)
-            keep, labels = [], []
-            for k, o in enumerate(ann.objects):
-                label = self.class_to_idx.get(o.name)
-                if label is None:
-                    if self.strict_classes:
-                        raise ValueError(
-                            f"{ann.path}: object {k} has unknown class {o.name!r} "
-                            f"(classes: {', '.join(self.classes)})"
-                        )
-                    continue
-                keep.append(k)
-                labels.append(label)
-            objs = [ann.objects[k] for k in keep]
-            rec = {
-                "boxes": ann.boxes()[keep].astype(np.float32),
-                "labels": np.array(labels, dtype=np.int64),
-                "difficult": np.array([o.difficult for o in objs], dtype=bool),
-                "truncated": np.array([o.truncated for o in objs], dtype=bool),
-                "size": (ann.height, ann.width),
-                "path": ann.path,
-            }
-            self._cache[index] = rec
-        return rec
-
-    def get_target(self, index: int, keep_difficult: bool | None = None) -> dict[str, Any]:
-        """Target of item ``index`` without decoding the image (see class docstring)."""
-        rec = self._record(index)
-        kd = self.keep_difficult if keep_difficult is None else keep_difficult
-        m = np.ones(len(rec["labels"]), dtype=bool) if kd else ~rec["difficult"]
-        return {
-            "boxes": torch.from_numpy(rec["boxes"][m].reshape(-1, 4)),
-            "labels": torch.from_numpy(rec["labels"][m]),
-            "difficult": torch.from_numpy(rec["difficult"][m]),
-            "truncated": torch.from_numpy(rec["truncated"][m]),
-            "image_id": self.items[index][1],
-            "orig_size": rec["size"],
-            "size": rec["size"],
-        }
-
-    def eval_targets(self) -> list[dict[str, Any]]:
-        """Targets of every item with difficult objects kept, for :mod:`lowbit.eval.voc`."""
-        return [self.get_target(i, keep_difficult=True) for i in range(len(self))]
-
-    def image_path(self, index: int) -> Path:
-        folder, image_id = self.items[index]
-        return folder / "JPEGImages" / f"{image_id}.jpg"
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        target = self.get_target(index)
-        path = self.image_path(index)
-        image = load_image(path)
-        h, w = image.shape[-2:]
-        if (h, w) != tuple(target["orig_size"]):
-            raise ValueError(
-                f"{path}: image is {w}x{h} but its annotation says "
-                f"{target['orig_size'][1]}x{target['orig_size'][0]}"
-            )
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-            target["size"] = tuple(image.shape[-2:])
-        return image, target
-
-    def __repr__(self) -> str:
-        return (
-            f"VOCDetection({[str(f) for f in self.folders]}, split={self.split!r}, "
-            f"n={len(self)}, classes={len(self.classes)}, keep_difficult={self.keep_difficult})"
-        )
+        return VOCDetection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

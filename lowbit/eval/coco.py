@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 __all__ = ["coco_backend", "coco_results", "evaluate_coco", "evaluate_coco_files", "STAT_NAMES"]
 
@@ -51,7 +50,7 @@ def coco_backend() -> tuple[Any, Any, str]:
 
 
 def _np(x: Any, dtype: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
+    if hasattr(x, "detach"):  # a torch.Tensor; torch itself is never imported here
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
 

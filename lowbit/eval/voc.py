@@ -35,16 +35,16 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from lowbit.data.voc import (
     VOC_CLASSES,
+    annotation_entries,
     internal_to_voc,
-    parse_voc_xml,
     read_classes,
     read_image_set,
     resolve_voc_folders,
@@ -338,56 +338,117 @@ def _default_classes(folder: Path) -> tuple[str, ...]:
 
 
 def load_voc_ground_truth(
-    root: str | Path, split: str, classes: Sequence[str] | None = None
+    root: str | Path,
+    split: str,
+    classes: Sequence[str] | None = None,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> GroundTruth:
     """Read ``root/ImageSets/Main/<split>.txt`` and its annotations (VOC pixels, as in the
-    files). Objects of classes not in ``classes`` are ignored, as the reference does."""
+    files). Objects of classes not in ``classes`` are ignored, as the reference does.
+
+    Annotations go through the JSON cache of :func:`lowbit.data.voc.load_voc_annotations`
+    (``cache=False``: parse every file).
+    """
     folder = resolve_voc_folders(root)[0]
     classes = tuple(classes) if classes is not None else _default_classes(folder)
-    cidx = {c: i for i, c in enumerate(classes)}
     ids = read_image_set(folder, split)
-    boxes: list[tuple[float, ...]] = []
-    labels: list[int] = []
-    diff: list[bool] = []
-    image: list[int] = []
-    for i, image_id in enumerate(ids):
-        ann = parse_voc_xml(folder / "Annotations" / f"{image_id}.xml")
-        for o in ann.objects:
-            c = cidx.get(o.name)
-            if c is None:
-                continue
-            boxes.append(o.bbox)
-            labels.append(c)
-            diff.append(o.difficult)
-            image.append(i)
+    if cache:
+        try:
+            return _ground_truth(ids, classes, annotation_entries(folder, ids, True, cache_dir))
+        except (TypeError, ValueError, KeyError, IndexError):
+            pass  # a malformed (hand-edited) cache entry: parse every file instead
+    return _ground_truth(ids, classes, annotation_entries(folder, ids, False))
+
+
+def _ground_truth(ids: list[str], classes: tuple[str, ...], entries: list[list[Any]]
+                  ) -> GroundTruth:
+    """Flatten annotation entries (see :func:`lowbit.data.voc.annotation_entries`); raises
+    ``TypeError``/``ValueError`` on malformed entries."""
+    cidx = {c: i for i, c in enumerate(classes)}
+    rows = [
+        (i, cidx[o[0]], o[1], o[2], o[3], o[4], o[5])
+        for i, e in enumerate(entries) for o in e[5] if o[0] in cidx
+    ]  # fmt: skip
+    a = np.array(rows, dtype=np.float64).reshape(-1, 7)
+    if not np.isfinite(a).all() or any(type(o[5]) is not bool for e in entries for o in e[5]):
+        raise ValueError("malformed annotation entry")
     return GroundTruth(
-        ids,
-        classes,
-        np.array(boxes, dtype=np.float64).reshape(-1, 4),
-        np.array(labels, dtype=np.int64),
-        np.array(diff, dtype=bool),
-        np.array(image, dtype=np.int64),
-    )
+        ids, classes, a[:, 2:6].copy(), a[:, 1].astype(np.int64), a[:, 6] != 0,
+        a[:, 0].astype(np.int64),
+    )  # fmt: skip
+
+
+def _bad_results_line(path: Path, lines: list[str]) -> ValueError:
+    """The error for the first line of a results file that is not ``id score x1 y1 x2 y2``
+    with finite numbers (1-based line numbers as an editor shows them)."""
+    for k, line in enumerate(lines):
+        r = line.split()
+        if not r:
+            continue
+        if len(r) != 6:
+            return ValueError(
+                f"{path}: line {k + 1}: expected 'image_id score x1 y1 x2 y2', "
+                f"got {len(r)} fields"
+            )
+        for tok in r[1:]:
+            try:
+                v = float(tok)
+            except ValueError:
+                return ValueError(f"{path}: line {k + 1}: not a number: {tok[:40]!r}")
+            if not math.isfinite(v):
+                return ValueError(f"{path}: line {k + 1}: not a finite number: {tok[:40]!r}")
+    return ValueError(f"{path}: malformed results file")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """1-based line number of the ``row``-th (0-based) non-blank line of a results file."""
+    text = path.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    seen = -1
+    for k, line in enumerate(text.split("\n")):
+        seen += bool(line.split())
+        if seen == row:
+            return k + 1
+    return row + 1
 
 
 def read_voc_results(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Read a results file (``image_id score x1 y1 x2 y2`` per line, VOC 1-based pixels).
 
-    Returns ``(image_ids, scores float64[D], boxes float64[D, 4])`` in file order.
+    Returns ``(image_ids, scores float64[D], boxes float64[D, 4])`` in file order; blank lines
+    are skipped. Any other line that is not six whitespace-separated fields with five finite
+    numbers, or a file that is not UTF-8 text, is a ``ValueError`` naming the file and the
+    line: nothing is ever loaded partially. Numbers are parsed as Python's ``float`` does (the
+    reference's parse), so values are bit-identical.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: detections file not found")
-    rows = [ln.split() for ln in path.read_text().splitlines()]
-    rows = [r for r in rows if r]
-    for k, r in enumerate(rows):
-        if len(r) != 6:
-            raise ValueError(f"{path}: line {k + 1}: expected 'image_id score x1 y1 x2 y2'")
-    ids = [r[0] for r in rows]
     try:
-        vals = np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 5)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a number: {exc}") from None
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: detections file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: detections file is a folder") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read detections file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text") from None
+    # universal newlines as the reference's text-mode open(); str.splitlines would also split
+    # on \x0b, \x1c, \u2028..., which would shift the line numbers an editor shows
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if not set(map(len, map(str.split, lines))) <= {0, 6}:  # C-speed loop over the lines
+        raise _bad_results_line(path, lines)
+    toks = text.split()  # = the rows' fields in order, as "\n" is whitespace too
+    ids = toks[0::6]
+    del toks[0::6]
+    try:  # Python's float(), as the reference: bit-identical values
+        vals = np.fromiter(map(float, toks), np.float64, len(toks)).reshape(-1, 5)
+    except (ValueError, OverflowError):
+        raise _bad_results_line(path, lines) from None
+    if not np.isfinite(vals).all():
+        raise _bad_results_line(path, lines)
     return ids, vals[:, 0].copy(), vals[:, 1:].copy()
 
 
@@ -404,13 +465,16 @@ def voc_eval_files(
     metric: str | None = None,
     iou_thresh: float = 0.5,
     prefix: str = "comp4_det",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> VOCEvalResult:
     """Evaluate ``dets_dir/<prefix>_<split>_<class>.txt`` against a devkit folder.
 
     ``classes`` default to ``root/classes.txt`` or the 20 VOC names; ``metric`` defaults to
     :func:`default_metric`. Raises ``FileNotFoundError`` for a missing results file.
+    ``cache``/``cache_dir``: the annotation cache (see :func:`load_voc_ground_truth`).
     """
-    gt = load_voc_ground_truth(root, split, classes)
+    gt = load_voc_ground_truth(root, split, classes, cache=cache, cache_dir=cache_dir)
     metric = default_metric(root) if metric is None else metric
     _check_metric(metric)
     index = {iid: i for i, iid in enumerate(gt.image_ids)}
@@ -418,13 +482,12 @@ def voc_eval_files(
     for c, name in enumerate(gt.classes):
         path = Path(dets_dir) / results_filename(split, name, prefix)
         ids, scores, boxes = read_voc_results(path)
-        uniq, inv = np.unique(np.array(ids, dtype=str), return_inverse=True)
-        lookup = np.array([index.get(u, -1) for u in uniq], dtype=np.int64)
-        img = lookup[inv].reshape(-1) if len(ids) else np.zeros(0, np.int64)
+        img = np.fromiter(map(index.get, ids, repeat(-1)), np.int64, len(ids))
         if (img < 0).any():
             k = int(np.flatnonzero(img < 0)[0])
             raise ValueError(
-                f"{path}: line {k + 1}: image {ids[k]!r} is not in image set {split!r}"
+                f"{path}: line {_line_of_row(path, k)}: image {ids[k]!r} is not in image set "
+                f"{split!r}"
             )
         dets[c] = (img, scores, boxes)
     return evaluate_arrays(gt, dets, metric, iou_thresh)
@@ -466,7 +529,7 @@ def write_voc_results(
 
 # ----------------------------------------------------------------------------- in-memory
 def _np(x: Any, dtype: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
+    if hasattr(x, "detach"):  # a torch.Tensor; torch itself is never imported here
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
 

@@ -59,7 +59,7 @@ def test_voc_eval_json_equals_reference(cli_main, digits_kit: Path, tmp_path: Pa
     write_voc_results(preds, ds.image_ids, ds.classes, tmp_path, "test")
     for metric in ("07", "area"):
         rc = cli_main(["voc-eval", "--root", str(digits_kit), "--split", "test", "--dets",
-                       str(tmp_path), "--metric", metric, "--json"])
+                       str(tmp_path), "--metric", metric, "--json", "--exact"])
         assert rc == 0
         out = json.loads(capsys.readouterr().out)
         assert out["metric"] == metric and set(out["AP"]) == set(ds.classes)
@@ -74,11 +74,19 @@ def test_voc_eval_json_equals_reference(cli_main, digits_kit: Path, tmp_path: Pa
             else:
                 assert out["AP"][c] is None and c in out["no_positives"]
         assert abs(out["mAP"] - float(np.mean(aps))) <= 1e-6
-    # table output, default metric, subset of classes, --iou
+        # without --exact the APs are printed rounded to 6 decimals
+        assert cli_main(["voc-eval", "--root", str(digits_kit), "--split", "test", "--dets",
+                         str(tmp_path), "--metric", metric, "--json"]) == 0
+        short = json.loads(capsys.readouterr().out)
+        assert short["mAP"] == round(out["mAP"], 6) and short["mAP"] != out["mAP"]
+        for c, v in out["AP"].items():
+            assert short["AP"][c] == (None if v is None else round(v, 6))
+            assert v is None or len(repr(short["AP"][c]).split(".")[-1]) <= 6
+    # table output, default metric (VOC07 11-point, as train/eval), subset of classes, --iou
     rc = cli_main(["voc-eval", "--root", str(digits_kit), "--split", "test", "--dets",
                    str(tmp_path), "--classes", "one,two", "--iou", "0.7"])
     text = capsys.readouterr().out
-    assert rc == 0 and "mAP" in text and "metric area" in text and "IoU > 0.7" in text
+    assert rc == 0 and "mAP" in text and "metric 07" in text and "IoU > 0.7" in text
     assert "three" not in text
 
 

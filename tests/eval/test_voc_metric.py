@@ -472,5 +472,5 @@ def test_results_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"comp4_det_test_dog.txt: line 2: image 'zzzz'"):
         voc_eval_files(tmp_path, "test", dets, CLASSES)
     (dets / "comp4_det_test_dog.txt").write_text("0000 high 1 2 3 4\n")
-    with pytest.raises(ValueError, match="comp4_det_test_dog.txt: not a number"):
+    with pytest.raises(ValueError, match="comp4_det_test_dog.txt: line 1: not a number: 'high'"):
         read_voc_results(dets / "comp4_det_test_dog.txt")
