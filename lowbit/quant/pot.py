@@ -406,7 +406,7 @@ def _prepare_many(ws: Sequence[Tensor], n: int, per_channel: bool, axis: int, wh
             job["axis"] = ax
             x = x.movedim(ax, 0)
             job["moved_shape"] = x.shape
-            x = x.reshape(x.shape[0], -1)
+            x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         else:
             x = x.reshape(1, -1)
         job["x"] = x
