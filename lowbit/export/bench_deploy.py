@@ -39,6 +39,7 @@ from lowbit.export.detect import (
 from lowbit.export.onnx import ort_session
 from lowbit.export.packed import save_packed
 from lowbit.nn import convert, prepare, quant_layers
+from lowbit.runtime import get_threads
 
 DEFAULT_MODELS = ("rfcn_resnet18", "yolov3_tiny_darknet")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
@@ -81,7 +82,7 @@ def _optimized_ops(path: str, out: Path) -> dict[str, int]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = get_threads()
     so.log_severity_level = 3
     so.optimized_model_filepath = str(out)
     ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])

@@ -193,7 +193,7 @@ class OnnxDetector:
             :func:`export_detector_onnx`).
         model: the detector whose post-processing to use (weights unused); default: rebuilt
             from the config stored in the file's metadata (``lowbit_config``).
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads (default :func:`lowbit.runtime.get_threads`).
 
     ``detector(images)`` with ``images`` a list of ``Tensor[3, H_i, W_i]`` RGB in ``[0, 1]``
     returns per image ``boxes float32[D, 4]`` (original pixels, 0-based xyxy), ``labels
@@ -201,7 +201,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | os.PathLike[str], model: nn.Module | None = None,
-                 threads: int = 2) -> None:
+                 threads: int | None = None) -> None:
         from lowbit.export.onnx import ort_session
 
         self.path = Path(path)

@@ -467,10 +467,12 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
               "all": "ORT_ENABLE_ALL"}
 
 
-def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | None = None,
+def ort_session(path: str | os.PathLike[str], threads: int | None = None,
+                profile: str | None = None,
                 spinning: bool = True, opt_level: str = "all",
                 disabled_optimizers: Sequence[str] = ()) -> Any:
-    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads.
+    """An onnxruntime CPU InferenceSession with ``threads`` intra-op threads (default
+    :func:`lowbit.runtime.get_threads`: the verb's ``--threads``, else torch's count).
 
     ``spinning=False`` stops the worker threads from spin-waiting after each run (onnxruntime's
     ``session.intra_op.allow_spinning``): needed when two sessions alternate in one process,
@@ -485,6 +487,10 @@ def ort_session(path: str | os.PathLike[str], threads: int = 2, profile: str | N
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"ort_session: opt_level {opt_level!r} is not one of "
                          f"{sorted(OPT_LEVELS)}")
+    if threads is None:
+        from lowbit.runtime import get_threads
+
+        threads = get_threads()
     if threads < 1:
         raise ValueError(f"ort_session: threads must be >= 1, got {threads}")
     so = ort.SessionOptions()
