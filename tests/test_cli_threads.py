@@ -124,3 +124,18 @@ def test_runtime_api_and_onnxruntime_sessions(tmp_path: Path, restore_threads: N
     assert ort_session(path).get_session_options().intra_op_num_threads == torch.get_num_threads()
     with pytest.raises(ValueError, match="--threads must be an integer >= 1, got 0"):
         runtime.set_threads(0)
+
+
+def test_every_help_page_formats(capsys: pytest.CaptureFixture) -> None:
+    """`lowbit --help` and each verb's --help render (a bare '%' in a help string broke the
+    top-level page once)."""
+    from lowbit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "voc-eval" in capsys.readouterr().out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        for leaf in [p, *_leaf_parsers(p)]:
+            assert leaf.format_help()

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `lowbit eval`."""
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a run folder or checkpoint on its test set (mAP with its 95% interval)",
+        help="evaluate a run folder or checkpoint on its test set (mAP with its 95%% interval)",
         description=(
             "Rebuild the model from the run's resolved config.yaml (or the config stored in the "
             "checkpoint), load the newest checkpoint of RUN_DIR (or the given "
