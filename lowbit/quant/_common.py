@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -46,3 +49,27 @@ def broadcast_channel(v: Tensor, w: Tensor, axis: int) -> Tensor:
     shape = [1] * w.dim()
     shape[axis % w.dim()] = -1
     return v.reshape(shape)
+
+
+def as_rows(
+    w: Tensor, per_channel: bool, axis: int = 0, name: str = "w"
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``w`` as ``Tensor[R, L]`` rows (R = channels along ``axis``, or 1) and the inverse.
+
+    The rows hold each channel's elements in ``w.select(axis, c).reshape(-1)`` order (a copy
+    only when ``axis != 0`` or ``w`` is not contiguous). ``restore(t)`` maps a ``Tensor[R, L]``
+    back to ``w``'s shape. ValueError for a 0-dim ``w`` or an ``axis`` out of range when
+    ``per_channel``.
+    """
+    if not per_channel:
+        return w.reshape(1, w.numel()), lambda t: t.reshape(w.shape)
+    if w.dim() == 0:
+        raise ValueError(f"{name}: per-channel quantization needs at least 1 dim, "
+                         "got a 0-dim tensor")
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -w.dim() <= axis < w.dim():
+        raise ValueError(f"{name}: axis {axis} out of range for shape {tuple(w.shape)}")
+    ax = axis % w.dim()
+    moved = w.movedim(ax, 0)
+    shape = moved.shape
+    rows = moved.reshape(shape[0], math.prod(shape[1:]))
+    return rows, lambda t: t.reshape(shape).movedim(0, ax)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lowbit.quant._common import check_bits, check_float, compute_dtype
+from lowbit.quant._common import as_rows, check_bits, check_float, compute_dtype
 
 __all__ = [
     "lbw_exact",
@@ -246,15 +246,14 @@ def _nonfinite_error(name: str, count: int) -> ValueError:
     return ValueError(f"{name} contains {count} NaN/Inf value(s); refusing to quantize")
 
 
-def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Half-octave statistics of ``x: Tensor[R, L]`` (float32/float64), one row per segment.
+def _row_keys(x: Tensor, name: str) -> tuple[Tensor, Tensor, int]:
+    """Signed half-octave keys of the rows of ``x: Tensor[R, L]`` (float32/float64).
 
-    Returns ``(keys, cnt, s1, s2b, hcol)``: ``keys`` int ``Tensor[R*L]`` index the signed
-    tables of :func:`_level_table` flattened (row ``r``'s table at ``r * 2H``); the stats are
-    ``Tensor[R, H]`` float64 folded over sign; ``hcol`` as :func:`_solve_rows` wants it.
-    A single float32 row keeps IEEE's 512 magnitude columns; otherwise columns are compressed
-    to the tensor's occupied exponent range (column 0 collects zeros and subnormals), so that
-    per-channel histograms stay small.
+    Returns ``(keys Tensor[R*L], hcol Tensor[R, H], H)``: row ``r``'s keys lie in
+    ``[2rH, 2(r+1)H)``, negatives first. A single float32 row keeps IEEE's 512 magnitude
+    columns (Inf/NaN land in the last two; callers check the counts); otherwise columns are
+    compressed to the tensor's occupied exponent range, column 0 collecting zeros and
+    subnormals, and Inf/NaN raise here.
     """
     rows, length = x.shape
     dev = x.device
@@ -285,6 +284,21 @@ def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, T
     if rows > 1:
         off = torch.arange(0, 2 * hh * rows, 2 * hh, device=dev, dtype=key.dtype)
         key.view(rows, length).add_(off[:, None])
+    return key, hcol.expand(rows, -1).contiguous(), hh
+
+
+def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Half-octave statistics of ``x: Tensor[R, L]`` (float32/float64), one row per segment.
+
+    Returns ``(keys, cnt, s1, s2b, hcol)``: ``keys`` int ``Tensor[R*L]`` index the signed
+    tables of :func:`_level_table` flattened (row ``r``'s table at ``r * 2H``); the stats are
+    ``Tensor[R, H]`` float64 folded over sign; ``hcol`` as :func:`_solve_rows` wants it.
+    A single float32 row keeps IEEE's 512 magnitude columns; otherwise columns are compressed
+    to the tensor's occupied exponent range (column 0 collects zeros and subnormals), so that
+    per-channel histograms stay small.
+    """
+    rows = x.shape[0]
+    key, hcol, hh = _row_keys(x, name)
     xd = x.reshape(-1).to(torch.float64)
     nb = 2 * hh * rows
     cnt = torch.bincount(key, minlength=nb).view(rows, 2, hh)
@@ -293,11 +307,11 @@ def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, T
     cnt = (cnt[:, 0] + cnt[:, 1]).double()
     s1 = s1[:, 1] - s1[:, 0]  # negative bins hold negative sums
     s2b = s2b[:, 0] + s2b[:, 1]
-    if hh == nmag:
-        nbad = int(cnt[:, nmag - 2:].sum())
+    if rows == 1 and x.dtype == torch.float32:  # uncompressed: last two columns Inf/NaN
+        nbad = int(cnt[:, hh - 2:].sum())
         if nbad:
             raise _nonfinite_error(name, nbad)
-    return key, cnt, s1, s2b, hcol.expand(rows, -1).contiguous()
+    return key, cnt, s1, s2b, hcol
 
 
 def _has_subnormals(s1: Tensor, hcol: Tensor) -> bool:
@@ -395,20 +409,7 @@ def _prepare_many(ws: Sequence[Tensor], n: int, per_channel: bool, axis: int, wh
         x = w.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
-        if per_channel:
-            if w.dim() == 0:
-                raise ValueError(f"{name}: per-channel quantization needs at least 1 dim, "
-                                 "got a 0-dim tensor")
-            if not -w.dim() <= axis < w.dim():
-                raise ValueError(f"{name}: axis {axis} out of range for shape "
-                                 f"{tuple(w.shape)}")
-            ax = axis % w.dim()
-            job["axis"] = ax
-            x = x.movedim(ax, 0)
-            job["moved_shape"] = x.shape
-            x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-        else:
-            x = x.reshape(1, -1)
+        x, job["restore"] = as_rows(x, per_channel, axis, name)
         job["x"] = x
         jobs.append(job)
     return jobs
@@ -484,10 +485,7 @@ def _quantize_rows(
                 wq = torch.zeros_like(wq)
             out.append((wq, s if per_channel else s[0]))
             continue
-        wq = j["wq"]
-        if per_channel:
-            wq = wq.view(j["moved_shape"]).movedim(0, j["axis"])
-        wq = wq.reshape(w.shape).to(w.dtype)
+        wq = j["restore"](j["wq"]).to(w.dtype)
         out.append((wq, j["s"]))
     return out
 
@@ -638,6 +636,8 @@ def lbw_ternary_sorted(w: Tensor) -> tuple[Tensor, int]:
     if not bool(pos.any()):
         return torch.zeros_like(w).detach(), 0
     s_k = torch.where(pos, _floor_log2(torch.where(pos, 4.0 * u / (3.0 * v), 1.0)), 0)
+    # the error is a parabola in the level: above the dtype's largest power the best is it
+    s_k = s_k.clamp(max=_max_exponent(w.dtype))
     lvl = torch.ldexp(torch.ones_like(u), s_k.double())
     g = torch.where(pos, v * (lvl - u / v) ** 2 - u * u / v, torch.inf)
     k0 = int(torch.argmin(g))  # first minimum = smallest k0
@@ -649,71 +649,105 @@ def lbw_ternary_sorted(w: Tensor) -> tuple[Tensor, int]:
 
 
 def lbw_approx(
-    w: Tensor, bits: int, mu: float | Tensor | None = None, partial_terms: int | None = None
-) -> tuple[Tensor, int]:
+    w: Tensor,
+    bits: int,
+    mu: float | Tensor | None = None,
+    partial_terms: int | None = None,
+    per_channel: bool = False,
+    axis: int = 0,
+) -> tuple[Tensor, int | Tensor]:
     """The paper's semi-analytical scheme: Q from thresholds on mu (2.8), optimal power s (2.9).
 
     Args:
         w: weights, any shape/float dtype/device.
         bits: b in [2, 8]; ``n = 2**(b-2)`` magnitudes.
-        mu: the single parameter of (2.8); default ``3/4 * max|W|`` (section 2.2). Magnitudes
-            ``>= mu`` map to Q = +-1; ``[2**-t mu, 2**(1-t) mu)`` to +-2**-t (t = 1..n-2);
-            ``[2**(2-n) mu / 3, 2**(2-n) mu)`` to +-2**(1-n); below that to 0 (b = 2: one
-            threshold ``2 mu / 3``).
+        mu: the single parameter of (2.8); default ``3/4 * max|W|`` (section 2.2), per channel
+            ``3/4 * max|W_c|`` with ``per_channel`` (a ``Tensor[C]`` gives each channel its
+            own). Magnitudes ``>= mu`` map to Q = +-1; ``[2**-t mu, 2**(1-t) mu)`` to +-2**-t
+            (t = 1..n-2); ``[2**(2-n) mu / 3, 2**(2-n) mu)`` to +-2**(1-n); below that to 0
+            (b = 2: one threshold ``2 mu / 3``).
         partial_terms: if set, the sums of (2.9) keep only t < partial_terms (the paper used 4);
             Q itself always uses every level.
+        per_channel, axis: one mu and one s per slice along ``axis``.
 
     Returns:
         ``(wq, s)`` with ``wq = 2**s Q`` in ``w``'s dtype and ``s = floor(log2(4u / 3v))``,
         ``u = sum_t 2**-t ||W_[t]||_1``, ``v = sum_t k_t 2**-2t`` -- the minimiser over integer s
-        of ``||2**s Q - W||**2`` for this Q (ties -> larger s). All-zero Q gives zeros, s = 0.
+        of ``||2**s Q - W||**2`` for this Q (ties -> larger s), capped so ``2**s`` is finite
+        in ``w``'s dtype. All-zero Q gives zeros, s = 0. ``s`` is a Python int, or a
+        ``Tensor[C]`` int64 with ``per_channel``.
     """
     check_float(w)
     n = pot_levels_count(bits)
     if partial_terms is not None and partial_terms < 1:
         raise ValueError(f"partial_terms must be >= 1, got {partial_terms}")
-    if w.numel() == 0:
-        return w.detach().clone(), 0
-    x = w.detach().reshape(-1).to(compute_dtype(w))
-    a = x.abs()
-    mu_t = 0.75 * a.max() if mu is None else torch.as_tensor(mu, dtype=x.dtype, device=x.device)
-    if not bool(torch.isfinite(mu_t)) or float(mu_t) < 0:
-        raise ValueError(f"mu must be finite and >= 0, got {float(mu_t)}")
-    if float(mu_t) == 0.0:
-        return torch.zeros_like(w).detach(), 0
+    x = w.detach().to(compute_dtype(w))
+    rows, restore = as_rows(x, per_channel, axis)
+    r = rows.shape[0]
+    if rows.numel() == 0:
+        zs = torch.zeros(r, dtype=torch.int64, device=w.device)
+        return torch.zeros_like(w).detach(), zs if per_channel else 0
+    a = rows.abs()
+    if mu is None:
+        mu_t = 0.75 * a.amax(1)
+    else:
+        mu_t = torch.as_tensor(mu, dtype=x.dtype, device=x.device).reshape(-1)
+        if mu_t.numel() not in (1, r):
+            raise ValueError(f"mu must be a scalar or have one value per channel ({r}), got "
+                             f"{mu_t.numel()} values")
+        mu_t = mu_t.expand(r)
+    if not bool((torch.isfinite(mu_t) & (mu_t >= 0)).all()):
+        raise ValueError(f"mu must be finite and >= 0, got {mu_t.tolist()[:4]}")
     exps = torch.arange(n - 2, -1, -1, device=x.device, dtype=x.dtype)  # 2**-(n-2) .. 2**0
-    bounds = torch.cat([(2.0 ** (2 - n)) * mu_t.reshape(1) / 3.0, torch.ldexp(mu_t, -exps)])
-    idx = torch.bucketize(a, bounds, right=True)  # 0: zero; i >= 1: level t = n - i
+    mu_c = mu_t[:, None]
+    bounds = torch.cat([(2.0 ** (2 - n)) * mu_c / 3.0, torch.ldexp(mu_c, -exps[None])], 1)
+    idx = torch.searchsorted(bounds.contiguous(), a.contiguous(), right=True)  # 0: zero
     t = (n - idx).clamp(max=n - 1)
     nz = idx > 0
     q_mag = torch.where(nz, torch.ldexp(torch.ones_like(a), -t.to(a.dtype)), torch.zeros_like(a))
     use = nz if partial_terms is None else nz & (t < partial_terms)
     ad = a.double()
     qd = q_mag.double()
-    u = float((ad * qd)[use].sum())
-    v = float((qd * qd)[use].sum())
-    if v == 0.0 or u == 0.0:
-        return torch.zeros_like(w).detach(), 0
-    s = int(_floor_log2(torch.tensor(4.0 * u / (3.0 * v), dtype=torch.float64)))
-    s = min(s, _max_exponent(w.dtype))
-    wq = torch.sign(x) * q_mag * float(2.0**s)
-    return wq.view(w.shape).to(w.dtype), s
+    u = torch.where(use, ad * qd, 0.0).sum(1)
+    v = torch.where(use, qd * qd, 0.0).sum(1)
+    ok = (v != 0) & (u != 0) & (mu_t != 0)
+    s = _floor_log2(torch.where(ok, 4.0 * u / (3.0 * torch.where(ok, v, 1.0)), 1.0))
+    s = torch.where(ok, s.clamp(max=_max_exponent(w.dtype)), 0)
+    scale = _pow2(s).to(x.dtype)[:, None]
+    wq = torch.where(ok[:, None], torch.sign(rows) * q_mag * scale, torch.zeros_like(rows))
+    wq = restore(wq).to(w.dtype)
+    return wq, s if per_channel else int(s[0])
 
 
-def inq(w: Tensor, bits: int) -> tuple[Tensor, int]:
+def _round_rows(x: Tensor, s: Tensor, n: int) -> Tensor:
+    """Round the rows of ``x: Tensor[R, L]`` (float32/float64) onto ``2**s[r]`` LBW grids
+    (nearest level, ties to the larger magnitude, zeros/subnormals to 0); same shape."""
+    key, hcol, _ = _row_keys(x, "w")
+    tab = _level_table(s, hcol, n, x.dtype)
+    return torch.index_select(tab.reshape(-1), 0, key).view(x.shape)
+
+
+def inq(
+    w: Tensor, bits: int, per_channel: bool = False, axis: int = 0
+) -> tuple[Tensor, int | Tensor]:
     """INQ's power-of-two rounding (Zhou et al. 2017) with its exponent range from max|W|.
 
     INQ sets ``n1 = floor(log2(4 max|W| / 3))`` and ``n2 = n1 + 1 - 2**(b-1)/2``, levels
     ``{0, +-2**n2, ..., +-2**n1}`` and thresholds at the midpoints ``(a + b)/2`` of neighbouring
-    levels -- the LBW grid with ``s = n1`` fixed instead of optimised. Returns ``(wq, s=n1)``.
+    levels -- the LBW grid with ``s = n1`` fixed instead of optimised (capped so ``2**s`` is
+    finite in ``w``'s dtype). Returns ``(wq, s=n1)``; with ``per_channel`` one ``n1`` per slice
+    along ``axis`` (``s: Tensor[C]`` int64, an all-zero channel gives zeros and 0).
     """
     check_float(w)
     n = pot_levels_count(bits)
-    if w.numel() == 0:
-        return w.detach().clone(), 0
     x = w.detach().to(compute_dtype(w))
-    amax = x.abs().max()
-    if float(amax) == 0.0:
-        return torch.zeros_like(w).detach(), 0
-    s = min(int(_floor_log2((4.0 * amax.double() / 3.0).reshape(1))), _max_exponent(w.dtype))
-    return _apply_pot(x, s, n).to(w.dtype), s
+    rows, restore = as_rows(x, per_channel, axis)
+    if rows.numel() == 0:
+        zs = torch.zeros(rows.shape[0], dtype=torch.int64, device=w.device)
+        return w.detach().clone(), zs if per_channel else 0
+    amax = rows.abs().amax(1).double()
+    pos = amax > 0
+    s = _floor_log2(torch.where(pos, 4.0 * amax / 3.0, 1.0))
+    s = torch.where(pos, s.clamp(max=_max_exponent(w.dtype)), 0)
+    wq = restore(_round_rows(rows, s, n)).to(w.dtype)
+    return wq, s if per_channel else int(s[0])

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lowbit.quant import cluster, pot, ternary, uniform
-from lowbit.quant._common import broadcast_channel, check_bits
+from lowbit.quant._common import as_rows, broadcast_channel, check_bits
 from lowbit.quant.uniform import CALIBRATORS
 
 __all__ = ["QuantResult", "QuantizerEntry", "register", "get", "list_quantizers", "quantize"]
@@ -36,7 +36,9 @@ class QuantResult:
     """A quantized tensor and the data that rebuilds it from integer codes.
 
     ``values``: the quantized tensor (input's shape/dtype/device). ``scale``: 0-dim or
-    ``Tensor[C]`` along ``axis``. ``exponent``: LBW/INQ's ``s`` (``scale == 2**s``).
+    ``Tensor[C]`` along ``axis``. ``exponent``: LBW/INQ's ``s`` (``scale == 2**s``): a Python
+    int per tensor, or ``Tensor[C]`` int64 per channel (then ``axis`` is set and ``scale`` is
+    ``Tensor[C]`` float64 ``== 2**s_c``).
     ``levels``: ``Tensor[K]`` or ``Tensor[C, K]`` for ``kind == "table"``.
     """
 
@@ -45,7 +47,7 @@ class QuantResult:
     bits: int
     scale: Tensor
     zero_point: Tensor | None = None
-    exponent: int | None = None
+    exponent: int | Tensor | None = None
     levels: Tensor | None = None
     axis: int | None = None
 
@@ -115,27 +117,43 @@ def _bits(lo: int, hi: int):
     return post
 
 
+def _check_axis(self) -> None:
+    if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+        raise ValueError(f"axis must be an int, got {self.axis!r}")
+    if not isinstance(self.per_channel, bool):
+        raise ValueError(f"per_channel must be a bool, got {self.per_channel!r}")
+
+
 @dataclass
 class PotParams:
-    """bits in [2, 8] (LBW's ``n = 2**(bits-2)`` magnitudes)."""
+    """bits in [2, 8] (LBW's ``n = 2**(bits-2)`` magnitudes); ``per_channel``: one exponent
+    per slice along ``axis`` (0: output channels of conv/linear weights)."""
 
     bits: int = 4
+    per_channel: bool = False
+    axis: int = 0
 
-    __post_init__ = _bits(2, 8)
+    def __post_init__(self) -> None:
+        check_bits(self.bits, 2, 8)
+        _check_axis(self)
 
 
 @dataclass
 class LbwApproxParams:
     """bits in [2, 8]; ``mu_ratio``: mu as a fraction of max|W| (paper: 0.75); ``mu``: absolute
-    mu (overrides the ratio); ``partial_terms``: truncate (2.9)'s sums (paper: 4)."""
+    mu (overrides the ratio); ``partial_terms``: truncate (2.9)'s sums (paper: 4);
+    ``per_channel``: one mu (``mu_ratio * max|W_c|``) and one s per slice along ``axis``."""
 
     bits: int = 6
     mu_ratio: float = 0.75
     mu: float | None = None
     partial_terms: int | None = None
+    per_channel: bool = False
+    axis: int = 0
 
     def __post_init__(self) -> None:
         check_bits(self.bits, 2, 8)
+        _check_axis(self)
         if not self.mu_ratio > 0:
             raise ValueError(f"mu_ratio must be > 0, got {self.mu_ratio}")
         if self.mu is not None and not self.mu > 0:
@@ -146,12 +164,16 @@ class LbwApproxParams:
 
 @dataclass
 class TwnParams:
-    """``delta_factor``: threshold = delta_factor * mean|W| (TWN: 0.7). bits is fixed at 2."""
+    """``delta_factor``: threshold = delta_factor * mean|W| (TWN: 0.7). bits is fixed at 2.
+    ``per_channel``: one threshold and one alpha per slice along ``axis``."""
 
     delta_factor: float = 0.7
     bits: int = 2
+    per_channel: bool = False
+    axis: int = 0
 
     def __post_init__(self) -> None:
+        _check_axis(self)
         if self.bits != 2:
             raise ValueError(f"twn is ternary: bits must be 2, got {self.bits}")
         if not self.delta_factor > 0:
@@ -307,21 +329,35 @@ def _scalar(v: float | Tensor, like: Tensor) -> Tensor:
     return torch.as_tensor(v, dtype=torch.float64, device=like.device)
 
 
-def _pot_result(wq: Tensor, s: int, bits: int) -> QuantResult:
+def _pot_result(wq: Tensor, s: int | Tensor, bits: int, axis: int | None = None
+                ) -> QuantResult:
+    if isinstance(s, Tensor):  # per channel: scale[c] == 2**s[c] exactly
+        scale = pot._pow2(s.to(device=wq.device, dtype=torch.int64))
+        return QuantResult(wq, "pot", bits, scale, exponent=s, axis=axis)
     return QuantResult(wq, "pot", bits, _scalar(2.0**s, wq), exponent=s)
 
 
+def _axis(p: Any) -> int | None:
+    return p.axis if p.per_channel else None
+
+
 def _lbw_exact(w: Tensor, p: PotParams) -> QuantResult:
+    if p.per_channel:
+        wq, s = pot.lbw_exact_channels(w, p.bits, p.axis)
+        return _pot_result(wq, s, p.bits, p.axis)
     wq, s = pot.lbw_exact(w, p.bits)
     return _pot_result(wq, s, p.bits)
 
 
 def _lbw_approx(w: Tensor, p: LbwApproxParams) -> QuantResult:
     mu = p.mu
-    if mu is None:
-        mu = p.mu_ratio * w.detach().abs().max() if w.numel() else None
-    wq, s = pot.lbw_approx(w, p.bits, mu=mu, partial_terms=p.partial_terms)
-    return _pot_result(wq, s, p.bits)
+    if mu is None and w.numel():
+        rows, _ = as_rows(w.detach(), p.per_channel, p.axis)
+        mu = p.mu_ratio * rows.abs().amax(1)
+        mu = mu if p.per_channel else mu[0]
+    wq, s = pot.lbw_approx(w, p.bits, mu=mu, partial_terms=p.partial_terms,
+                           per_channel=p.per_channel, axis=p.axis)
+    return _pot_result(wq, s, p.bits, _axis(p))
 
 
 def _lbw_ternary(w: Tensor, p: TernaryParams) -> QuantResult:
@@ -330,14 +366,15 @@ def _lbw_ternary(w: Tensor, p: TernaryParams) -> QuantResult:
 
 
 def _inq(w: Tensor, p: PotParams) -> QuantResult:
-    wq, s = pot.inq(w, p.bits)
-    return _pot_result(wq, s, p.bits)
+    wq, s = pot.inq(w, p.bits, per_channel=p.per_channel, axis=p.axis)
+    return _pot_result(wq, s, p.bits, _axis(p))
 
 
 def _twn(w: Tensor, p: TwnParams) -> QuantResult:
-    wq, alpha = ternary.twn(w, p.delta_factor)
+    wq, alpha = ternary.twn(w, p.delta_factor, per_channel=p.per_channel, axis=p.axis)
     a = alpha.double()
-    return QuantResult(wq, "uniform", 2, torch.where(a > 0, a, torch.ones_like(a)), _scalar(0, wq))
+    return QuantResult(wq, "uniform", 2, torch.where(a > 0, a, torch.ones_like(a)),
+                       _scalar(0, wq), axis=_axis(p))
 
 
 def _binary(w: Tensor, p: BinaryParams) -> QuantResult:
