@@ -25,7 +25,8 @@ Non-finite input (a defined result, never an error, so a diverging detector reac
 trainer's loss check): a box with a NaN or infinite coordinate has IoU 0 with every box (as
 in :func:`~lowbit.detection.ops.box_iou`), so it never suppresses and is never suppressed;
 NaN scores are ordered as ``torch.sort(descending=True)`` orders them (first, like
-torchvision), ``±inf`` scores as numbers. A NaN ``iou_threshold`` raises ``ValueError``.
+torchvision), ``±inf`` scores as numbers. A NaN or negative ``iou_threshold`` raises
+``ValueError`` (below 0, IoU 0 would suppress disjoint boxes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import Tensor
 __all__ = ["batched_nms", "nms"]
 
 _BLOCK = 256  # boxes per block; also bounds the later-box test to _BLOCK * N temporaries
+_PER_CLASS_ABOVE = 1000  # batched_nms: one pass with a category test up to here, then per class
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -69,8 +71,7 @@ def _suppress(
 ) -> Tensor:
     """Bool ``[R, C]``: ``IoU(rows[r], cols[c]) > iou_threshold`` (and the same category when
     ``row_idx`` / ``col_idx`` are given), computed in place. ``iou_threshold`` is already the
-    dtype-exact threshold of :func:`_threshold_for`; a box with a non-finite coordinate
-    suppresses nothing and is suppressed by nothing (NaN IoU compares False)."""
+    dtype-exact threshold of :func:`_threshold_for`. Boxes are finite here (see :func:`_nms`)."""
     x1, y1, x2, y2 = cols.unbind(1)
     rx1, ry1, rx2, ry2 = (t[:, None] for t in rows.unbind(1))
     iw = torch.minimum(rx2, x2).sub_(torch.maximum(rx1, x1)).clamp_(min=0)
@@ -80,10 +81,6 @@ def _suppress(
     # Zero union (two degenerate boxes): IoU is 0, never suppresses (torchvision gets NaN,
     # which compares False as well).
     hit = inter.div_(union) > iou_threshold
-    # inf / inf or an infinite coordinate can still produce a finite "IoU": rule it out.
-    fin_r = torch.isfinite(rows).all(dim=1)
-    fin_c = torch.isfinite(cols).all(dim=1)
-    hit &= fin_r[:, None] & fin_c[None, :]
     if row_idx is not None and col_idx is not None:
         hit &= row_idx[:, None] == col_idx[None, :]
     return hit
@@ -104,14 +101,15 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         index first). Empty input gives an empty int64 tensor on the boxes' device.
 
     Raises:
-        ValueError: wrong shapes, or a NaN ``iou_threshold``.
+        ValueError: wrong shapes, or a NaN or negative ``iou_threshold``.
     """
     return _nms(boxes, scores, iou_threshold, None)
 
 
 def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None) -> Tensor:
-    if math.isnan(float(iou_threshold)):
-        raise ValueError("nms: iou_threshold is NaN")
+    t = float(iou_threshold)
+    if math.isnan(t) or t < 0:
+        raise ValueError(f"nms: iou_threshold must be a number >= 0, got {iou_threshold}")
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be Tensor[N, 4], got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
@@ -127,6 +125,13 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | Non
     sorted_boxes = sorted_boxes.to(_work_dtype(sorted_boxes.dtype))
     thr = _threshold_for(sorted_boxes.dtype, iou_threshold)
     sorted_idx = None if idxs is None else idxs.detach().to(device)[order]
+    if sorted_boxes.is_floating_point():
+        finite = torch.isfinite(sorted_boxes).all(dim=1)
+        if not bool(finite.all()):
+            # A non-finite box becomes the empty box (0, 0, 0, 0): its IoU with any box is 0
+            # or 0/0, never above a threshold >= 0, so it neither suppresses nor is
+            # suppressed. (One isfinite pass here instead of a mask in every IoU block.)
+            sorted_boxes = torch.where(finite[:, None], sorted_boxes, 0.0)
 
     def cls(sel: Tensor | slice) -> Tensor | None:
         return None if sorted_idx is None else sorted_idx[sel]
@@ -168,9 +173,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Same result as running :func:`nms` on each category and merging the kept indices by
     decreasing score (ties: lower index first). Implemented without torchvision's
-    coordinate-offset trick: the suppression test itself requires equal categories, so no
-    coordinate is shifted and no float precision is lost, whatever the number of categories
-    or the size of the coordinates. Dtypes, threshold and non-finite boxes as :func:`nms`.
+    coordinate-offset trick, so no coordinate is shifted and no float precision is lost,
+    whatever the number of categories or the size of the coordinates: up to 1000 boxes one
+    pass whose suppression test requires equal categories, above that one :func:`nms` per
+    category (as torchvision's CPU path does for large inputs). Dtypes, threshold and
+    non-finite boxes as :func:`nms`.
 
     Args:
         boxes: ``Tensor[N, 4]``.
@@ -183,4 +190,16 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    return _nms(boxes, scores, iou_threshold, idxs)
+    if boxes.shape[0] <= _PER_CLASS_ABOVE:
+        return _nms(boxes, scores, iou_threshold, idxs)
+    # Many boxes: one nms per category costs sum_c K_c * N_c IoUs instead of K * N.
+    if idxs.shape != boxes.shape[:1]:
+        raise ValueError(f"idxs must be Tensor[{boxes.shape[0]}], got {tuple(idxs.shape)}")
+    idxs = idxs.to(boxes.device)
+    kept = []
+    for c in torch.unique(idxs):
+        members = torch.nonzero(idxs == c).flatten()
+        kept.append(members[_nms(boxes[members], scores[members], iou_threshold, None)])
+    keep = torch.sort(torch.cat(kept)).values  # index order, so that the stable sort below
+    order = torch.sort(scores.detach()[keep], descending=True, stable=True).indices
+    return keep[order]  # breaks score ties by index, as nms does
