@@ -106,8 +106,29 @@ class _UpNet(nn.Module):
         return self.up(torch.relu(self.conv(x)))
 
 
-def test_int8_per_channel_pot_conv_and_conv_transpose(tmp_path: Path) -> None:
-    m = _UpNet().eval()
+def _registry_up_net() -> nn.Module:
+    """:class:`_UpNet` with weights from lowbit's per-channel lbw-exact (``QuantResult`` with
+    ``scale = 2**s_c`` along ``axis``: 0 for the conv, 1 for the transposed conv) applied to
+    weights whose channels differ in magnitude by up to 2**9."""
+    from lowbit.quant import get
+
+    m = _UpNet()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for layer, axis in ((m.conv, 0), (m.up, 1)):
+            w = torch.randn(layer.weight.shape, generator=g)
+            shape = [1] * w.dim()
+            shape[axis] = w.shape[axis]
+            w = w * torch.exp2(-3.0 * torch.arange(w.shape[axis])).view(shape)
+            r = get("lbw-exact")(w, bits=4, per_channel=True, axis=axis)
+            assert r.axis == axis and r.scale.numel() == w.shape[axis]
+            layer.weight.copy_(r.values)
+    return m
+
+
+@pytest.mark.parametrize("source", ["hand", "registry"])
+def test_int8_per_channel_pot_conv_and_conv_transpose(tmp_path: Path, source: str) -> None:
+    m = (_UpNet() if source == "hand" else _registry_up_net()).eval()
     g = torch.Generator().manual_seed(3)
     calib = [torch.randn(4, 3, 12, 12, generator=g) for _ in range(3)]
     rep = export_onnx_int8(m, calib[0][:1], tmp_path / "up8.onnx", calib)
