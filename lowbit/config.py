@@ -14,7 +14,11 @@ A config file has the sections of :class:`ExperimentConfig`::
 ``load_config(path, ["optim.lr=0.05", "train.epochs=2"])`` applies dotted overrides whose values
 are parsed as YAML scalars (``1e-3`` and other numbers written without a dot are read as
 numbers where the field wants one). Every validation error is a ``ValueError`` naming the
-dotted key and the offending value.
+dotted key and the offending value; :func:`load_config` adds the file and the line of the key
+(``configs/x.yaml:14: config optim.lr=-1.0: must be > 0``) or the ``--set`` item that set it.
+Any input, however broken, loads or raises ``ValueError`` (never another exception, never a
+hang): invalid YAML or non-UTF-8 text name the file and line, recursive aliases and alias
+bombs (more than :data:`MAX_NODES` nodes once expanded) are refused, non-finite numbers too.
 """
 
 from __future__ import annotations
@@ -48,14 +52,30 @@ __all__ = [
     "apply_overrides",
     "config_hash",
     "DATA_KINDS",
+    "ConfigError",
+    "MAX_NODES",
 ]
 
 DATA_KINDS: tuple[str, ...] = ("voc", "coco", "digits", "sklearn-digits")
 _ROOTLESS_KINDS = ("sklearn-digits",)
+MAX_NODES = 1_000_000  # values in a config once YAML aliases are expanded
 
 
-def _fail(key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config {key}={value!r}: {why}")
+class ConfigError(ValueError):
+    """A config value is wrong; ``key`` is its dotted name (``optim.lr``, ``milestones[1]``)."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"config {key}={_short(value)}: {why}", key)
 
 
 @dataclass
@@ -195,7 +215,7 @@ class TrainConfig:
 
         try:
             QNSchedule(t0=self.qn_t0, phases=self.qn_phases)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise _fail("train.qn_t0/qn_phases", (self.qn_t0, self.qn_phases), str(exc)) from None
         if not (math.isfinite(self.quant_penalty) and self.quant_penalty >= 0):
             raise _fail("train.quant_penalty", self.quant_penalty, "must be a finite value >= 0")
@@ -260,11 +280,16 @@ def _number(key: str, value: Any, want: type) -> Any:
             raise _fail(key, value, f"expected {want.__name__}") from None
     if not isinstance(value, (int, float)):
         raise _fail(key, value, f"expected {want.__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(key, value, "must be a finite number")
     if want is int:
         if isinstance(value, float) and not value.is_integer():
             raise _fail(key, value, "expected an integer")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise _fail(key, value, "is too large for a float") from None
 
 
 def _check(key: str, value: Any, tp: Any) -> Any:
@@ -312,12 +337,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise _fail(prefix or "<top>", raw, "expected a mapping")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted((k for k in raw if k not in names), key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ValueError(
-            f"config {where}{unknown[0]}: unknown key (known in {prefix or 'top level'}: "
-            f"{', '.join(names)})"
+        raise ConfigError(
+            f"config {where}{_short(unknown[0], 60)}: unknown key (known in "
+            f"{prefix or 'top level'}: {', '.join(names)})", f"{where}{unknown[0]}"
         )
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -325,12 +350,44 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if f.name in raw:
             kwargs[f.name] = _check(key, raw[f.name], hints[f.name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"config {key}: required key is missing")
+            raise ConfigError(f"config {key}: required key is missing", prefix)
     return cls(**kwargs)
+
+
+def _check_size(raw: Any) -> None:
+    """Refuse recursive structures (``&a [*a]``) and more than :data:`MAX_NODES` values once
+    shared (aliased) parts are counted every time they appear; linear in the distinct nodes."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(raw, False)]
+    while stack:
+        node, done = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        nid = id(node)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) \
+            else list(node)
+        if done:
+            on_path.discard(nid)
+            total = 1 + sum(sizes.get(id(c), 1) if isinstance(c, (dict, list, tuple)) else 1
+                            for c in children)
+            if total > MAX_NODES:
+                raise ConfigError(f"config: more than {MAX_NODES} values once YAML aliases are "
+                                  "expanded (an alias bomb?)")
+            sizes[nid] = total
+            continue
+        if nid in sizes:
+            continue
+        if nid in on_path:
+            raise ConfigError("config: a recursive YAML alias (a value contains itself)")
+        on_path.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children)
 
 
 def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from plain (YAML-loaded) data."""
+    _check_size(raw)
     return _build(ExperimentConfig, raw, "")
 
 
@@ -350,21 +407,52 @@ def config_hash(cfg: ExperimentConfig | dict[str, Any]) -> str:
 # YAML: the one place
 
 
-def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file with ``yaml.safe_load``; errors name the file."""
-    p = Path(path)
+def _yaml_error(p: Path | str, exc: Exception, text: str) -> ValueError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        pos = int(exc.position)
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return ValueError(f"{p}:{line}:{col}: invalid YAML: character {exc.character!r} "
+                          f"({exc.reason})")
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0]
+    if mark is not None:
+        return ValueError(f"{p}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}")
+    return ValueError(f"{p}: invalid YAML: {problem or type(exc).__name__}")
+
+
+def _parse_yaml(text: str, p: Path | str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(p, exc, text) from None
+    except RecursionError:
+        raise ValueError(f"{p}: invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. a timestamp out of range
+        raise ValueError(f"{p}: invalid YAML value: {exc}") from None
+
+
+def _read_text(p: Path) -> str:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: invalid YAML: {exc}") from None
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; errors name the file (and line)."""
+    p = Path(path)
+    return _parse_yaml(_read_text(p), p)
 
 
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError, TypeError):
         return text
 
 
@@ -374,15 +462,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     Values are YAML (``true``, ``0.5``, ``[30, 40]``, ``null``); missing intermediate mappings
     are created, so ``quant.bits=4`` works when ``quant`` was absent.
     """
+    _check_size(raw)
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
+            raise ValueError(f"--set {_short(item)}: expected key=value")
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
         if not key or any(not p for p in parts):
-            raise ValueError(f"--set {item!r}: bad key {key!r}")
+            raise ValueError(f"--set {_short(item)}: bad key {_short(key)}")
         node = out
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
@@ -390,23 +479,73 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 nxt = node[part] = {}
             elif not isinstance(nxt, dict):
                 where = ".".join(parts[: i + 1])
-                raise ValueError(f"--set {item!r}: {where} is not a mapping ({nxt!r})")
+                raise ValueError(f"--set {_short(item)}: {where} is not a mapping "
+                                 f"({_short(nxt)})")
             node = nxt
         node[parts[-1]] = _parse_scalar(text)
     return out
 
 
+def _key_line(text: str, key: str) -> int | None:
+    """1-based line of dotted ``key`` (``a.b[2].c``) in YAML ``text``, as deep as it exists."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    line = None
+    for part in key.replace("[", ".[").split("."):
+        if not part or node is None:
+            continue
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            try:
+                node = node.value[int(part[1:-1])]
+            except (ValueError, IndexError):
+                break
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == part:
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                break
+        else:
+            break
+        line = node.start_mark.line + 1 if part.startswith("[") else line
+    return line
+
+
+def _set_by(key: str, overrides: list[str] | tuple[str, ...]) -> str | None:
+    """The last ``--set`` item that set ``key`` or a mapping above it."""
+    base = key.split("[")[0]
+    for item in reversed(overrides):
+        k = item.split("=", 1)[0].strip()
+        if k and (base == k or base.startswith(k + ".") or k.startswith(base + ".")):
+            return item
+    return None
+
+
 def load_config(
     path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
-    """Read a YAML experiment file, apply ``--set`` overrides, validate."""
-    raw = read_yaml(path)
+    """Read a YAML experiment file, apply ``--set`` overrides, validate.
+
+    Every error is a ``ValueError`` naming the file, and the line of the offending key (or the
+    ``--set`` item that gave it)."""
+    p = Path(path)
+    text = _read_text(p)
+    raw = _parse_yaml(text, p)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     try:
         return config_from_dict(apply_overrides(raw, overrides))
+    except ConfigError as exc:
+        item = _set_by(exc.key, overrides) if exc.key else None
+        if item is not None:
+            raise ValueError(f"{path}: --set {_short(item)}: {exc}") from None
+        line = _key_line(text, exc.key) if exc.key else None
+        raise ValueError(f"{path}:{line}: {exc}" if line else f"{path}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 
