@@ -102,10 +102,12 @@ class Method:
     ``penalty``: lambda of 002's extra loss term (``train.quant_penalty``) during QAT.
     ``svd_energy``: before quantizing, replace every ``nn.Linear`` by its truncated SVD keeping
     this share of the singular values' energy (002's compression of the fully connected head;
-    a no-op for models without Linear layers, such as R-FCN). ``reevaluate``: evaluate the
-    converted model after QAT instead of taking the training run's final evaluation (needed
+    a no-op for models without Linear layers, such as R-FCN). ``reevaluate``: the row's
+    mAP must come from the converted model, not the training run's final evaluation (needed
     when training runs a relaxation, e.g. 002's clip-only forward, and the b-bit rounding
-    only happens at conversion). ``plan``: before QAT,
+    only happens at conversion); every QAT row is now scored on its converted model (that
+    is where its detections files come from; the run's own figure is ``train_final_mAP``),
+    so the flag only remains part of the row's stamp. ``plan``: before QAT,
     ``plan(fp32_model, calib_batches, bits) -> (recipe dict, info)`` turns ``recipe(bits)``
     into the recipe that is trained (e.g. per-layer bits from a sensitivity analysis); the
     info lands in the row (cached under ``OUT/runs`` so a rerun does not measure again).
@@ -472,7 +474,13 @@ def add_intervals(rows: list[dict[str, Any]], test_ds: Any, reference: str | Non
         except (ValueError, OSError) as exc:
             r["interval_note"] = str(exc)
     ref = reference if reference in matched else None
-    table = interval_table(matched, ref, n_boot, seed) if matched else {}
+    try:
+        table = interval_table(matched, ref, n_boot, seed) if matched else {}
+    except ValueError as exc:  # e.g. a test set without any positive box: mAP undefined
+        table = {}
+        for r in rows:
+            if r.get("key") in matched:
+                r["interval_note"] = str(exc)
     for r in rows:
         t = table.get(r.get("key", ""))
         if t:
@@ -1013,8 +1021,12 @@ def _run_rows(base: Base, specs: list[tuple[str, Method | None, int, dict[str, A
         # finished rows of other invocations on the same FP32 run (other methods / widths)
         # stay in the table; each carries the settings it was made with
         rows = [r for r in res["rows"] if r["key"] in done or r.get("status") == "ok"]
-        res["rows"] = sorted(rows, key=lambda r: (  # FP32 first, then METHODS order
-            r["method"] != "fp32", order.get(r["method"], len(order))))
+        if all(r["key"] in done for r in rows):  # only this invocation's rows: its order
+            rank = {r["key"]: i for i, r in enumerate(mine)}
+            res["rows"] = sorted(rows, key=lambda r: rank[r["key"]])
+        else:  # with rows of other invocations: FP32 first, then METHODS order
+            res["rows"] = sorted(rows, key=lambda r: (
+                r["method"] != "fp32", order.get(r["method"], len(order))))
         fp = next((r for r in res["rows"] if r["key"] == "fp32" and r["status"] == "ok"), None)
         for r in res["rows"]:
             r["drop"] = (fp["mAP"] - r["mAP"]) if (fp is not None and r.get("mAP") is not None
