@@ -2,10 +2,12 @@
 
 Layout (one ``.safetensors`` file, no pickle):
 
-* metadata ``format = "lowbit-packed"``, ``version = "1"``, ``header`` = JSON with
+* metadata ``format = "lowbit-packed"``, ``version = "2"``, ``checksum`` (below), ``header`` =
+  JSON with
   ``model`` (``{"config": <resolved ExperimentConfig dict>}`` or ``{"arch": <caller's dict>}``)
   and ``layers``: per quantized layer ``{kind, method, bits, width, offset, shape, numel,
-  coding, nbytes, exponent, axis}``;
+  coding, nbytes, exponent, axis, params}`` (``exponent``: the per-tensor ``s``, null when
+  per-channel; ``params``: the quantizer's parameters besides ``bits``, when known);
 * ``q.<layer>.codes``: ``uint8[nbytes]``, the codes as unsigned fields of ``width`` bits
   (``field = code - offset``), packed LSB first: field ``i`` occupies stream bits
   ``[i*width, (i+1)*width)``, stream bit ``j`` is bit ``j % 8`` of byte ``j // 8``; the last
@@ -18,8 +20,16 @@ Layout (one ``.safetensors`` file, no pickle):
   6-bit: 33 values, 12 fields in 61 bits = 5.08 bits); also chosen only when smaller;
 * ``q.<layer>.scale`` (float64, 0-dim or ``[C]``), ``q.<layer>.zero_point``,
   ``q.<layer>.levels`` when the :class:`~lowbit.quant.QuantResult` has them;
+  ``q.<layer>.exponent`` (int64 ``[C]``) for per-channel power-of-two scales
+  (``scale[c] == 2**exponent[c]``, checked on load);
 * ``f.<key>``: every other ``state_dict`` entry (BN, biases, unquantized layers, activation
   ranges) in its own dtype.
+
+``checksum`` is ``"sha256:<hex>"``, the SHA-256 of the whole file (length prefix, JSON header
+with its padding, and every tensor byte) computed with the digest's 64 hex digits replaced by
+``-``. :func:`load_packed` verifies it before reading anything else, so any changed byte --
+a weight code, a scale, a layer's bits in the header -- is refused with a ValueError naming
+the file. Version "1" files (no checksum) still load.
 
 Power-of-two codes ``c in [-n, n]`` (``n = 2**(bits-2)``) are stored with ``offset = -n``,
 i.e. ``c + n in [0, 2n]``, which fits ``bits`` bits (sign and exponent index in one field).
@@ -29,6 +39,8 @@ more (DoReFa's odd codes need ``bits + 1``).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import lzma
 import math
@@ -47,6 +59,7 @@ from torch import Tensor, nn
 
 from lowbit.nn import QuantConv2d, QuantLinear, QuantMixin, make_weight_quantizer, quant_layers
 from lowbit.nn.act import QNActQuant
+from lowbit.nn.quantizers import RegistryWeightQuant
 from lowbit.quant import pot
 from lowbit.quant.registry import QuantResult
 
@@ -54,7 +67,9 @@ __all__ = ["FORMAT", "VERSION", "pack_bits", "unpack_bits", "save_packed", "load
            "read_packed_header", "packed_layer_sizes"]
 
 FORMAT = "lowbit-packed"
-VERSION = "1"
+VERSION = "2"
+_READABLE_VERSIONS = ("1", "2")
+_DIGEST_PLACEHOLDER = "sha256:" + "-" * 64
 CODINGS = ("raw", "radix", "zlib", "lzma")
 _MAX_WORD = 63
 
@@ -192,15 +207,60 @@ def _layer_entry(name: str, layer: QuantMixin, coding: str
         tensors[f"q.{name}.zero_point"] = res.zero_point.detach().double().cpu().contiguous()
     if res.levels is not None:
         tensors[f"q.{name}.levels"] = res.levels.detach().double().cpu().contiguous()
+    exponent = res.exponent
+    if isinstance(exponent, Tensor):  # per-channel power-of-two exponents
+        tensors[f"q.{name}.exponent"] = exponent.detach().to(torch.int64).cpu().contiguous()
+        exponent = None
     entry = {
         "kind": res.kind, "method": layer.method, "bits": int(res.bits), "width": width,
         "offset": offset, "shape": list(res.values.shape), "numel": res.values.numel(),
         "dtype": str(res.values.dtype).removeprefix("torch."), "coding": used,
-        "nbytes": len(data), "raw_nbytes": int(stream.size), "exponent": res.exponent,
+        "nbytes": len(data), "raw_nbytes": int(stream.size), "exponent": exponent,
         "axis": res.axis, "layer": "conv" if isinstance(layer, QuantConv2d) else "linear",
-        **extra,
+        **_params_entry(layer), **extra,
     }
     return entry, tensors
+
+
+def _params_entry(layer: QuantMixin) -> dict[str, Any]:
+    """``{"params": {...}}``: the registry quantizer's parameters besides bits (JSON types)."""
+    wq = getattr(layer, "weight_quant", None)
+    params = getattr(wq, "params", None)
+    if not isinstance(wq, RegistryWeightQuant) or not dataclasses.is_dataclass(params):
+        return {}
+    d = {k: v for k, v in dataclasses.asdict(params).items() if k != "bits"}
+    try:
+        json.dumps(d)
+    except (TypeError, ValueError):
+        return {}
+    return {"params": d}
+
+
+def _with_checksum(blob: bytes) -> bytes:
+    """Replace the digest placeholder in ``blob``'s header by the SHA-256 of ``blob``."""
+    ph = _DIGEST_PLACEHOLDER.encode()
+    (n,) = struct.unpack("<Q", blob[:8])
+    pos = blob.find(ph, 8, 8 + n)
+    if pos < 0 or blob.find(ph, pos + 1, 8 + n) >= 0:
+        raise RuntimeError("packed writer: checksum placeholder not found exactly once")
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    return blob[:pos] + digest.encode() + blob[pos + len(ph):]
+
+
+def _verify_checksum(p: Path, blob: bytes, n: int, value: Any) -> None:
+    """ValueError naming ``p`` unless ``value`` is the digest of ``blob`` (see module doc)."""
+    if not isinstance(value, str) or len(value) != len(_DIGEST_PLACEHOLDER) or \
+            not value.startswith("sha256:"):
+        raise ValueError(f"{p}: packed file has no valid checksum (corrupt header)")
+    enc = value.encode()
+    pos = blob.find(enc, 8, 8 + n)
+    if pos < 0 or blob.find(enc, pos + 1, 8 + n) >= 0:
+        raise ValueError(f"{p}: packed file checksum field is corrupt")
+    ph = _DIGEST_PLACEHOLDER.encode()
+    actual = hashlib.sha256(blob[:pos] + ph + blob[pos + len(enc):]).hexdigest()
+    if "sha256:" + actual != value:
+        raise ValueError(f"{p}: checksum mismatch: the packed file is corrupt or was modified "
+                         f"(stored {value[7:19]}..., computed {actual[:12]}...)")
 
 
 def save_packed(
@@ -246,7 +306,9 @@ def save_packed(
     header = {"model": {"config": config} if config is not None else {"arch": arch},
               "layers": entries}
     blob = st_save(tensors, metadata={"format": FORMAT, "version": VERSION,
+                                      "checksum": _DIGEST_PLACEHOLDER,
                                       "header": json.dumps(header)})
+    blob = _with_checksum(blob)
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_bytes(blob)
@@ -273,7 +335,8 @@ def packed_layer_sizes(model: nn.Module) -> dict[str, int]:
 
 
 def read_packed_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
-    """``(header, file bytes)``; ValueError naming the file when it is not a valid container."""
+    """``(header, file bytes)``; ValueError naming the file when it is not a valid container
+    or its checksum does not match (see the module doc)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: packed file not found")
@@ -290,8 +353,10 @@ def read_packed_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], by
     if meta.get("format") != FORMAT:
         raise ValueError(f"{p}: not a lowbit packed file (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in _READABLE_VERSIONS:
         raise ValueError(f"{p}: unsupported packed version {meta.get('version')!r}")
+    if meta.get("version") != "1":
+        _verify_checksum(p, blob, n, meta.get("checksum"))
     try:
         header = json.loads(meta["header"])
         header["layers"]  # noqa: B018 - presence check
@@ -331,8 +396,16 @@ def _result_for(p: Path, name: str, e: dict[str, Any], t: dict[str, Tensor]) -> 
     codes = torch.from_numpy(fields + offset).to(torch.int32).reshape(shape)
     if kind == "pot" and numel and int(codes.abs().max()) > pot.pot_levels_count(bits):
         raise ValueError(f"{where}: power-of-two code out of range for {bits} bits")
-    res = QuantResult(torch.empty(shape, dtype=dtype), kind, bits, t[f"q.{name}.scale"],
-                      t.get(f"q.{name}.zero_point"), e.get("exponent"),
+    exponent = e.get("exponent")
+    scale = t[f"q.{name}.scale"]
+    if f"q.{name}.exponent" in t:
+        exponent = t[f"q.{name}.exponent"]
+        if kind != "pot" or exponent.dtype != torch.int64 or exponent.shape != scale.shape \
+                or not torch.equal(pot._pow2(exponent), scale.double()):
+            raise ValueError(f"{where}: per-channel exponents do not match the scales "
+                             "(scale[c] must be 2**exponent[c])")
+    res = QuantResult(torch.empty(shape, dtype=dtype), kind, bits, scale,
+                      t.get(f"q.{name}.zero_point"), exponent,
                       t.get(f"q.{name}.levels"), e.get("axis"))
     if kind == "table" and res.levels is not None and numel and \
             int(codes.max()) >= res.levels.shape[-1]:
@@ -361,7 +434,9 @@ def _swap_to_quant(model: nn.Module, name: str, e: dict[str, Any]) -> QuantMixin
         return mod
     if type(mod) not in (nn.Conv2d, nn.Linear):
         raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not a Conv2d/Linear")
-    wq = make_weight_quantizer(e["method"], int(e["bits"]))
+    params = e.get("params")
+    wq = make_weight_quantizer(e["method"], int(e["bits"]),
+                               params if isinstance(params, dict) else None)
     cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
     new = cls.from_float(mod, wq, name=name)
     setattr(parent, child, new)

@@ -146,3 +146,81 @@ def test_radix_coding_sizes(tmp_path: Path) -> None:
             assert (e["coding"], e["radix"], e["nbytes"]) == ("radix", 9, expect)
         else:
             assert e["coding"] == "raw"
+
+
+PER_CHANNEL = [
+    {"method": "lbw-exact", "bits": 2, "params": {"per_channel": True}},
+    {"method": "lbw-exact", "bits": 4, "params": {"per_channel": True}},
+    {"method": "lbw-approx", "bits": 5, "params": {"per_channel": True}},
+    {"method": "inq", "bits": 4, "params": {"per_channel": True}},
+    {"method": "twn", "bits": 2, "params": {"per_channel": True}},
+]
+
+
+@pytest.mark.parametrize("coding", ["raw", "radix"])
+@pytest.mark.parametrize("recipe", PER_CHANNEL, ids=lambda r: f"{r['method']}{r['bits']}-ch")
+def test_per_channel_round_trip_exact(tmp_path: Path, recipe: dict, coding: str) -> None:
+    m = _converted(recipe)
+    x = torch.randn(3, 3, 12, 12)
+    f = tmp_path / "m.lbp"
+    info = save_packed(m, f, arch={"name": "net"}, coding=coding)
+    m2 = load_packed(f, builder=lambda arch: _net())
+    assert torch.equal(m2(x), m(x))
+    for (n1, a), (n2, b) in zip(quant_layers(m), quant_layers(m2)):
+        assert n1 == n2
+        ra, rb = a.frozen, b.frozen
+        assert torch.equal(ra.values, rb.values) and rb.axis == 0
+        assert torch.equal(ra.scale.double(), rb.scale.double())
+        assert rb.scale.shape == (a.weight.shape[0],)
+        if recipe["method"] != "twn":  # power-of-two: one stored exponent per channel
+            assert info["layers"][n1]["exponent"] is None
+            assert torch.equal(rb.exponent, ra.exponent.cpu())
+            assert rb.exponent.shape == (a.weight.shape[0],)
+        assert info["layers"][n1]["params"]["per_channel"] is True
+        assert b.weight_quant.params.per_channel is True
+
+
+def test_per_channel_exponent_mismatch_refused(tmp_path: Path) -> None:
+    """A file whose exponents disagree with its scales is refused (checksum recomputed so
+    that only the consistency check can catch it)."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from lowbit.export.packed import _DIGEST_PLACEHOLDER, _with_checksum, read_packed_header
+
+    m = _converted(PER_CHANNEL[1])
+    f = tmp_path / "m.lbp"
+    save_packed(m, f, arch=None)
+    _, blob = read_packed_header(f)
+    (n,) = __import__("struct").unpack("<Q", blob[:8])
+    meta = __import__("json").loads(blob[8:8 + n])["__metadata__"]
+    t = st_load(blob)
+    key = next(k for k in t if k.endswith(".exponent"))
+    t[key] = t[key].clone()
+    t[key][0] += 1
+    meta["checksum"] = _DIGEST_PLACEHOLDER
+    bad = tmp_path / "bad.lbp"
+    bad.write_bytes(_with_checksum(st_save(t, metadata=meta)))
+    with pytest.raises(ValueError, match="bad.lbp.*2\\*\\*exponent"):
+        load_packed(bad, builder=lambda a: _net())
+
+
+def test_every_single_bit_flip_is_refused(tmp_path: Path) -> None:
+    """Issue 18 item 8: flip one bit in every byte of a saved file (bit index rotating with
+    the offset: length prefix, JSON header, its padding, codes, scales, float tensors) --
+    every flipped file must be refused with a ValueError naming it."""
+    m = _converted(PER_CHANNEL[1])
+    good = tmp_path / "good.lbp"
+    save_packed(m, good, arch=None, coding="radix")
+    blob = good.read_bytes()
+    load_packed(good, builder=lambda a: _net())  # the intact file loads
+    f = tmp_path / "flip.lbp"
+    refused = 0
+    for off in range(len(blob)):
+        b = bytearray(blob)
+        b[off] ^= 1 << (off % 8)
+        f.write_bytes(bytes(b))
+        with pytest.raises(ValueError, match="flip.lbp"):
+            load_packed(f, builder=lambda a: _net())
+        refused += 1
+    assert refused == len(blob) > 1000
