@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.lowbit-dev-$(TORCH)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: $(DEV_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lowbit bench quantizers
+
+# GPU checks (docs/gpu.md): tests/gpu with its CUDA half required (LOWBIT_REQUIRE_CUDA=1 turns
+# the no-CUDA skip into a failure), then a short GPU benchmark. Needs a CUDA build of torch in
+# .venv (the pinned CPU wheel has none).
+gpu-check: $(DEV_STAMP)
+	LOWBIT_REQUIRE_CUDA=1 $(BIN)/python -m pytest tests/gpu -rs -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
