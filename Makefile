@@ -28,6 +28,7 @@ demo: $(STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
