@@ -307,6 +307,19 @@ def evaluate_model(task: Any, model: nn.Module, loader: DataLoader, *, device: t
     return {str(k): float(v) for k, v in metrics.items()}
 
 
+def _finished(run_dir: Path, latest: Path, iteration: int) -> dict[str, float] | None:
+    """The final metrics of ``result.json`` when it belongs to checkpoint ``latest``."""
+    try:
+        res = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or res.get("iteration") != iteration \
+            or Path(str(res.get("checkpoint"))).name != latest.name \
+            or not isinstance(res.get("metrics"), dict):
+        return None
+    return {str(k): float(v) for k, v in res["metrics"].items()}
+
+
 class Trainer:
     """Trains ``cfg`` into ``out_dir`` (see the module docstring).
 
@@ -458,6 +471,10 @@ class Trainer:
         if latest is not None:
             meta = read_checkpoint_json(latest)
             saved = (meta.get("state") or {}).get("config") or {}
+            try:  # runs written before roots were stored absolute: as they were meant then
+                saved = config_to_dict(absolute_paths(config_from_dict(saved)))
+            except ValueError:
+                pass
             changed = config_changes(saved, config_to_dict(cfg)) if saved else []
             if changed and not self.override:
                 raise ValueError(
@@ -486,11 +503,20 @@ class Trainer:
             seed_everything(epoch_generator_seed(tc.seed, 0, salt=ctx.rank))
         self.iteration = start
 
+        # a complete run whose final evaluation finished (result.json is written after it):
+        # nothing to redo, its log stays as it is
+        done = _finished(self.run_dir, latest, start) if (
+            ctx.is_main and latest is not None and start >= total and not changed) else None
+        done = broadcast_json(done, ctx)
+        if done is not None:
+            self.last_metrics = done
         metrics_file = self.run_dir / "metrics.jsonl"
         if ctx.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
             remove_stale_files(self.ckpt_dir)
-            if latest is None:
+            if done is not None:
+                pass
+            elif latest is None:
                 # an earlier attempt that left no checkpoint: its lines would repeat iterations
                 dropped = truncate_metrics_bytes(metrics_file, 0)
                 if dropped:
@@ -500,7 +526,7 @@ class Trainer:
                 truncate_metrics_bytes(metrics_file, int(ckpt_state["log_bytes"]))
             else:  # a checkpoint from before log_bytes was recorded
                 truncate_metrics(metrics_file, start)
-            if start < total or latest is None:
+            if done is None:
                 (self.run_dir / "result.json").unlink(missing_ok=True)
             if latest is not None:
                 msg = f"resuming from iteration {start} ({latest})"
@@ -520,7 +546,7 @@ class Trainer:
             if self.skipped:
                 logger.log("data", start, start / ipe, skipped=dict(self.skipped))
             if latest is not None:
-                if "log_bytes" in ckpt_state:  # the line written after it, cut with the rest
+                if "log_bytes" in ckpt_state and done is None:  # cut with the lines after it
                     logger.log("checkpoint", start, start / ipe,
                                path=str(latest.relative_to(self.run_dir)))
                 logger.log("resume", start, start / ipe, checkpoint=str(latest),
@@ -535,7 +561,7 @@ class Trainer:
             else:
                 ddp = model
             test_loader = _eval_loader(task, cfg, test_ds, ctx.device) if ctx.is_main else None
-            if latest is not None and (ckpt_state.get("eval_due") or (
+            if latest is not None and done is None and (ckpt_state.get("eval_due") or (
                     start >= total and "eval_due" not in ckpt_state)):
                 # the evaluation that followed this checkpoint (it may not have finished); the
                 # quantizers' state at that point is in the checkpoint's buffers

@@ -306,3 +306,38 @@ def test_write_error_is_named_and_leaves_no_partial_file(tmp_path: Path,
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert find_latest_checkpoint(tmp_path) == first
+
+
+def test_resuming_a_complete_run_redoes_nothing(tmp_path: Path, one_thread: None) -> None:
+    cfg = make_config(train={"iterations": 6, "log_every": 2})
+    first = fit(cfg, tmp_path / "r", progress=False)
+    before = read_metrics(tmp_path / "r")
+    evals: list[int] = []
+
+    def record(trainer: Trainer, event: str, info: dict[str, Any]) -> None:
+        if event in ("eval", "iteration"):
+            evals.append(info["iteration"])
+
+    again = fit(cfg, tmp_path / "r", resume=True, progress=False, callbacks=[record])
+    assert evals == [] and again.metrics == first.metrics and again.resumed_from == 6
+    after = read_metrics(tmp_path / "r")
+    assert after[: len(before)] == before and [e["event"] for e in after[len(before):]] == [
+        "resume"]
+
+
+def test_train_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from lowbit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    for action in train._actions:
+        assert action.help and len(action.help) > 10, action.dest
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--set", "--out", "--resume", "--override", "--skip-bad", "--device", "--amp",
+                 "--json"):
+        assert flag in text
