@@ -102,3 +102,15 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def test_export_packed_names_and_writes_0644(tmp_path_factory, tmp_path: Path, capsys) -> None:
+    run = tiny_fp32_run(tmp_path_factory)
+    out = tmp_path / "model.lbp"
+    code, printed, err = run_cli(
+        ["export", str(run), "--out", str(out), "--bits", "4", "--json"], capsys
+    )
+    assert code == 0, err
+    info = json.loads(printed)
+    assert info["path"] == str(out) and info["bytes"] == out.stat().st_size
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 & ~_umask()
