@@ -466,20 +466,21 @@ def annotation_entries(
             old = {}
     out: list[list[Any]] = []
     fresh: dict[str, Any] = {}
+    ann_str = str(ann_dir)
     for image_id in image_ids:
-        path = ann_dir / f"{image_id}.xml"
+        spath = f"{ann_str}/{image_id}.xml"  # str, not Path: 5,000 stats per run
         try:
-            st = os.stat(path)
+            st = os.stat(spath)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: annotation file not found") from None
+            raise FileNotFoundError(f"{spath}: annotation file not found") from None
         except OSError as exc:
-            raise ValueError(f"{path}: cannot read annotation: {exc.strerror or exc}") from None
+            raise ValueError(f"{spath}: cannot read annotation: {exc.strerror or exc}") from None
         entry = old.get(image_id)
         if not (
             type(entry) is list and len(entry) == 6 and entry[0] == st.st_size
             and entry[1] == st.st_mtime_ns and type(entry[5]) is list
         ):  # fmt: skip
-            entry = _to_entry(parse_voc_xml(path), st)
+            entry = _to_entry(parse_voc_xml(ann_dir / f"{image_id}.xml"), st)
             fresh[image_id] = entry
         out.append(entry)
     if cpath is not None and fresh:
