@@ -69,12 +69,36 @@ def _calibration(task: Any, cfg: Any, model: Any, n_images: int) -> list[Any]:
     return calibration_batches(model, train_ds, n_images, batch_size=8)
 
 
+def check_out_file(out: str) -> None:
+    """One-line ``ValueError`` naming ``--out`` when the file cannot be written there: its
+    folder is missing or not a folder, or ``out`` is itself a folder. Checked before any run
+    is loaded, so a typo costs a second, not a model build."""
+    from pathlib import Path
+
+    p = Path(out)
+    if p.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the output file's name")
+    parent = p.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"--out {out}: its folder {parent} {what}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from lowbit.config import config_to_dict
 
+    check_run_path(args.path)
+    check_out_file(args.out)
     cfg, task, model = _load_run(args.path)
     _ptq(model, cfg, args.method, args.bits, args.path)
     if args.format == "packed":
+        from lowbit.nn import quant_layers
+
+        if not quant_layers(model):
+            raise ValueError(
+                f"{args.path}: an FP32 run has no quantized layer to pack; pass --bits "
+                "(and --method) to quantize it after training, or use --format onnx"
+            )
         from lowbit.export.packed import save_packed
 
         info = save_packed(model, args.out, config=config_to_dict(cfg), coding=args.coding)

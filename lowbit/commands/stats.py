@@ -29,6 +29,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-exp must be >= 1, got {args.min_exp}")
     for p in args.runs:
         check_run_path(p)
+    if args.out:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {args.out}: cannot create the folder ({e.strerror})") from None
     runs = [Path(p) for p in args.runs]
     labels = args.labels.split(",") if args.labels else [p.name for p in runs]
     if len(labels) != len(runs):
@@ -39,8 +44,6 @@ def _run(args: argparse.Namespace) -> int:
     names = list(weights[labels[0]])
     chosen = select_layers(names, args.layers)
     out: dict = {"layers": {}}
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
     for lname in chosen:
         cols_w = {lab: w[lname] for lab, w in weights.items() if lname in w}
         k_min = args.min_exp or auto_min_exponent(list(cols_w.values()))

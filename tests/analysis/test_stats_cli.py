@@ -114,3 +114,31 @@ def test_export_packed_names_and_writes_0644(tmp_path_factory, tmp_path: Path, c
     info = json.loads(printed)
     assert info["path"] == str(out) and info["bytes"] == out.stat().st_size
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 & ~_umask()
+
+
+def test_export_out_errors_before_loading(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"  # only a run folder's shape: --out is checked before loading it
+    run.mkdir()
+    (run / "config.yaml").write_text("not: loaded\n")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = {
+        str(tmp_path / "nope" / "m.lbp"): f"its folder {tmp_path / 'nope'} does not exist",
+        str(afile / "m.lbp"): f"its folder {afile} is not a folder",
+        str(tmp_path): "is a folder",
+    }
+    for out, why in cases.items():
+        code, _, err = run_cli(["export", str(run), "--out", out], capsys)
+        assert code == 2
+        assert error_line(err).startswith(f"error: --out {out}: {why}")
+    code, _, err = run_cli(["stats", str(run), "--out", str(afile / "x")], capsys)
+    assert code == 2
+    assert error_line(err).startswith(f"error: --out {afile / 'x'}: cannot create the folder")
+
+
+def test_export_packed_of_fp32_run_names_the_run(tmp_path_factory, tmp_path, capsys) -> None:
+    run = tiny_fp32_run(tmp_path_factory)
+    code, _, err = run_cli(["export", str(run), "--out", str(tmp_path / "m.lbp")], capsys)
+    assert code == 2
+    assert error_line(err).startswith(f"error: {run}: an FP32 run has no quantized layer")
+    assert not (tmp_path / "m.lbp").exists()
