@@ -342,10 +342,17 @@ def _fine_keys(x: Tensor) -> Tensor:
     return torch.bitwise_right_shift(x.view(torch.int32), 22 - _FINE).reshape(-1).add_(_NMAG_FINE)
 
 
-def _fast_decide(cntf: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple[Tensor, Tensor]:
+def _fine_counts(key: Tensor) -> Tensor:
+    """Fine magnitude-bucket counts ``Tensor[2**16]`` int64 of :func:`_fine_keys` output."""
+    h = torch.bincount(key, minlength=2 * _NMAG_FINE)
+    return h[:_NMAG_FINE] + h[_NMAG_FINE:]
+
+
+def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple[Tensor, Tensor]:
     """Counts-only decision for float32 rows: ``(s [G] int64, decided [G] bool)``.
 
-    ``cntf``: ``Tensor[G, 2**17]`` int64 fine-bucket counts per tensor. Buckets carry 7 extra
+    ``fold``: ``Tensor[G, 2**16]`` int64 fine magnitude-bucket counts per tensor
+    (:func:`_fine_counts`). Buckets carry 7 extra
     mantissa bits, so each half-octave's ``sum |w|`` is known to within ``count * 2**(e-8)``
     from counts alone. Each candidate's error *difference* to the estimated best gets a
     rigorous interval; when every candidate is then certainly inside or certainly outside the
@@ -353,23 +360,30 @@ def _fast_decide(cntf: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple
     the optimum's zero threshold reaches subnormals) the row is undecided and the caller uses
     exact float64 statistics.
     """
-    g = cntf.shape[0]
-    dev = cntf.device
+    g = fold.shape[0]
+    dev = fold.device
     per = 1 << _FINE
-    fold = cntf[:, :_NMAG_FINE] + cntf[:, _NMAG_FINE:]
     c_h = fold.view(g, -1, per).sum(2)
+    hh = c_h.shape[1]
     bad = c_h[:, -2:].sum(1)
     tiny = c_h[:, :2].sum(1)
-    mid, mid2 = _fine_midpoints(dev)
-    cnt = fold.double()
-    s1_h = (cnt.view(g, -1, per) * mid.view(-1, per)).sum(2)
-    s2_hat = (cnt * mid2).sum(1)
-    c_h = c_h.double()
-    nbad = bad.tolist()
-    for i, b in enumerate(nbad):
+    occ = torch.nonzero(c_h[:, 2:hh - 2].any(0)).flatten() + 2
+    lims = torch.cat([bad, occ[[0, -1]] if occ.numel() else occ.new_tensor([2, 1])]).tolist()
+    for i, b in enumerate(lims[:g]):
         if b:
             raise _nonfinite_error(names[i], int(b))
-    hh = c_h.shape[1]
+    lo, hi = lims[g:]
+    # float64 sums only over the half-octaves some tensor occupies (zeros/subnormals and the
+    # empty exponent range contribute nothing the bounds below do not already cover)
+    mid, mid2 = _fine_midpoints(dev)
+    s1_h = torch.zeros(g, hh, dtype=torch.float64, device=dev)
+    s2_hat = torch.zeros(g, dtype=torch.float64, device=dev)
+    if hi >= lo:
+        cs = fold[:, lo * per:(hi + 1) * per].double()
+        ms = mid[lo * per:(hi + 1) * per]
+        s1_h[:, lo:hi + 1] = (cs.view(g, -1, per) * ms.view(-1, per)).sum(2)
+        s2_hat = cs @ mid2[lo * per:(hi + 1) * per]
+    c_h = c_h.double()
     km = torch.arange(hh, device=dev)
     hcol = torch.where((km >= 2) & (km < hh - 2), km - 254, _NOCOL).expand(g, -1).contiguous()
     sol = _solve_rows_levels(c_h, s1_h, hcol, n, s_cap)
@@ -431,19 +445,19 @@ def _quantize_rows(
             and j["x"].numel()]
     if fast:
         keys = [_fine_keys(j["x"]) for j in fast]
-        cntf = torch.stack([torch.bincount(k, minlength=2 * _NMAG_FINE) for k in keys])
-        dev = cntf.device
+        fold = torch.stack([_fine_counts(k) for k in keys])
+        dev = fold.device
         caps = torch.tensor([j["cap"] for j in fast], device=dev)
-        s, decided = _fast_decide(cntf, n, caps, [j["name"] for j in fast])
+        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in fast])
         dec = decided.tolist()
         if any(dec):
             hc = torch.arange(512, device=dev)
             hcol = torch.where(hc >= 2, hc - 254, _NOCOL).expand(len(fast), -1)
-            tab = _level_table(s, hcol, n, torch.float32)  # [G, 1024]
-            tab = tab.view(-1, 2, 512, 1).expand(-1, -1, -1, 1 << _FINE).reshape(len(fast), -1)
+            tab = _level_table(s, hcol, n, torch.float32).view(-1, 2, 512, 1)  # [G, 1024]
             for i, j in enumerate(fast):
                 if dec[i]:
-                    j["wq"] = torch.index_select(tab[i], 0, keys[i])
+                    fine = tab[i].expand(2, 512, 1 << _FINE).reshape(-1)
+                    j["wq"] = torch.index_select(fine, 0, keys[i])
                     j["s"] = s[i]
     # 2. everything else: exact float64 statistics, all rows in one solve
     todo = [j for j in jobs if j["s"] is None and j["x"].numel()]

@@ -214,12 +214,12 @@ def test_idempotent_and_never_worse_than_zero(w: torch.Tensor, bits: int) -> Non
 def test_float32_fast_path_certifies_layer_sized_tensors(bits: int) -> None:
     """The counts-only path must decide on ordinary weights (not silently fall back to float64
     every time) and agree with the exact path whenever it decides."""
-    from lowbit.quant.pot import _NMAG_FINE, _fast_decide, _fine_keys
+    from lowbit.quant.pot import _fast_decide, _fine_counts, _fine_keys
 
     decided = 0
     for seed in range(8):
         w = torch.randn(128, 64, 3, 3, generator=torch.Generator().manual_seed(seed)) * 0.02
-        cnt = torch.bincount(_fine_keys(w), minlength=2 * _NMAG_FINE)[None]
+        cnt = _fine_counts(_fine_keys(w))[None]
         s_fast, ok = _fast_decide(cnt, 2 ** (bits - 2), torch.tensor([127]), ["w"])
         if bool(ok[0]):
             decided += 1
