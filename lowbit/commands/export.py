@@ -203,8 +203,8 @@ def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
                     "FP32 eager, float post-processing time, and FP32 / packed / ONNX file sizes.")
     p.add_argument("--models", nargs="+", default=["rfcn_resnet18", "yolov3_tiny_darknet"],
                    metavar="MODEL",
-                   help="detectors to export and time (registered names, see `lowbit train "
-                        "--help`; default: %(default)s)")
+                   help="detectors to export and time: rfcn_* or yolov3_* names of "
+                        "lowbit.detection.list_models() (default: %(default)s)")
     p.add_argument("--run", nargs="*", default=[], metavar="RUN",
                    help="trained run folders; used for the model of the same name (else the "
                         "model's initial weights on noise images)")
