@@ -309,6 +309,26 @@ def test_datafree_grid_stats_and_clustering(cmp_out: Path) -> None:
     assert len(sorted(c for g in cl["clusters"] for c in g)) == 11  # 10 digits + background
     with Image.open(out / "datafree.png") as im:
         assert im.format == "PNG"
+    # every row: detections files, mAP [lo, hi]; drops paired against FP32 on the same images
+    from lowbit.datafree import _Subset
+    from lowbit.eval.intervals import bootstrap_map, match_results_dir, paired_bootstrap
+
+    gt = _Subset(base.test_ds, 2)
+    from lowbit.eval.intervals import ground_truth_arrays
+
+    g = ground_truth_arrays(gt)
+    fp = match_results_dir(g, rows["fp32"]["dets_dir"])
+    for k, r in rows.items():
+        m = match_results_dir(g, r["dets_dir"])
+        iv = bootstrap_map(m)
+        assert r["mAP_ci"] == pytest.approx([iv.lo, iv.hi]), k
+        assert iv.estimate == pytest.approx(r["mAP"], abs=1e-12), k
+        if k != "fp32":
+            d = paired_bootstrap(fp, m)
+            assert r["drop_ci"] == pytest.approx([d.lo, d.hi]), k
+    assert res["bootstrap"]["n_boot"] >= 1000 and res["run_info"]["threads"] >= 1
+    md = (out / "datafree.md").read_text()
+    assert "Every row with its intervals" in md and "paired" in md
     # resumable: the same call reuses every row
     again = datafree(run, out, schemes=("uniform",), granularities=("tensor",), bits=(3,),
                      class_groups=3, test_images=2, progress=False)
