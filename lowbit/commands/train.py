@@ -1,4 +1,7 @@
-"""`lowbit train CONFIG [--set key=value ...] [--out DIR] [--resume [--override]] [--skip-bad]`."""
+"""`lowbit train CONFIG [--set key=value ...] [--out DIR] [--resume [--override]] [--skip-bad]`.
+
+``lowbit train --resume --out RUN`` continues RUN with its stored config (no CONFIG needed).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def _stored_config(out: Path) -> tuple[dict[str, Any], Path] | None:
 def _config(args: argparse.Namespace, out: Path, overrides: list[str]) -> ExperimentConfig:
     stored = _stored_config(out) if args.resume else None
     if stored is None:
+        if args.config is None:
+            raise ValueError(f"{out}: no checkpoint or config.yaml to resume from; give CONFIG")
         return load_config(args.config, overrides)
     raw, source = stored
     try:
@@ -47,7 +52,7 @@ def _config(args: argparse.Namespace, out: Path, overrides: list[str]) -> Experi
         raise ValueError(f"{source}: {exc}") from None
     # say so when the CONFIG file would have given another run: resume does not read it
     try:
-        from_file = config_to_dict(load_config(args.config))
+        from_file = config_to_dict(load_config(args.config)) if args.config else None
     except (ValueError, FileNotFoundError):
         from_file = None
     if from_file is not None and _is_main():
@@ -73,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={args.device}")
     if args.amp:
         overrides.append("train.amp=true")
+    if args.config is None and not (args.resume and args.out):
+        raise ValueError("train: give CONFIG (or --resume --out RUN to continue a run)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     # data.root / init are made absolute by the engine: the stored run works from anywhere
     cfg = _config(args, out, overrides)
@@ -113,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(train.batch_size is the global batch)."
         ),
     )
-    p.add_argument("config", help="experiment YAML file (with --resume only used for the "
-                                  "default --out and when the run folder has no config yet)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="experiment YAML file (with --resume only used for the default --out "
+                        "and when the run folder has no config yet; may then be left out)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, dotted key, YAML value "
                         "(e.g. --set optim.lr=0.05 --set train.epochs=2); repeatable")

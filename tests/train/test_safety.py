@@ -341,3 +341,20 @@ def test_train_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -
     for flag in ("--set", "--out", "--resume", "--override", "--skip-bad", "--device", "--amp",
                  "--json"):
         assert flag in text
+
+
+def test_resume_needs_no_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     one_thread: None) -> None:
+    run = tmp_path / "R"
+    assert main(["train", "--resume", "--out", str(run)]) == 2  # nothing there to resume
+    assert str(run) in _err(capsys)
+    assert main(["train"]) == 2
+    assert "CONFIG" in _err(capsys)
+    assert main(["train", CONFIG, "--out", str(run), *SMALL, "--set", "train.iterations=4",
+                 "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", "--resume", "--out", str(run), "--override", "--set",
+                 "train.iterations=6", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "resuming from iteration 4" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["iteration"] == 6 != first["iteration"]
