@@ -624,3 +624,9 @@ def test_seeds_repeat_each_qat_row(cmp_out: Path) -> None:
     assert lbw["mAP_seed_sd"] == pytest.approx(statistics.stdev(maps))
     assert "seed_runs" not in rows["kmeans-df@4"]  # PTQ / data-free rows are not repeated
     assert "seeds " in (out / "results.md").read_text()
+
+
+def test_per_channel_lbw_row_is_opt_in() -> None:
+    m = METHODS["lbw-exact-ch"]
+    assert "lbw-exact-ch" not in DEFAULT_METHODS and m.kind == "qat"
+    assert m.recipe(5) == {"method": "lbw-exact", "bits": 5, "params": {"per_channel": True}}
