@@ -1145,6 +1145,8 @@ def drop_cell(r: dict[str, Any]) -> str:
     """``+0.72 [-0.10, +1.50] *`` (``*``: the paired interval excludes 0)."""
     from lowbit.eval.intervals import format_ci
 
+    if r.get("method") == "fp32" or r.get("key") == "fp32":
+        return "reference"
     if r.get("drop") is None:
         return "-"
     return format_ci(r["drop"], r.get("drop_ci"), signed=True) + (
