@@ -320,7 +320,7 @@ def _has_subnormals(s1: Tensor, hcol: Tensor) -> bool:
 
 
 _FINE = 7  # extra mantissa bits of the fast path's buckets
-_NMAG_FINE = 1 << 16  # fine float32 magnitude buckets (8 exponent + 1 + 7 mantissa bits)
+_NMAG_FINE = 1 << (9 + _FINE)  # fine float32 magnitude buckets (8 exponent + 1 + _FINE bits)
 
 _MID_CACHE: dict[str, tuple[Tensor, Tensor]] = {}
 
@@ -388,7 +388,7 @@ def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple
     hcol = torch.where((km >= 2) & (km < hh - 2), km - 254, _NOCOL).expand(g, -1).contiguous()
     sol = _solve_rows_levels(c_h, s1_h, hcol, n, s_cap)
     e = _floordiv(km, 2) - 127
-    delta = c_h * _pow2(e - 8)  # |true - estimated sum|w|| per bucket
+    delta = c_h * _pow2(e - (_FINE + 1))  # |true - estimated sum|w|| per bucket
     err, lev, valid, grid = sol["err"], sol["lev"], sol["valid"], sol["grid"]
     # Certify the documented choice (smallest s within 1e-12 ||W||^2 of the minimum) using
     # differences to the estimated best r: buckets at the same level under s and r cancel
