@@ -429,6 +429,7 @@ def score(task: Any, model: nn.Module, ds: Any, folder: Path, device: torch.devi
     ``folder`` in the VOC results format (``comp4_det_<split>_<class>.txt``, 1-based pixels),
     so any evaluator can re-score them. Returns ``{"mAP" (VOC07), "mAP_area", "dets_dir"}``;
     ValueError when the mAP is not finite."""
+    from lowbit.eval.intervals import file_class_names
     from lowbit.eval.voc import evaluate_voc, write_voc_results
 
     preds = predict(task, model, ds, device, batch_size)
@@ -438,7 +439,7 @@ def score(task: Any, model: nn.Module, ds: Any, folder: Path, device: torch.devi
         raise ValueError(f"{folder}: non-finite mAP {r07.map}")
     targets = ds.eval_targets()
     ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
-    write_voc_results(preds, ids, list(ds.classes), folder, split)
+    write_voc_results(preds, ids, file_class_names(ds.classes), folder, split)
     return {"mAP": float(r07.map), "mAP_area": float(rarea.map), "dets_dir": str(folder)}
 
 

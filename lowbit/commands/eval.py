@@ -17,7 +17,7 @@ def _detector_interval(res: Any, device: str | None, n_boot: int, seed: int,
     if "mAP" not in res.metrics:  # only the detect task reports a VOC mAP
         return None
     from lowbit.compare import predict
-    from lowbit.eval.intervals import bootstrap_map, match_voc
+    from lowbit.eval.intervals import bootstrap_map, file_class_names, match_voc
     from lowbit.eval.voc import write_voc_results
     from lowbit.train.checkpoint import load_checkpoint
     from lowbit.train.distributed import resolve_device
@@ -33,7 +33,7 @@ def _detector_interval(res: Any, device: str | None, n_boot: int, seed: int,
     out = {**iv.to_dict(), "n_images": len(test_ds)}
     if dets:
         ids = [str(t.get("image_id", i)) for i, t in enumerate(test_ds.eval_targets())]
-        write_voc_results(preds, ids, list(test_ds.classes), Path(dets), "test")
+        write_voc_results(preds, ids, file_class_names(test_ds.classes), Path(dets), "test")
         out["dets_dir"] = str(dets)
     return out
 

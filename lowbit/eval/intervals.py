@@ -43,6 +43,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ __all__ = [
     "match_files",
     "match_results_dir",
     "ground_truth_arrays",
+    "file_class_names",
     "interval_table",
     "format_ci",
     "bootstrap_counts",
@@ -229,6 +231,12 @@ def match_voc(
     return match_arrays(gt, dets, iou_thresh)
 
 
+def file_class_names(classes: Sequence[str]) -> list[str]:
+    """Class names as they appear in results file names: whitespace and path separators become
+    ``_`` (COCO's ``traffic light`` -> ``traffic_light``); VOC names are unchanged."""
+    return [re.sub(r"[\s/\\]", "_", str(c)) for c in classes]
+
+
 def match_results_dir(
     gt: GroundTruth,
     dets_dir: str | Path,
@@ -237,11 +245,12 @@ def match_results_dir(
     prefix: str = "comp4_det",
 ) -> MatchedSet:
     """:func:`match_arrays` for the VOC results files ``dets_dir/<prefix>_<split>_<class>.txt``
-    (one per class of ``gt``; image ids as ``gt.image_ids``). ValueError naming the file for a
+    (one per class of ``gt``, named by :func:`file_class_names`; image ids as
+    ``gt.image_ids``). ValueError naming the file for a
     missing file or an image outside ``gt``."""
     index = {iid: i for i, iid in enumerate(gt.image_ids)}
     dets = {}
-    for c, name in enumerate(gt.classes):
+    for c, name in enumerate(file_class_names(gt.classes)):
         path = Path(dets_dir) / results_filename(split, name, prefix)
         if not path.is_file():
             raise ValueError(f"{path}: detections file not found")

@@ -353,3 +353,20 @@ def test_interval_table_pairs_every_model_with_the_reference() -> None:
     assert format_ci(-0.0027, [-0.01, 0.005], signed=True) == "-0.27 [-1.00, +0.50]"
     with pytest.raises(ValueError, match="reference"):
         interval_table({"q": mb}, reference="fp32")
+
+
+def test_class_names_with_spaces_round_trip_through_results_files(tmp_path: Path) -> None:
+    from lowbit.eval.intervals import file_class_names, ground_truth_arrays, match_results_dir
+
+    names = ("traffic light", "a/b")
+    assert file_class_names(names) == ["traffic_light", "a_b"]
+    rng = np.random.default_rng(8)
+    preds, targets = _predictions(random_images(rng, 12, 2))
+    gt = ground_truth_arrays(targets, names)
+    write_voc_results(preds, gt.image_ids, file_class_names(names), tmp_path, "test")
+    counts = bootstrap_counts(12, 30, 0)
+    a, _ = map_samples(match_results_dir(gt, tmp_path, "test"), counts)
+    b, _ = map_samples(match_voc(preds, targets, names), counts)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="comp4_det_test_traffic_light.txt"):
+        match_results_dir(gt, tmp_path / "missing", "test")
