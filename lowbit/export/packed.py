@@ -57,7 +57,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from lowbit.nn import QuantConv2d, QuantLinear, QuantMixin, make_weight_quantizer, quant_layers
+from lowbit.nn import (
+    QuantMixin,
+    make_weight_quantizer,
+    quant_layers,
+    quantize_module,
+    weight_layer_kind,
+)
 from lowbit.nn.act import QNActQuant
 from lowbit.nn.quantizers import RegistryWeightQuant
 from lowbit.quant import pot
@@ -216,7 +222,7 @@ def _layer_entry(name: str, layer: QuantMixin, coding: str
         "offset": offset, "shape": list(res.values.shape), "numel": res.values.numel(),
         "dtype": str(res.values.dtype).removeprefix("torch."), "coding": used,
         "nbytes": len(data), "raw_nbytes": int(stream.size), "exponent": exponent,
-        "axis": res.axis, "layer": "conv" if isinstance(layer, QuantConv2d) else "linear",
+        "axis": res.axis, "layer": weight_layer_kind(layer),
         **_params_entry(layer), **extra,
     }
     return entry, tensors
@@ -401,7 +407,7 @@ def _result_for(p: Path, name: str, e: dict[str, Any], t: dict[str, Tensor]) -> 
     if f"q.{name}.exponent" in t:
         exponent = t[f"q.{name}.exponent"]
         if kind != "pot" or exponent.dtype != torch.int64 or exponent.shape != scale.shape \
-                or not torch.equal(pot._pow2(exponent), scale.double()):
+                or not torch.equal(pot.exact_pow2(exponent), scale.double()):
             raise ValueError(f"{where}: per-channel exponents do not match the scales "
                              "(scale[c] must be 2**exponent[c])")
     res = QuantResult(torch.empty(shape, dtype=dtype), kind, bits, scale,
@@ -432,15 +438,13 @@ def _swap_to_quant(model: nn.Module, name: str, e: dict[str, Any]) -> QuantMixin
     mod = getattr(parent, child)
     if isinstance(mod, QuantMixin):
         return mod
-    if type(mod) not in (nn.Conv2d, nn.Linear):
-        raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not a Conv2d/Linear")
+    if weight_layer_kind(mod) is None:
+        raise ValueError(f"layer {name!r} is a {type(mod).__name__}, not a conv/linear layer")
     params = e.get("params")
     wq = make_weight_quantizer(e["method"], int(e["bits"]),
                                params if isinstance(params, dict) else None)
-    cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
-    new = cls.from_float(mod, wq, name=name)
-    setattr(parent, child, new)
-    return new
+    # in place, as prepare does: subclasses keep their own forward, shared modules stay shared
+    return quantize_module(mod, wq, name=name)
 
 
 def load_packed(

@@ -11,14 +11,16 @@ Each :class:`ZooEntry` names what the model exercises in :func:`lowbit.nn.prepar
 * ``shufflenetv2_wd2`` -- grouped / depthwise convs, channel shuffle, Linear head;
 * ``resnext14_16x4d`` -- grouped 3x3 convs (32 groups);
 * ``sharesnet18`` -- ShaResNet: one conv *module* shared by every unit of a stage;
-* ``octresnet10_ad2`` -- ``OctConv(nn.Conv2d)``, own forward slicing ``self.weight``;
+* ``octresnet10_ad2`` -- ``OctConv(nn.Conv2d)``, own forward slicing ``self.weight`` (quarter
+  width);
 * ``xdensenet40_cifar`` -- ``XConv2d(nn.Conv2d)``, own forward multiplying ``weight`` by a
   fixed random mask;
 * ``efficientnet_b0_static`` / ``efficientnet_b0_dynamic`` -- ``Conv2dStaticSamePadding`` /
   ``Conv2dDynamicSamePadding`` (same-padding subclasses of ``nn.Conv2d``, own forward): the
   EfficientNet whose convs lowbit once skipped silently (B0 at half width and depth);
 * ``centernet_resnet18`` -- CenterNet detector: ResNet-18 trunk, three ``ConvTranspose2d``
-  upsampling stages, heatmap / size / offset heads (network output, no box decoding);
+  upsampling stages, heatmap / size / offset heads (network output, no box decoding; quarter
+  width);
 * ``quartznet5x5`` -- QuartzNet 5x5 speech model at quarter width: ``MaskConv1d(nn.Conv1d)``
   (own forward taking ``(x, x_len)``), depthwise 1-D convs; wrapped to take one tensor;
 * ``stdconv`` (written here) -- ``StdConv2d(nn.Conv2d)``, weight standardisation in its own
@@ -173,6 +175,28 @@ def _effnet(dynamic: bool) -> nn.Module:
     return m
 
 
+def _octresnet() -> nn.Module:
+    """pytorchcv ``octresnet10_ad2`` (Octave ResNet-10, alpha 1/2) at a quarter of its width."""
+    from pytorchcv.models.octresnet import get_octresnet
+
+    m = get_octresnet(blocks=10, oct_alpha=0.5, width_scale=0.25, num_classes=10)
+    m.features.final_pool = nn.AdaptiveAvgPool2d(1)
+    return m
+
+
+def _centernet() -> nn.Module:
+    """pytorchcv ``centernet_resnet18_voc``'s layout (ResNet-18 trunk without its pooling, three
+    ConvTranspose2d stages, heatmap / size / offset heads, 20 classes) on ``resnet18_wd4``
+    (quarter-width trunk) with decoder channels 64/32/16 instead of 256/128/64."""
+    from pytorchcv.models.centernet import CenterNet
+    from pytorchcv.models.resnet import resnet18_wd4
+
+    backbone = resnet18_wd4().features
+    del backbone[-1]
+    return CenterNet(backbone=backbone, backbone_out_channels=512, channels=[64, 32, 16],
+                     return_heatmap=True, in_size=(64, 64), num_classes=20)
+
+
 def _quartz() -> nn.Module:
     """QuartzNet 5x5's layout (pytorchcv ``quartznet5x5_en_ls``: 8 stages, depthwise
     ``MaskConv1d`` blocks repeated 5 times, kernels 33..87) at a quarter of its width."""
@@ -195,7 +219,7 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              "pytorchcv", "grouped convs"),
     ZooEntry("sharesnet18", lambda: _pcv("sharesnet18", num_classes=10), _IMG,
              "pytorchcv", "conv modules shared across units"),
-    ZooEntry("octresnet10_ad2", lambda: _pcv("octresnet10_ad2", num_classes=10), _IMG,
+    ZooEntry("octresnet10_ad2", _octresnet, _IMG,
              "pytorchcv", "OctConv(nn.Conv2d) slicing its weight"),
     ZooEntry("xdensenet40_cifar",
              lambda: _pcv("xdensenet40_2_k24_bc_cifar10", adaptive_pool=False), (1, 3, 32, 32),
@@ -204,9 +228,7 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
              "Conv2dStaticSamePadding"),
     ZooEntry("efficientnet_b0_dynamic", lambda: _effnet(True), _IMG, "efficientnet_pytorch",
              "Conv2dDynamicSamePadding"),
-    ZooEntry("centernet_resnet18",
-             lambda: _pcv("centernet_resnet18_voc", adaptive_pool=False, in_size=(64, 64),
-                          return_heatmap=True), _IMG, "pytorchcv",
+    ZooEntry("centernet_resnet18", _centernet, _IMG, "pytorchcv",
              "detector with ConvTranspose2d"),
     ZooEntry("quartznet5x5", _quartz, (1, 64, 64), "pytorchcv",
              "MaskConv1d(nn.Conv1d) with (x, x_len) forward, depthwise Conv1d"),
