@@ -21,6 +21,7 @@ from lowbit.train.engine import (
     EvalResult,
     RunResult,
     Trainer,
+    TrainingDiverged,
     apply_quantization,
     build_model,
     evaluate_checkpoint,
@@ -28,6 +29,7 @@ from lowbit.train.engine import (
     fit,
     warm_start,
 )
+from lowbit.train.lock import RunLock, RunLockedError
 from lowbit.train.sampler import ResumableShardedSampler
 from lowbit.train.schedules import LRSchedule
 from lowbit.train.tasks import Task, get_task, list_tasks, register_task, task_for_model
@@ -38,9 +40,12 @@ __all__ = [
     "EvalResult",
     "LRSchedule",
     "ResumableShardedSampler",
+    "RunLock",
+    "RunLockedError",
     "RunResult",
     "Task",
     "Trainer",
+    "TrainingDiverged",
     "apply_quantization",
     "build_model",
     "evaluate_checkpoint",
