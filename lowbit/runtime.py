@@ -114,13 +114,20 @@ def run_info() -> dict[str, Any]:
 
 def start_line(info: dict[str, Any] | None = None) -> str:
     """One line for the start of a computing verb, e.g. ``lowbit: 1 thread (--threads; torch
-    intra-op 1, inter-op 1), load average at start 0.92 0.70 0.32, 2 CPUs``."""
+    intra-op 1, inter-op 1), load average at start 0.92 0.70 0.32, 2 CPUs``; plus a second
+    line suggesting ``--threads 1`` when no count was given, torch uses several threads and
+    the 1-minute load average is at least the CPU count."""
     info = run_info() if info is None else info
     la = info["load_average_start"]
     load = " ".join(f"{v:.2f}" for v in la) if la else "n/a"
     n = info["threads"]
-    return (
+    line = (
         f"lowbit: {n} thread{'s' if n != 1 else ''} ({info['threads_source']}; torch intra-op "
         f"{info['torch_threads']}, inter-op {info['torch_interop_threads']}), "
         f"load average at start {load}, {info['cpu_count']} CPUs"
     )
+    cpus = info["cpu_count"] or 1
+    if info["threads_source"] != "--threads" and n > 1 and la and la[0] >= cpus:
+        line += (f"\nlowbit: note: the machine is busy (load {la[0]:.2f} on {cpus} CPUs); "
+                 "--threads 1 avoids OpenMP spin-wait slowdowns (docs/threads.md)")
+    return line

@@ -139,3 +139,13 @@ def test_every_help_page_formats(capsys: pytest.CaptureFixture) -> None:
     for p in sub.choices.values():
         for leaf in [p, *_leaf_parsers(p)]:
             assert leaf.format_help()
+
+
+def test_busy_machine_note_only_without_threads_flag() -> None:
+    info = {"threads": 2, "threads_source": "torch default", "torch_threads": 2,
+            "torch_interop_threads": 2, "load_average_start": [5.0, 4.0, 3.0], "cpu_count": 2}
+    first, note = runtime.start_line(info).split("\n")
+    assert START.fullmatch(first) and "--threads 1" in note and "load 5.00 on 2 CPUs" in note
+    assert "\n" not in runtime.start_line({**info, "load_average_start": [1.5, 1.0, 1.0]})
+    assert "\n" not in runtime.start_line({**info, "threads_source": "--threads"})
+    assert "\n" not in runtime.start_line({**info, "threads": 1, "torch_threads": 1})
