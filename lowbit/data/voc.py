@@ -111,15 +111,6 @@ class VOCAnnotation:
         return voc_to_internal(self.voc_boxes())
 
 
-def _text(node: Any, tag: str, path: Path, default: str | None = None) -> str:
-    child = node.find(tag)
-    if child is None or child.text is None or not child.text.strip():
-        if default is not None:
-            return default
-        raise ValueError(f"{path}: malformed VOC annotation: missing <{tag}>")
-    return child.text.strip()
-
-
 def _number(text: str, tag: str, path: Path) -> float:
     try:
         v = float(text)
@@ -219,33 +210,71 @@ def parse_voc_xml(path: str | Path, check_bounds: bool = True) -> VOCAnnotation:
     return _voc_from_root(parse_xml_bytes(data, path), path, check_bounds)
 
 
+def _children(node: ET.Element) -> dict[str, ET.Element]:
+    """First child of each tag (what ``node.find(tag)`` returns), in one pass."""
+    out: dict[str, ET.Element] = {}
+    for c in node:
+        out.setdefault(c.tag, c)
+    return out
+
+
+def _field(ch: dict[str, ET.Element], tag: str, path: Path, default: str | None = None) -> str:
+    """Stripped text of the first ``<tag>`` child (see :func:`_text`)."""
+    child = ch.get(tag)
+    text = None if child is None else child.text
+    if text is None or not text.strip():
+        if default is not None:
+            return default
+        raise ValueError(f"{path}: malformed VOC annotation: missing <{tag}>")
+    return text.strip()
+
+
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+_KNOWN = frozenset({"name", "bndbox", "difficult", "truncated"})
+
+
+def _parse_voc_file(spath: str) -> VOCAnnotation:
+    """:func:`parse_voc_xml` with ``check_bounds`` for a ``str`` path that was just stat-ed
+    (the cache's hot loop: no pathlib until an error or the result needs it)."""
+    try:
+        with open(spath, "rb") as f:
+            data = f.read()
+    except OSError:
+        return parse_voc_xml(spath)  # the same errors, with the same messages
+    path = Path(spath)
+    return _voc_from_root(parse_xml_bytes(data, path), path, True)
+
+
 def _voc_from_root(root: ET.Element, path: Path, check_bounds: bool) -> VOCAnnotation:
     if root.tag != "annotation":
         raise ValueError(f"{path}: malformed VOC annotation: root element is <{root.tag}>")
-    size = root.find("size")
+    top = _children(root)
+    size = top.get("size")
     if size is None:
         raise ValueError(f"{path}: malformed VOC annotation: missing <size>")
-    width = int(_number(_text(size, "width", path), "width", path))
-    height = int(_number(_text(size, "height", path), "height", path))
+    sch = _children(size)
+    width = int(_number(_field(sch, "width", path), "width", path))
+    height = int(_number(_field(sch, "height", path), "height", path))
     objects: list[VOCObject] = []
     for k, obj in enumerate(root.iter("object")):
-        name = _text(obj, "name", path)
-        bb = obj.find("bndbox")
+        och = _children(obj)
+        name = _field(och, "name", path)
+        bb = och.get("bndbox")
         if bb is None:
             raise ValueError(f"{path}: malformed VOC annotation: object {k} has no <bndbox>")
-        box = tuple(_number(_text(bb, t, path), t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
+        bch = _children(bb)
+        box = tuple(_number(_field(bch, t, path), t, path) for t in _BOX_TAGS)
         x1, y1, x2, y2 = box
         if check_bounds and not (1 <= x1 <= x2 <= width and 1 <= y1 <= y2 <= height):
             raise ValueError(
                 f"{path}: object {k} ({name}) box {box} is outside the {width}x{height} image "
                 "(VOC boxes are 1-based inclusive: need 1 <= xmin <= xmax <= width)"
             )
-        difficult = _text(obj, "difficult", path, default="0") not in ("0", "false", "False")
-        truncated = _text(obj, "truncated", path, default="0") not in ("0", "false", "False")
-        known = {"name", "bndbox", "difficult", "truncated"}
-        extra = {c.tag: (c.text or "").strip() for c in obj if c.tag not in known and len(c) == 0}
+        difficult = _field(och, "difficult", path, default="0") not in ("0", "false", "False")
+        truncated = _field(och, "truncated", path, default="0") not in ("0", "false", "False")
+        extra = {c.tag: (c.text or "").strip() for c in obj if c.tag not in _KNOWN and len(c) == 0}
         objects.append(VOCObject(name, box, difficult, truncated, extra))  # type: ignore[arg-type]
-    filename = _text(root, "filename", path, default=path.stem + ".jpg")
+    filename = _field(top, "filename", path, default=path.stem + ".jpg")
     return VOCAnnotation(path, filename, width, height, objects)
 
 
@@ -480,7 +509,7 @@ def annotation_entries(
             type(entry) is list and len(entry) == 6 and entry[0] == st.st_size
             and entry[1] == st.st_mtime_ns and type(entry[5]) is list
         ):  # fmt: skip
-            entry = _to_entry(parse_voc_xml(ann_dir / f"{image_id}.xml"), st)
+            entry = _to_entry(_parse_voc_file(spath), st)
             fresh[image_id] = entry
         out.append(entry)
     if cpath is not None and fresh:
