@@ -307,13 +307,21 @@ def quantize_onnx_int8(
     fp_inits = {i.name: numpy_helper.to_array(i) for i in fp_model.graph.initializer}
     excluded = [n.name for n in fp_model.graph.node if n.op_type in cfg.float_ops]
     float_weights = _thin_convs(fp_model, fp_inits, cfg.float_below_channels, excluded)
+    # grouped ConvTranspose: onnxruntime's per-channel quantizer gives its weight [C_in,
+    # C_out/g, kh, kw] C_out/g scales along axis 1 and then fails on the C_out bias; one scale
+    # per tensor is what it can do
+    overrides = {n.input[1]: [{"symmetric": True}] for n in fp_model.graph.node
+                 if n.op_type == "ConvTranspose" and n.input[1] in fp_inits
+                 and _attr(n, "group", 1) > 1} if cfg.per_channel else {}
     qt = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     quantize_static(
         str(fp32_path), str(path), _Reader(calibration),
         quant_format=QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator,
         activation_type=qt[cfg.activations], weight_type=qt[cfg.weights],
         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-        nodes_to_exclude=excluded, extra_options={"WeightSymmetric": True})
+        nodes_to_exclude=excluded,
+        extra_options={"WeightSymmetric": True, **({"TensorQuantOverrides": overrides}
+                                                   if overrides else {})})
     q = onnx.load(str(path))
     report: dict[str, str] = {}
     if cfg.weights == "s8" and not cfg.reduce_range:
@@ -339,6 +347,14 @@ def quantize_onnx_int8(
 # moves the QuantizeLinear above it anyway, and the uint8 MaxPool then stays NCHW and breaks the
 # NHWC chain of QLinear ops (R-FCN: 4 extra Transposes, 0.63x FP32 instead of 0.42x)
 _STEM_TAIL = ("Relu", "LeakyRelu", "Clip")
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    """Attribute ``name`` of an ONNX node (``default`` when absent)."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
 
 
 def _thin_convs(fp_model: Any, inits: dict[str, np.ndarray], below: int, excluded: list[str]

@@ -216,3 +216,39 @@ def test_ort_session_rejects_bad_options(tmp_path: Path) -> None:
     a = run_onnx(ort_session(f, 1, disabled_optimizers=("NchwcTransformer",)), x)[0]
     b = run_onnx(ort_session(f, 1, opt_level="basic"), x)[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_grouped_conv_transpose(tmp_path: Path) -> None:
+    """A grouped ConvTranspose (weight ``[C_in, C_out/g, kh, kw]``, bias ``[C_out]``) gets one
+    weight scale per tensor (onnxruntime's per-channel quantizer cannot give it C_out scales)
+    and still exact power-of-two codes; the ungrouped ones stay per channel."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                      nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2), nn.ReLU(),
+                      nn.ConvTranspose2d(8, 4, 2, stride=2)).eval()
+    with torch.no_grad():
+        for i, layer in enumerate((m[0], m[2], m[4])):
+            layer.weight.copy_(_pot_per_channel(tuple(layer.weight.shape), 0,
+                                                [-1] * layer.weight.shape[0], 10 + i))
+    g = torch.Generator().manual_seed(5)
+    calib = [torch.randn(4, 3, 8, 8, generator=g) for _ in range(2)]
+    rep = export_onnx_int8(m, calib[0][:1], tmp_path / "g.onnx", calib)
+    assert rep["weights"] == {"0.weight": "pot-exact", "2.weight": "pot-exact",
+                              "4.weight": "pot-exact"}
+    deq = _dequantized_weights(rep["path"])
+    for name, layer in (("0.weight", m[0]), ("2.weight", m[2]), ("4.weight", m[4])):
+        np.testing.assert_array_equal(deq[name], layer.weight.detach().double().numpy())
+    from onnx import numpy_helper
+
+    q = onnx.load(rep["path"])
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    scales = {n.input[0]: inits[n.input[1]].size for n in q.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and n.input[0].endswith("weight_quantized")}
+    assert scales == {"0.weight_quantized": 8, "2.weight_quantized": 1, "4.weight_quantized": 4}
+    x = torch.cat(calib)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = run_onnx(ort_session(rep["path"], 1), x)[0]
+    assert out.shape == ref.shape == (8, 4, 32, 32)
+    assert np.abs(out - ref).max() <= 0.03 * np.abs(ref).max()

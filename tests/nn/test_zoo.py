@@ -250,10 +250,8 @@ def _dequantized_weights(path: Path) -> dict[str, np.ndarray]:
 INT8 = ("efficientnet_b0_static", "octresnet10_ad2", "xdensenet40_cifar", "centernet_resnet18",
         "stdconv", "tied", "all_kinds")
 #: known failures, strict: the test fails once they are fixed, so that the mark is removed
-_INT8_XFAIL = {
-    "all_kinds": "onnxruntime's per-channel quantizer gives a grouped ConvTranspose C_out/groups "
-                 "weight scales and then fails on its C_out bias (shapes (8,) vs (4,))",
-}
+#: (all_kinds' grouped ConvTranspose: fixed by a per-tensor weight scale in export_onnx_int8)
+_INT8_XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [
