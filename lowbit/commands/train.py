@@ -27,11 +27,17 @@ def _stored_config(out: Path) -> tuple[dict[str, Any], Path] | None:
     killed before its first checkpoint); ``None`` for a new folder."""
     from lowbit.train.checkpoint import find_latest_checkpoint, read_checkpoint_json
 
-    latest = find_latest_checkpoint(out) if out.is_dir() else None
-    if latest is not None:
-        saved = (read_checkpoint_json(latest).get("state") or {}).get("config")
+    for _ in range(5):  # a checkpoint pruned between finding and reading it: look again
+        latest = find_latest_checkpoint(out) if out.is_dir() else None
+        if latest is None:
+            break
+        try:
+            saved = (read_checkpoint_json(latest).get("state") or {}).get("config")
+        except FileNotFoundError:
+            continue
         if isinstance(saved, dict):
             return saved, latest
+        break
     if (out / "config.yaml").is_file():
         raw = read_yaml(out / "config.yaml")
         if isinstance(raw, dict):
@@ -81,6 +87,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is None and not (args.resume and args.out):
         raise ValueError("train: give CONFIG (or --resume --out RUN to continue a run)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1") and (out / ".lock").exists():
+        # a live writer: say so before reading anything it may be rotating (the engine takes
+        # the lock for the run itself; a stale lock is taken over here, with its message)
+        from lowbit.train.lock import RunLock
+
+        probe = RunLock(out)
+        note = probe.acquire()
+        probe.release()
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     # data.root / init are made absolute by the engine: the stored run works from anywhere
     cfg = _config(args, out, overrides)
     result = fit(cfg, out, resume=args.resume, override=args.override, skip_bad=args.skip_bad,

@@ -1,8 +1,9 @@
 """One process per run folder (real processes), and a full disk that loses nothing.
 
-* A helper process holds a run folder's lock; a real ``lowbit train`` into that folder is
-  refused naming the helper's pid and host. After the helper is SIGKILLed its lock file stays
-  behind; the next ``lowbit train`` takes it over with a message and runs.
+* A real ``lowbit train`` writes a run folder; a second ``lowbit train --resume`` (another
+  process) and a plain ``train`` into that folder are refused naming the first one's pid and
+  host. After the first is SIGKILLed its lock file stays behind; the next ``lowbit train
+  --resume`` takes it over with a message and continues from the last checkpoint.
 * A disk that fills up while a resumed run writes its next checkpoint: a real tiny tmpfs where
   this machine lets us mount one, and everywhere a real per-file size limit
   (``RLIMIT_FSIZE``, the kernel's EFBIG) in a subprocess. The error names the file, and the
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,16 +36,6 @@ SMALL = ["--set", "train.epochs=1", "--set", "model.kwargs.width=8", "--set", "t
          "--set", "train.keep_checkpoints=1", "--set", "train.eval_interval=0"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
-HOLDER = r"""
-import sys
-from lowbit.train.lock import RunLock
-lock = RunLock(sys.argv[1])
-lock.acquire()
-print("locked", flush=True)
-sys.stdin.read()  # hold until the parent closes stdin or kills us
-"""
-
-
 def _lowbit(*args: str, preexec: object = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lowbit.cli", *args], cwd=REPO, env=ENV, capture_output=True,
@@ -51,13 +44,19 @@ def _lowbit(*args: str, preexec: object = None) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def first_writer(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A real `lowbit train` into R, long enough to be killed, with one checkpoint written."""
     run = tmp_path / "R"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=REPO, env=ENV,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowbit.cli", "train", CONFIG, "--out", str(run), *SMALL,
+         "--set", "train.epochs=5000", "--set", "train.log_every=1000"],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "locked"
+        deadline = time.monotonic() + 240
+        while find_latest_checkpoint(run) is None:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)  # polling interval, not a timing assumption
         yield proc, run
     finally:
         if proc.poll() is None:
@@ -65,26 +64,36 @@ def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
         proc.wait(timeout=60)
 
 
-def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(
-    holder: tuple[subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
+def test_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(
+    first_writer: tuple[subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    proc, run = holder
-    got = _lowbit("train", CONFIG, "--out", str(run), *SMALL)
+    """Reproducer: two `lowbit train` into one --out both "succeeded"; a `train --resume`
+    started while the first ran read a checkpoint the first had just rotated away."""
+    proc, run = first_writer
+    got = _lowbit("train", CONFIG, "--out", str(run), "--resume")
     assert got.returncode == 2
     err = got.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ") and f"pid {proc.pid}" in err
     assert socket.gethostname() in err
-    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert main(["train", CONFIG, "--out", str(run), *SMALL]) == 2  # a plain train too
+    assert f"pid {proc.pid}" in capsys.readouterr().err
     with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
         RunLock(run).acquire()  # the library API says the same
+    assert proc.poll() is None  # the first writer was not disturbed
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert (run / LOCK_NAME).exists()  # a dead process leaves its lock file behind
-    assert main(["train", CONFIG, "--out", str(run), *SMALL]) == 0
-    err = capsys.readouterr().err
-    assert f"taking over the stale lock of pid {proc.pid}" in err
-    assert find_latest_checkpoint(run) is not None
+    latest = find_latest_checkpoint(run)
+    assert latest is not None
+    done = int(latest.stem.split("-")[1])
+    epochs = done // 22 + 1
+    assert main(["train", "--resume", "--out", str(run), "--override",
+                 "--set", f"train.epochs={epochs}", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert f"taking over the stale lock of pid {proc.pid}" in cap.err
+    assert f"resuming from iteration {done}" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["iteration"] == epochs * 22
     assert not (run / LOCK_NAME).exists()  # released at the end
 
 
