@@ -136,9 +136,13 @@ def evaluate_coco_files(ann_file: str | Path, results_file: str | Path) -> dict[
         if not Path(p).is_file():
             raise FileNotFoundError(f"{p}: file not found")
     try:
-        results = json.loads(Path(results_file).read_text())
+        results = json.loads(Path(results_file).read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{results_file}: malformed JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{results_file}: malformed JSON: not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError(f"{results_file}: malformed JSON: nested too deeply") from None
     if not isinstance(results, list):
         raise ValueError(f"{results_file}: a COCO results file is a JSON list")
     out = _run(ann_file, results)

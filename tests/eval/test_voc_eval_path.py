@@ -158,3 +158,16 @@ def test_voc_eval_help_covers_every_option(capsys: pytest.CaptureFixture) -> Non
     for action in p._actions:
         assert action.help, f"voc-eval {action.option_strings} has no help"
     assert p.get_default("metric") == "07"
+
+
+def test_coco_results_file_errors_name_the_file(tmp_path: Path) -> None:
+    from lowbit.eval.coco import evaluate_coco_files
+
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"images": [], "annotations": [], "categories": []}')
+    res = tmp_path / "res.json"
+    for data, msg in ((b"[" * 100000, "nested too deeply"), (b"[\xff]", "not UTF-8"),
+                      (b"[1,", "malformed JSON"), (b"{}", "is a JSON list")):
+        res.write_bytes(data)
+        with pytest.raises(ValueError, match=rf"res\.json: .*{msg}"):
+            evaluate_coco_files(ann, res)
