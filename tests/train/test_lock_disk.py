@@ -64,7 +64,7 @@ def first_writer(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]
         proc.wait(timeout=60)
 
 
-def test_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(
+def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(
     first_writer: tuple[subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Reproducer: two `lowbit train` into one --out both "succeeded"; a `train --resume`
