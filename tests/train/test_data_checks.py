@@ -37,7 +37,7 @@ from lowbit.train.metrics import read_metrics
 @pytest.fixture(scope="module")
 def devkit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("digits") / "digits"
-    generate_digits(root, train=6, test=3, size=64, workers=1)
+    generate_digits(root, train=6, test=3, size=64, workers=1, coco=True)
     return root
 
 
@@ -92,6 +92,21 @@ def test_validation_names_every_bad_item(data: Path) -> None:
     bad = validate_dataset(train)
     assert [b.index for b in bad] == [3, 5]
     assert "50x40" in bad[0].reason and str(missing) in bad[1].reason
+
+
+def test_validation_of_a_coco_set(data: Path) -> None:
+    from lowbit.data.coco import COCODetection
+
+    test = COCODetection(data / "JPEGImages", data / "annotations" / "instances_test.json")
+    assert validate_dataset(test) == []
+    names = [im["file_name"] for im in test.images]
+    truncated = data / "JPEGImages" / names[0]
+    truncated.write_bytes(truncated.read_bytes()[:20])  # not even a whole header
+    bad = validate_dataset(test)
+    assert [b.index for b in bad] == [0] and names[0] in bad[0].reason
+    kept = drop_items(test, bad)
+    assert [im["file_name"] for im in kept.images] == names[1:]
+    assert len(kept.eval_targets()) == 2 and len(test) == 3  # the original is untouched
 
 
 def test_bad_test_annotation_stops_before_training_or_is_skipped(
