@@ -310,3 +310,34 @@ def test_shell_commands_quote_cleanly() -> None:
     for b in BLOCKS:
         if b.kind != "python":
             shlex.split(b.shell_text(), comments=True)
+
+
+def test_readme_verb_table_matches_the_cli() -> None:
+    """The README's verb table lists exactly the verbs `lowbit --help` offers."""
+    res = subprocess.run([str(BIN / "lowbit"), "--help"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    verbs = set(re.findall(r"^ {4}([a-z][a-z0-9-]*)\s", res.stdout, re.M))
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `lowbit ([a-z][a-z0-9-]*)` \|", text, re.M))
+    assert verbs and table == verbs, f"README table {sorted(table)} vs CLI {sorted(verbs)}"
+
+
+def test_every_page_is_in_the_site_nav() -> None:
+    """mkdocs.yml's nav names every docs page once, and only pages that exist."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+    def pages(nav: object) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, dict):
+            return [p for v in nav.values() for p in pages(v)]
+        if isinstance(nav, list):
+            return [p for v in nav for p in pages(v)]
+        return []
+
+    listed = pages(cfg["nav"])
+    assert len(listed) == len(set(listed)), f"a page is listed twice: {listed}"
+    on_disk = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert set(listed) == on_disk, (set(listed) ^ on_disk)
