@@ -168,7 +168,8 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
         "int8_over_fp32": round(med(t8) / med(t32), 3),
         "int8_config": rep["config"],
         "exact_pot_weights": f"{sum(v == 'pot-exact' for v in rep['weights'].values())}"
-                             f"/{len(rep['weights'])}",
+                             f"/{sum(v != 'float' for v in rep['weights'].values())} int8",
+        "float_weights": sum(v == "float" for v in rep["weights"].values()),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if profile:
