@@ -66,7 +66,11 @@ _NAME_RE = re.compile(r"^ckpt-(\d+)\.json$")
 
 
 class NonFiniteError(ValueError):
-    """A tensor holds NaN or infinity (refused on save and on load)."""
+    """A tensor holds NaN or infinity (refused on save and on load); ``tensor`` is its name."""
+
+    def __init__(self, message: str, tensor: str = "") -> None:
+        super().__init__(message)
+        self.tensor = tensor
 
 
 class CheckpointWriteError(RuntimeError):
@@ -308,7 +312,7 @@ def save_checkpoint(
     if bad is not None:
         raise NonFiniteError(
             f"{json_path}: not written: tensor {bad} holds NaN or infinity (a diverged run); "
-            "earlier checkpoints are kept"
+            "earlier checkpoints are kept", bad
         )
     blob = st_save(flat, metadata={"format": "pt", "lowbit": FORMAT})
     meta = {
@@ -428,7 +432,7 @@ def load_checkpoint(
     if bad is not None:
         raise NonFiniteError(
             f"{tensors_path}: tensor {bad} holds NaN or infinity (written by a diverged run); "
-            "refusing to load it"
+            "refusing to load it", bad
         )
     model_state = {k[6:]: v for k, v in flat.items() if k.startswith("model.")}
     otensors = {k: v for k, v in flat.items() if k.startswith("optim.")}

@@ -784,7 +784,8 @@ class Trainer:
                                        scaler=scaler)
             except NonFiniteError as exc:
                 failure = ["TrainingDiverged", (
-                    f"{self.run_dir}: training diverged by iteration {it}: {exc}; "
+                    f"{self.run_dir}: training diverged by iteration {it}: the weights hold NaN "
+                    f"or infinity ({exc.tensor}), so checkpoint {it} was not written; "
                     f"{self._last_words()}")]
             except CheckpointWriteError as exc:
                 failure = ["RuntimeError", f"{exc} (iteration {it}); {self._last_words()}"]
