@@ -605,9 +605,11 @@ class Trainer:
 
     def _last_words(self) -> str:
         last = self._last_good
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-        return (f"{where} (resume with a smaller learning rate: lowbit train CONFIG --out "
-                f"{self.run_dir} --resume --override --set optim.lr=...)")
+        if last is None:
+            return ("there is no earlier checkpoint (start again with a smaller learning rate: "
+                    "--set optim.lr=...)")
+        return (f"the last good checkpoint is {last} (resume it with a smaller learning rate: "
+                f"lowbit train --out {self.run_dir} --resume --override --set optim.lr=...)")
 
     def _diverged(self, loss: torch.Tensor, it: int) -> TrainingDiverged:
         return TrainingDiverged(
