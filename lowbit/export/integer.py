@@ -114,7 +114,7 @@ def shift_conv2d(
     h_out = (x.shape[2] + 2 * _pair(padding)[0] - _pair(dilation)[0] * (kh - 1) - 1) \
         // _pair(stride)[0] + 1
     acc = acc.reshape(nb, cout, h_out, -1)
-    y = acc.double() * pot._pow2(m_o + 1 - n).reshape(1, -1, 1, 1) * x_scale
+    y = acc.double() * pot.exact_pow2(m_o + 1 - n).reshape(1, -1, 1, 1) * x_scale
     if bias is not None:
         y = y + bias.double().reshape(1, -1, 1, 1)
     return acc, y

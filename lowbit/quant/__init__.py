@@ -1,8 +1,10 @@
 """lowbit.quant: weight quantizers as pure functions on tensors, and their registry.
 
-Families: power-of-two (:mod:`~lowbit.quant.pot`: LBW exact / ternary / mu, INQ), scaled sign
-(:mod:`~lowbit.quant.ternary`: TWN, binary), uniform (:mod:`~lowbit.quant.uniform`: calibrated
-uniform, DoReFa), Quantization Networks (:mod:`~lowbit.quant.sigmoid`), data-free non-uniform
+Families: power-of-two (:mod:`~lowbit.quant.pot`: LBW exact / ternary / mu, INQ; LBW exact per
+channel with ``lbw_exact_channels`` and for a whole model in one pass with ``lbw_exact_many``),
+scaled sign (:mod:`~lowbit.quant.ternary`: TWN, binary), uniform
+(:mod:`~lowbit.quant.uniform`: calibrated uniform, DoReFa), Quantization Networks
+(:mod:`~lowbit.quant.sigmoid`), data-free non-uniform
 (:mod:`~lowbit.quant.cluster`: k-means, log). ``get(name)`` / ``list()`` name them for configs.
 The uniform quantizer function is exported as ``uniform_quantize`` so that the submodule
 ``lowbit.quant.uniform`` stays reachable as an attribute.

@@ -20,6 +20,13 @@ Tie rules (deterministic, documented once here):
   smallest keeps them.) The paper's (2.9) formula, used by :func:`lbw_approx`, resolves its own
   parabola tie upwards instead;
 * an all-zero (or empty) tensor quantizes to zeros with ``s = 0``.
+
+Per channel and many tensors at once: :func:`lbw_exact_channels` gives each slice along an
+axis its own exponent, :func:`lbw_exact_many` quantizes a list of tensors (a whole model) in
+one call. Both put every segment (tensor or channel) in its own row of one histogram
+(per-row key offsets) and solve all rows together; a row's arithmetic never depends on the
+other rows, so the results are bit-identical to :func:`lbw_exact` on each tensor or slice --
+:func:`lbw_exact` itself is the one-tensor case.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "lbw_exact",
     "lbw_exact_channels",
     "lbw_exact_many",
+    "exact_pow2",
     "lbw_ternary_sorted",
     "lbw_approx",
     "inq",
@@ -117,12 +125,16 @@ def _floordiv(a: Tensor, d: int) -> Tensor:
     return torch.div(a, d, rounding_mode="floor")
 
 
-def _pow2(k: Tensor) -> Tensor:
-    """Exact ``2.0**k`` in float64 for int64 ``k <= 1023`` (0 below 2**-1074), no ``pow``."""
+def exact_pow2(k: Tensor) -> Tensor:
+    """Exact ``2.0**k`` as float64 for an int64 tensor ``k <= 1023`` (0 below 2**-1074), built
+    from IEEE bits (no ``pow``/``ldexp``: exact and fast). Same shape as ``k``."""
     hi = k.clamp(min=-1022)
     lo = (k - hi).clamp(min=-1022)
     f = torch.bitwise_left_shift(hi + 1023, 52).view(torch.float64)
     return f * torch.bitwise_left_shift(lo + 1023, 52).view(torch.float64)
+
+
+_pow2 = exact_pow2
 
 
 def _window(cnt: Tensor, hcol: Tensor, n: int, s_cap: Tensor):

@@ -332,7 +332,7 @@ def _scalar(v: float | Tensor, like: Tensor) -> Tensor:
 def _pot_result(wq: Tensor, s: int | Tensor, bits: int, axis: int | None = None
                 ) -> QuantResult:
     if isinstance(s, Tensor):  # per channel: scale[c] == 2**s[c] exactly
-        scale = pot._pow2(s.to(device=wq.device, dtype=torch.int64))
+        scale = pot.exact_pow2(s.to(device=wq.device, dtype=torch.int64))
         return QuantResult(wq, "pot", bits, scale, exponent=s, axis=axis)
     return QuantResult(wq, "pot", bits, _scalar(2.0**s, wq), exponent=s)
 
