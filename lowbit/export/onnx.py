@@ -4,14 +4,18 @@
   a detector's post-processing stays in PyTorch float. Quantized layers export their frozen
   weight values as FP32 initializers; activation fake-quantizers are switched off while
   exporting (the FP32 file is the float network; the int8 file does activation quantization).
-* :func:`export_onnx_int8` — ``onnxruntime.quantization.quantize_static`` (QDQ format,
-  per-tensor, activations uint8 calibrated with min/max on the given batches, weights int8
-  symmetric, per output channel), then every weight whose rows are signed powers of two
-  times a per-channel factor (lowbit's "pot" layers, with the BatchNorm the exporter folds
-  into them) is re-quantized exactly: ``scale[o] = top[o] * 2**-6`` with ``top[o]`` the
-  row's largest magnitude, so ``value / scale = +-2**(6 - d)`` is an exact int8 for every
-  magnitude within ``2**6`` of the largest (all codes for bits <= 4: ``n <= 4`` magnitudes;
-  for 5-8-bit LBW the magnitudes below ``2**(e_max-6)`` round to 0 or +-1: ``pot-inexact``).
+* :func:`export_onnx_int8` — ``onnxruntime.quantization.quantize_static`` with an
+  :class:`Int8Config` (default: QDQ format, activations uint8 calibrated with min/max on the
+  given batches, weights int8 symmetric per output channel: "u8s8", the combination
+  onnxruntime's x86 kernels run fastest; docs/deployment.md has the per-option measurements),
+  then every weight whose slices along its channel axis (0 for Conv / Gemm, 1 for
+  ConvTranspose) are signed powers of two times a per-slice factor (lowbit's "pot" layers, per
+  tensor or per channel, with the BatchNorm the exporter folds into them) is re-quantized
+  exactly: ``scale[o] = top[o] * 2**-6`` with ``top[o]`` the slice's largest magnitude, so
+  ``value / scale = +-2**(6 - d)`` is an exact int8 for every magnitude within ``2**6`` of the
+  largest (all codes for bits <= 4: ``n <= 4`` magnitudes; for 5-8-bit LBW the magnitudes
+  below ``2**(e_max-6)`` round to 0 or +-1: ``pot-inexact``). The FP32 intermediate the
+  quantizer reads goes to a temporary folder (deleted) unless ``fp32_path`` is given.
 """
 
 from __future__ import annotations
