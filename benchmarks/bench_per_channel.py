@@ -209,7 +209,11 @@ def verdict(results: dict[str, dict[str, list[float]]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    ap.add_argument("--seed-list", default=None,
+                    help="comma-separated seeds instead (to run seeds in separate processes)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the table of earlier --json outputs (seeds concatenated)")
     ap.add_argument("--models", default="digits,resnet20")
     ap.add_argument("--quick", action="store_true", help="fewer epochs (12 FP32, 6 QAT)")
     ap.add_argument("--fp32-epochs", type=int, default=None, help="override (default 30)")
@@ -219,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="of the PARQ rows, run only the ternary one")
     ap.add_argument("--json", default=None, help="write the per-seed results here")
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge)
     torch.set_num_threads(1)
+    seeds = ([int(v) for v in args.seed_list.split(",")] if args.seed_list
+             else list(range(args.seeds)))
     fp32_epochs, qat_epochs = (12, 6) if args.quick else (30, 15)
     fp32_epochs = args.fp32_epochs if args.fp32_epochs is not None else fp32_epochs
     qat_epochs = args.qat_epochs if args.qat_epochs is not None else qat_epochs
@@ -236,11 +244,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.environ.get('OMP_NUM_THREADS')}; load average at start "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; PARQ "
           f"{'on' if parq else 'absent (pip install -e .[parq])'}; epochs FP32 {fp32_epochs}, "
-          f"QAT {qat_epochs}; seeds {list(range(args.seeds))}")
+          f"QAT {qat_epochs}; seeds {seeds}")
     t0 = time.perf_counter()
     results = {}
     for name in args.models.split(","):
-        results[name] = run_model(name, list(range(args.seeds)), fp32_epochs, qat_epochs, 0.1,
+        results[name] = run_model(name, seeds, fp32_epochs, qat_epochs, 0.1,
                                   0.02, parq, log, not args.no_parq_uniform)
     load = os.getloadavg()
     print(table(results))
@@ -250,8 +258,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "fp32_epochs": fp32_epochs, "qat_epochs": qat_epochs,
-                       "parq": parq}, f, indent=1)
+            json.dump({"results": results, "seeds": seeds, "fp32_epochs": fp32_epochs,
+                       "qat_epochs": qat_epochs, "parq": parq}, f, indent=1)
+    return 0
+
+
+def _merge(paths: list[str]) -> int:
+    results: dict[str, dict[str, list[float]]] = {}
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        for name, res in d["results"].items():
+            print(f"{path}: {name} seeds {d.get('seeds')} epochs FP32 {d['fp32_epochs']} QAT "
+                  f"{d['qat_epochs']}")
+            for row, accs in res.items():
+                results.setdefault(name, {}).setdefault(row, []).extend(accs)
+    print(table(results))
+    for line in verdict(results):
+        print(line)
     return 0
 
 
