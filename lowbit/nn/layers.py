@@ -363,7 +363,7 @@ def quantize_step(model: nn.Module) -> int:
     or stepping the optimizer in between falls back to the layer's own quantizer.
     """
     import lowbit.quant as Q
-    from lowbit.quant.registry import QuantResult
+    from lowbit.quant.registry import _pot_result
 
     groups: dict[tuple, list[QuantMixin]] = {}
     seen: set[int] = set()
@@ -376,7 +376,6 @@ def quantize_step(model: nn.Module) -> int:
             continue
         groups.setdefault(key, []).append(m)
     done = 0
-    many = getattr(Q, "lbw_exact_many", None)
     for (bits, per_channel, device), layers in groups.items():
         nt = torch.get_num_threads()
         limit = _QUANT_THREADS is not None and nt > _QUANT_THREADS and device.type == "cpu"
@@ -385,12 +384,7 @@ def quantize_step(model: nn.Module) -> int:
         try:
             ws = [m.weight.detach() for m in layers]
             try:
-                if many is not None:
-                    outs = many(ws, bits, per_channel=per_channel)
-                else:  # lbw_exact_many not available: same results, one call per layer
-                    outs = [(r.values, r.exponent) for r in
-                            (m.weight_quant.entry.fn(w, m.weight_quant.params)
-                             for m, w in zip(layers, ws))]
+                outs = Q.lbw_exact_many(ws, bits, per_channel=per_channel)
             except ValueError:  # rerun per layer: its error names the layer
                 for m in layers:
                     m._run_quantizer()
@@ -399,15 +393,8 @@ def quantize_step(model: nn.Module) -> int:
             if limit:
                 torch.set_num_threads(nt)
         for m, (wq, s) in zip(layers, outs):
-            s_t = torch.as_tensor(s)
-            if per_channel:
-                res = QuantResult(wq, "pot", bits, torch.ldexp(
-                    torch.ones(s_t.shape, dtype=torch.float64, device=wq.device),
-                    s_t.to(device=wq.device, dtype=torch.float64)), exponent=s_t, axis=0)
-            else:
-                s_i = int(s_t)
-                res = QuantResult(wq, "pot", bits, torch.tensor(
-                    2.0**s_i, dtype=torch.float64, device=wq.device), exponent=s_i)
+            # the registry's own result builder: the same QuantResult a layer would make
+            res = _pot_result(wq, s if per_channel else int(s), bits, 0 if per_channel else None)
             m._step = (m._key(), res)
             done += 1
     return done

@@ -268,13 +268,16 @@ def _resnetish() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
 
 
-def test_quantize_step_is_bit_identical_to_per_layer_and_replaces_it(monkeypatch) -> None:
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantize_step_is_bit_identical_to_per_layer_and_replaces_it(monkeypatch,
+                                                                     per_channel: bool) -> None:
     from lowbit.nn import RegistryWeightQuant, quantize_step
 
     torch.manual_seed(0)
     a = _resnetish()
     b = copy.deepcopy(a)
-    recipe = {"method": "lbw-exact", "bits": 5, "layers": ["conv", "linear"]}
+    recipe = {"method": "lbw-exact", "bits": 5, "layers": ["conv", "linear"],
+              "params": {"per_channel": per_channel}}
     prepare(a, recipe)
     prepare(b, recipe)
     b._forward_pre_hooks.clear()  # b: every layer runs its own quantizer
@@ -304,7 +307,11 @@ def test_quantize_step_is_bit_identical_to_per_layer_and_replaces_it(monkeypatch
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.equal(pa, pb)
         for (_, la_), (_, lb_) in zip(quant_layers(a), quant_layers(b)):
-            assert la_.weight_quant.last.exponent == lb_.weight_quant.last.exponent
+            ra, rb = la_.weight_quant.last, lb_.weight_quant.last
+            assert torch.equal(torch.as_tensor(ra.exponent), torch.as_tensor(rb.exponent))
+            assert torch.equal(ra.scale, rb.scale) and ra.axis == rb.axis
+            assert torch.as_tensor(ra.exponent).numel() == (
+                la_.weight.shape[0] if per_channel else 1)
     # nothing stale: after the optimizer step the hook's results no longer match the weights,
     # so a direct submodule call recomputes
     calls.clear()
