@@ -55,7 +55,7 @@ def tensor_st(draw, min_dim: int = 0) -> torch.Tensor:
     return w
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ws=st.lists(tensor_st(), min_size=1, max_size=6), bits=st.integers(2, 8))
 def test_many_is_bit_identical_to_lbw_exact(ws: list[torch.Tensor], bits: int) -> None:
     out = lbw_exact_many(ws, bits)
@@ -66,7 +66,7 @@ def test_many_is_bit_identical_to_lbw_exact(ws: list[torch.Tensor], bits: int) -
         assert s.dtype == torch.int64 and s.dim() == 0 and int(s) == s_ref
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ws=st.lists(tensor_st(min_dim=1), min_size=1, max_size=5), bits=st.integers(2, 8))
 def test_per_channel_is_bit_identical_to_lbw_exact_per_slice(ws: list[torch.Tensor],
                                                              bits: int) -> None:
@@ -106,7 +106,7 @@ def _brute_force_channels(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, lis
     return torch.stack(rows), ss
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), channels=st.integers(1, 6), length=st.integers(1, 40),
        dist=st.sampled_from(["gauss", "student", "outliers", "zeros", "repeated", "mixed"]),
        scales=st.lists(st.integers(-10, 10), min_size=6, max_size=6), bits=st.integers(2, 8),
