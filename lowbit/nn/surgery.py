@@ -278,7 +278,7 @@ def _scale_str(res) -> str:
     if res.kind == "table":
         n = res.levels.shape[-1] if res.levels is not None else 0
         return f"{n} levels"
-    if sc.numel() > 1:
+    if sc.numel() > 1 or res.axis is not None:
         return f"per-channel[{sc.numel()}]"
     if res.exponent is not None:
         return f"2^{res.exponent}"

@@ -320,3 +320,10 @@ def test_quantize_step_is_bit_identical_to_per_layer_and_replaces_it(monkeypatch
     assert quantize_step(a) == 4 and quantize_step(a) == 0  # fresh results are kept
     a.eval()
     assert quantize_step(a) == 0  # eval mode keeps its own cache
+
+
+def test_describe_names_per_channel_scales_even_with_one_channel() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 1, 3), nn.ReLU(), nn.Conv2d(1, 4, 1))
+    prepare(model, {"method": "lbw-exact", "bits": 4, "params": {"per_channel": True}})
+    table = describe(model)
+    assert [r["scale"] for r in table] == ["per-channel[1]", "per-channel[4]"]
