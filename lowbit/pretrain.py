@@ -57,16 +57,20 @@ class PretrainConfig:
         train_crops, test_crops: crops rendered for training / held-out accuracy.
         steps: SGD steps; batch: crops per step; lr: peak learning rate (cosine, 5% warm-up);
         weight_decay; seed (data and initialisation).
+
+    The defaults are a first measured point, not a tuned recipe: for ``rfcn_resnet18`` they
+    gave 56.5% held-out accuracy (11 classes, chance 9.1%; train 74%) in 918 s at 1 thread on
+    a 2-core machine at load average 9-10; lr 0.1 with batch 64 (300 steps) stayed at 15%.
     """
 
     model: str = "rfcn_resnet18"
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     crop: int = 64
-    train_crops: int = 12000
+    train_crops: int = 6000
     test_crops: int = 1100
-    steps: int = 1500
-    batch: int = 64
-    lr: float = 0.1
+    steps: int = 1200
+    batch: int = 32
+    lr: float = 0.03
     weight_decay: float = 1e-4
     seed: int = 0
 

@@ -46,13 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the weights and their JSON sidecar (default: pretrained)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. model.kwargs.width=0.25 (repeatable)")
-    p.add_argument("--steps", type=int, help="SGD steps (default 1500)")
-    p.add_argument("--train-crops", type=int, help="training crops rendered (default 12000)")
+    p.add_argument("--steps", type=int, help="SGD steps (default 1200)")
+    p.add_argument("--train-crops", type=int, help="training crops rendered (default 6000)")
     p.add_argument("--test-crops", type=int,
                    help="held-out crops from the test digit pool (default 1100)")
-    p.add_argument("--batch", type=int, help="crops per step (default 64)")
+    p.add_argument("--batch", type=int, help="crops per step (default 32)")
     p.add_argument("--crop", type=int, help="crop side in pixels (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.03)")
     p.add_argument("--seed", type=int, help="data and initialisation seed (default 0)")
     p.add_argument("--force", action="store_true", help="retrain even if the file exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
