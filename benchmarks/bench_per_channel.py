@@ -61,9 +61,12 @@ def _have_parq() -> bool:
 
 
 def build_model(name: str) -> nn.Module:
-    """``digits``: DigitsCNN(16); ``resnet20``: pytorchcv resnet20_cifar10 for 1x8x8 digits."""
+    """``digits``: DigitsCNN(16); ``digits-wN``: DigitsCNN(N) (e.g. ``digits-w4``, where
+    quantization costs more); ``resnet20``: pytorchcv resnet20_cifar10 for 1x8x8 digits."""
     if name == "digits":
         return DigitsCNN(16)
+    if name.startswith("digits-w") and name[len("digits-w"):].isdigit():
+        return DigitsCNN(int(name[len("digits-w"):]))
     if name == "resnet20":
         from pytorchcv.model_provider import get_model
 
@@ -71,7 +74,7 @@ def build_model(name: str) -> nn.Module:
                       num_classes=10)
         m.features.final_pool = nn.AdaptiveAvgPool2d(1)
         return m
-    raise ValueError(f"bench_per_channel: unknown model {name!r} (digits, resnet20)")
+    raise ValueError(f"bench_per_channel: unknown model {name!r} (digits, digits-wN, resnet20)")
 
 
 def _conv_weights(model: nn.Module) -> list[nn.Parameter]:
