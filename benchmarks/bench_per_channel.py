@@ -3,8 +3,9 @@ beside torchao PARQ's ternary and uniform quantizers (an optional peer, skipped 
 not installed: ``pip install -e ".[parq]"``).
 
 Task: scikit-learn's 8x8 digits (1,347 train / 450 test, the split of ``lowbit bench digits``).
-Models: the digits CNN (:class:`lowbit.nn.bench_models.DigitsCNN`, width 16) and pytorchcv's
-``resnet20_cifar10`` (1 input channel, adaptive final pooling; the ``zoo`` extra).
+Models: the digits CNN (:class:`lowbit.nn.bench_models.DigitsCNN`, width 16; ``digits-wN`` for
+width N) and pytorchcv's ``resnet20_cifar10`` (1 input channel, adaptive final pooling; the
+``zoo`` extra). Results and their commands: docs/per_channel.md.
 
 For each model and seed: FP32 training from ``torch.manual_seed(seed)`` (SGD Nesterov 0.9,
 cosine learning rate, batch 64, weight decay 5e-4), then every quantized row starts from that
@@ -25,7 +26,8 @@ the paper's recipe, as ``lowbit bench digits``). Test accuracy (%) of the final 
 sample sd over seeds. Single-threaded; prints the thread count and the load average.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_per_channel.py [--seeds 3]
-[--models digits,resnet20] [--quick] [--json out.json]``.
+[--models digits,digits-w4,resnet20] [--quick] [--json out.json]``; ``--seed-list 1`` runs
+chosen seeds (one process each), ``--merge a.json b.json`` prints their joint table.
 """
 
 from __future__ import annotations
