@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lowbit._files import read_input_bytes
 from lowbit.data.voc import Transform, VOCDetection, load_image
 
 __all__ = ["COCODetection", "load_coco_json", "voc_to_coco"]
@@ -37,15 +38,7 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     entries themselves are checked by :class:`COCODetection`.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: COCO annotation file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: COCO annotation file is a folder") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read COCO annotation file: {exc.strerror or exc}"
-                         ) from None  # fmt: skip
+    raw = read_input_bytes(path, "COCO annotation file")
     try:
         text = raw.decode("utf-8")
         data = json.loads(text, parse_constant=_refuse_constant)

@@ -118,6 +118,18 @@ def _draw_clutter(
                        outline=col, width=lw)
 
 
+def _cluttered_background(rng: np.random.Generator, src: DigitsSource, size: int,
+                          mean_clutter: float) -> np.ndarray:
+    """A photo background ``float32[size, size, 3]`` in [0, 1] with Poisson(``mean_clutter``)
+    random lines, ellipses and rectangles drawn on it."""
+    img = _background(rng, src, size)
+    under = Image.fromarray((img * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(under)
+    for _ in range(int(rng.poisson(mean_clutter))):
+        _draw_clutter(rng, draw, size, None)
+    return np.asarray(under, dtype=np.float32) / 255.0
+
+
 def _glyph_alpha(rng: np.random.Generator, glyph: np.ndarray, height: float) -> np.ndarray:
     """Upscaled, slightly rotated alpha mask ``float32[h, w]`` in [0, 1] of an 8x8 digit."""
     g = np.pad(glyph, 1)  # a zero border so the bicubic edge fades out
@@ -154,12 +166,7 @@ def render_scene(
     max_objects: int = 6,
 ) -> tuple[np.ndarray, list[DigitObject]]:
     """Render one ``size x size`` scene: ``uint8[H, W, 3]`` image and its digit objects."""
-    img = _background(rng, src, size)
-    under = Image.fromarray((img * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(under)
-    for _ in range(int(rng.poisson(3))):
-        _draw_clutter(rng, draw, size, None)
-    img = np.asarray(under, dtype=np.float32) / 255.0
+    img = _cluttered_background(rng, src, size, 3.0)
     owner = np.full((size, size), -1, dtype=np.int32)
     totals: list[int] = []  # mask pixels of each digit, including any outside the image
     visible: list[int] = []
@@ -267,12 +274,7 @@ def render_crop(
     random position that keeps at least 80% of it inside, with the scenes' colours, rotation,
     stroke shading and noise. Used by :mod:`lowbit.pretrain` to pretrain backbones offline.
     """
-    img = _background(rng, src, size)
-    under = Image.fromarray((img * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(under)
-    for _ in range(int(rng.poisson(1.5))):
-        _draw_clutter(rng, draw, size, None)
-    img = np.asarray(under, dtype=np.float32) / 255.0
+    img = _cluttered_background(rng, src, size, 1.5)
     if label is not None:
         cands = pool[src.targets[pool] == label]
         if len(cands) == 0:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lowbit._files import read_input_bytes
+
 if TYPE_CHECKING:  # torch is imported lazily: `lowbit voc-eval` never loads it
     from torch import Tensor
 
@@ -199,14 +201,7 @@ def parse_voc_xml(path: str | Path, check_bounds: bool = True) -> VOCAnnotation:
     inside ``1 <= xmin <= xmax <= width``, ``1 <= ymin <= ymax <= height``.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: annotation file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: annotation is a folder, not a file") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read annotation: {exc.strerror or exc}") from None
+    data = read_input_bytes(path, "annotation file")
     return _voc_from_root(parse_xml_bytes(data, path), path, check_bounds)
 
 

@@ -55,9 +55,9 @@ from scipy import sparse
 from lowbit.eval.voc import (
     GroundTruth,
     _check_metric,
-    _np,
-    _to_voc,
+    ground_truth_arrays,
     load_voc_ground_truth,
+    prediction_arrays,
     read_voc_results,
     results_filename,
     voc_ap,
@@ -169,37 +169,6 @@ def match_arrays(
     )
 
 
-def ground_truth_arrays(ground_truth: Any, classes: Sequence[str] | None = None) -> GroundTruth:
-    """The flattened :class:`lowbit.eval.voc.GroundTruth` (VOC 1-based boxes) of a dataset with
-    ``eval_targets()`` or of a list of target dicts (internal 0-based ``boxes``, ``labels``,
-    optional ``difficult`` and ``image_id``), as :func:`lowbit.eval.voc.evaluate_voc` reads
-    them."""
-    if hasattr(ground_truth, "eval_targets"):
-        targets = ground_truth.eval_targets()
-        classes = classes if classes is not None else getattr(ground_truth, "classes", None)
-    else:
-        targets = list(ground_truth)
-    if classes is None:
-        raise ValueError("ground truth: pass classes= (the ground truth has no .classes)")
-    gb, gl, gd, gi = [], [], [], []
-    for i, t in enumerate(targets):
-        b, lab, _ = _to_voc({"boxes": t["boxes"], "labels": t["labels"]})
-        dif = t.get("difficult")
-        gb.append(b)
-        gl.append(lab)
-        gd.append(np.zeros(lab.size, bool) if dif is None else _np(dif, bool).reshape(-1))
-        gi.append(np.full(lab.size, i, np.int64))
-    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
-    return GroundTruth(
-        ids, tuple(classes), _cat(gb, (0, 4), np.float64), _cat(gl, (0,), np.int64),
-        _cat(gd, (0,), bool), _cat(gi, (0,), np.int64),
-    )  # fmt: skip
-
-
-def _cat(xs: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.concatenate(xs) if xs else np.zeros(shape, dtype)
-
-
 def match_voc(
     predictions: Sequence[Mapping[str, Any]],
     ground_truth: Any,
@@ -212,22 +181,7 @@ def match_voc(
     (or an already flattened :class:`lowbit.eval.voc.GroundTruth`)."""
     gt = ground_truth if isinstance(ground_truth, GroundTruth) else ground_truth_arrays(
         ground_truth, classes)  # fmt: skip
-    if len(predictions) != gt.n_images:
-        raise ValueError(f"{len(predictions)} predictions for {gt.n_images} images")
-    dl, ds, db, di = [], [], [], []
-    for i, p in enumerate(predictions):
-        b, lab, sc = _to_voc(p)
-        db.append(b)
-        dl.append(lab)
-        ds.append(sc)
-        di.append(np.full(lab.size, i, np.int64))
-    dlab, dimg = _cat(dl, (0,), np.int64), _cat(di, (0,), np.int64)
-    dsc, dbox = _cat(ds, (0,), np.float64), _cat(db, (0, 4), np.float64)
-    n_cls = len(gt.classes)
-    bad = (dlab < 0) | (dlab >= n_cls)
-    if bad.any():
-        raise ValueError(f"prediction label {int(dlab[bad][0])} outside 0..{n_cls - 1}")
-    dets = {c: (dimg[dlab == c], dsc[dlab == c], dbox[dlab == c]) for c in range(n_cls)}
+    dets = prediction_arrays(predictions, gt)
     return match_arrays(gt, dets, iou_thresh)
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit._files import read_input_bytes
 from lowbit.data.voc import (
     VOC_CLASSES,
     annotation_entries,
@@ -422,14 +423,7 @@ def read_voc_results(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarra
     reference's parse), so values are bit-identical.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: detections file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: detections file is a folder") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read detections file: {exc.strerror or exc}") from None
+    raw = read_input_bytes(path, "detections file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -548,6 +542,68 @@ def _to_voc(item: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return boxes, labels, scores
 
 
+def ground_truth_arrays(ground_truth: Any, classes: Sequence[str] | None = None,
+                        who: str = "ground truth") -> GroundTruth:
+    """The flattened :class:`GroundTruth` (VOC 1-based boxes) of a dataset with
+    ``eval_targets()`` (and ``classes``) or of a sequence of target dicts (internal 0-based
+    ``boxes``, ``labels``, optional ``difficult`` and ``image_id``); ``classes`` overrides the
+    dataset's; a :class:`GroundTruth` is returned as it is. ``who`` names the caller in the
+    error raised when no class names are known."""
+    if isinstance(ground_truth, GroundTruth):
+        return ground_truth
+    if hasattr(ground_truth, "eval_targets"):
+        targets = ground_truth.eval_targets()
+        classes = classes if classes is not None else getattr(ground_truth, "classes", None)
+    else:
+        targets = list(ground_truth)
+    if classes is None:
+        raise ValueError(f"{who}: pass classes= (the ground truth has no .classes)")
+    gb, gl, gd, gi = [], [], [], []
+    for i, t in enumerate(targets):
+        b, lab, _ = _to_voc({"boxes": t["boxes"], "labels": t["labels"]})
+        dif = t.get("difficult")
+        gb.append(b)
+        gl.append(lab)
+        gd.append(np.zeros(lab.size, bool) if dif is None else _np(dif, bool).reshape(-1))
+        gi.append(np.full(lab.size, i, np.int64))
+    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
+    return GroundTruth(
+        ids, tuple(classes), _cat(gb, (0, 4), np.float64), _cat(gl, (0,), np.int64),
+        _cat(gd, (0,), bool), _cat(gi, (0,), np.int64),
+    )  # fmt: skip
+
+
+def _cat(xs: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.concatenate(xs) if xs else np.zeros(shape, dtype)
+
+
+def prediction_arrays(predictions: Sequence[Mapping[str, Any]], gt: GroundTruth
+                      ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class ``c``: ``(image int64[D], score float64[D], box float64[D, 4])`` of one
+    prediction dict per image of ``gt`` (internal 0-based xyxy ``boxes``, 0-based ``labels``,
+    ``scores``), boxes in VOC 1-based pixels -- what :func:`evaluate_arrays` reads. Raises
+    ValueError on a count mismatch or a label outside the classes."""
+    if len(predictions) != gt.n_images:
+        raise ValueError(f"{len(predictions)} predictions for {gt.n_images} images")
+    db, dl, ds, di = [], [], [], []
+    for i, p in enumerate(predictions):
+        b, lab, sc = _to_voc(p)
+        db.append(b)
+        dl.append(lab)
+        ds.append(sc)
+        di.append(np.full(lab.size, i, np.int64))
+    dlab, dimg = _cat(dl, (0,), np.int64), _cat(di, (0,), np.int64)
+    dsc, dbox = _cat(ds, (0,), np.float64), _cat(db, (0, 4), np.float64)
+    n_cls = len(gt.classes)
+    bad = (dlab < 0) | (dlab >= n_cls)
+    if bad.any():
+        raise ValueError(
+            f"prediction label {int(dlab[bad][0])} outside 0..{n_cls - 1} "
+            "(labels are 0-based class indices, no background class)"
+        )
+    return {c: (dimg[dlab == c], dsc[dlab == c], dbox[dlab == c]) for c in range(n_cls)}
+
+
 def evaluate_voc(
     predictions: Sequence[Mapping[str, Any]],
     ground_truth: Any,
@@ -565,47 +621,5 @@ def evaluate_voc(
             or a sequence of target dicts (``boxes``, ``labels``, optional ``difficult``).
         classes: class names; default ``ground_truth.classes``.
     """
-    if hasattr(ground_truth, "eval_targets"):
-        targets = ground_truth.eval_targets()
-        classes = classes if classes is not None else getattr(ground_truth, "classes", None)
-    else:
-        targets = list(ground_truth)
-    if classes is None:
-        raise ValueError("evaluate_voc: pass classes= (the ground truth has no .classes)")
-    if len(predictions) != len(targets):
-        raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
-    gb, gl, gd, gi = [], [], [], []
-    db, dl, ds, di = [], [], [], []
-    for i, (t, p) in enumerate(zip(targets, predictions)):
-        b, lab, _ = _to_voc({"boxes": t["boxes"], "labels": t["labels"]})
-        dif = t.get("difficult")
-        gb.append(b)
-        gl.append(lab)
-        gd.append(np.zeros(lab.size, bool) if dif is None else _np(dif, bool).reshape(-1))
-        gi.append(np.full(lab.size, i, np.int64))
-        b, lab, s = _to_voc(p)
-        db.append(b)
-        dl.append(lab)
-        ds.append(s)
-        di.append(np.full(lab.size, i, np.int64))
-    ids = [str(t.get("image_id", i)) for i, t in enumerate(targets)]
-    cat = np.concatenate
-    gt = GroundTruth(
-        ids, tuple(classes), cat(gb) if gb else np.zeros((0, 4)),
-        cat(gl) if gl else np.zeros(0, np.int64), cat(gd) if gd else np.zeros(0, bool),
-        cat(gi) if gi else np.zeros(0, np.int64),
-    )  # fmt: skip
-    if not targets:
-        return evaluate_arrays(gt, {}, metric, iou_thresh)
-    dlab, dimg, dsc, dbox = cat(dl), cat(di), cat(ds), cat(db)
-    bad = (dlab < 0) | (dlab >= len(classes))
-    if bad.any():
-        raise ValueError(
-            f"prediction label {int(dlab[bad][0])} outside 0..{len(classes) - 1} "
-            "(labels are 0-based class indices, no background class)"
-        )
-    dets = {}
-    for c in range(len(classes)):
-        m = dlab == c
-        dets[c] = (dimg[m], dsc[m], dbox[m])
-    return evaluate_arrays(gt, dets, metric, iou_thresh)
+    gt = ground_truth_arrays(ground_truth, classes, "evaluate_voc")
+    return evaluate_arrays(gt, prediction_arrays(predictions, gt), metric, iou_thresh)
