@@ -66,6 +66,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lowbit._files import write_atomic
+
 __all__ = [
     "Method",
     "METHODS",
@@ -881,15 +883,7 @@ def _load_results(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` to a unique temp file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(obj, indent=2, default=float))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, indent=2, default=float).encode("utf-8"))
 
 
 @contextmanager

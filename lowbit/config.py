@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from lowbit._files import write_atomic
 
 __all__ = [
     "ModelConfig",
@@ -555,12 +556,5 @@ def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(p, text.encode("utf-8"))
     return p

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from lowbit._files import write_atomic
 
 __all__ = [
     "Checkpoint",
@@ -139,17 +140,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``path.<random>.tmp`` + fsync + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` via a temp file + fsync + ``os.replace`` (mode 0644 under the
+    usual umask), then fsync the folder."""
+    write_atomic(path, data, fsync=True)
     _fsync_dir(path.parent)
 
 
