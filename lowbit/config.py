@@ -525,20 +525,73 @@ def _set_by(key: str, overrides: list[str] | tuple[str, ...]) -> str | None:
     return None
 
 
+BASE_KEY = "_base_"
+_MAX_BASE_DEPTH = 16
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key (recursively), anything else in
+    ``child`` (lists included) replaces the base's value."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_bases(raw: Any, p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The mapping of config file ``p`` (parsed as ``raw``) with its ``_base_`` files merged
+    under it. ``_base_``: a path or a list of paths, relative to ``p``'s folder, merged in
+    order (later ones win), each resolved the same way. Errors name the file: a missing base,
+    a cycle, a non-mapping top level, a bad ``_base_`` value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    if BASE_KEY not in raw:
+        return raw
+    if len(chain) >= _MAX_BASE_DEPTH:
+        raise ValueError(f"{p}: {BASE_KEY} chain deeper than {_MAX_BASE_DEPTH} files")
+    bases = raw[BASE_KEY]
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(
+            isinstance(b, str) and b for b in bases):
+        raise ValueError(f"{p}: {BASE_KEY} must be a file path or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    here = chain + (p.resolve(),)
+    for b in bases:
+        if "\x00" in b:
+            raise ValueError(f"{p}: {BASE_KEY} path contains a NUL character")
+        bp = p.parent / b
+        try:
+            bp_real = bp.resolve()
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"{p}: {BASE_KEY} {b!r}: {exc}") from None
+        if bp_real in here:
+            raise ValueError(f"{p}: {BASE_KEY} {b!r} makes a cycle "
+                             f"({' -> '.join(x.name for x in here + (bp_real,))})")
+        try:
+            btext = _read_text(bp)
+        except FileNotFoundError:
+            raise ValueError(f"{p}: {BASE_KEY} file {b!r} not found (looked at {bp})") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{p}: {BASE_KEY} {b!r}: {exc}") from None
+        merged = _merge(merged, _resolve_bases(_parse_yaml(btext, bp), bp, here))
+    child = {k: v for k, v in raw.items() if k != BASE_KEY}
+    return _merge(merged, child)
+
+
 def load_config(
     path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
-    """Read a YAML experiment file, apply ``--set`` overrides, validate.
+    """Read a YAML experiment file (with its ``_base_`` files merged under it: see
+    :func:`_resolve_bases`), apply ``--set`` overrides, validate.
 
     Every error is a ``ValueError`` naming the file, and the line of the offending key (or the
     ``--set`` item that gave it)."""
     p = Path(path)
     text = _read_text(p)
-    raw = _parse_yaml(text, p)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = _resolve_bases(_parse_yaml(text, p), p, ())
     try:
         return config_from_dict(apply_overrides(raw, overrides))
     except ConfigError as exc:
