@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import sys
@@ -44,11 +43,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lowbit.nn import prepare
-from lowbit.nn.bench_digits import accuracy, load_digits_split
+from lowbit.nn.bench_digits import DigitsConfig, accuracy, load_digits_split
+from lowbit.nn.bench_digits import train as _digits_train
 from lowbit.nn.bench_models import DigitsCNN
 
 BITS = (2, 3, 4)
@@ -96,35 +95,11 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: 
           make_opt: Callable[[nn.Module, float], torch.optim.Optimizer] | None = None,
           batch: int = 64, wd: float = 5e-4) -> nn.Module:
     """SGD (Nesterov 0.9, weight decay ``wd``) with a per-step cosine learning rate; the batch
-    order comes from ``seed``. ``make_opt(model, lr)`` replaces the optimizer (PARQ)."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    if make_opt is None:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                              weight_decay=wd)
-    else:
-        opt = make_opt(model, lr)
-    groups = opt.param_groups
-    n = x.shape[0]
-    steps_per = math.ceil(n / batch)
-    total = epochs * steps_per
-    model.train()
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(steps_per):
-            idx = perm[i * batch:(i + 1) * batch]
-            for group in groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if not torch.isfinite(loss):
-                raise ValueError(f"bench_per_channel: loss became non-finite at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    model.eval()
-    return model
+    order comes from ``seed``. ``make_opt(model, lr)`` replaces the optimizer (PARQ). The loop
+    is :func:`lowbit.nn.bench_digits.train`'s."""
+    cfg = DigitsConfig(batch=batch, weight_decay=wd)
+    return _digits_train(model, x, y, epochs, lr, cfg, seed, desc="bench_per_channel",
+                         make_opt=make_opt)
 
 
 def _parq_opt(kind: str, bits: int) -> Callable[[nn.Module, float], torch.optim.Optimizer]:

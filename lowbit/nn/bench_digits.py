@@ -88,13 +88,20 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, cfg: DigitsConfig,
           seed: int, hook: Callable[[nn.Module, float], None] | None = None,
-          penalty: float = 0.0, desc: str = "") -> nn.Module:
+          penalty: float = 0.0, desc: str = "",
+          make_opt: Callable[[nn.Module, float], torch.optim.Optimizer] | None = None
+          ) -> nn.Module:
     """SGD (Nesterov) with a per-step cosine learning rate; ``hook(model, epoch_float)`` runs
-    before every step (QN temperature); ``penalty`` adds :func:`quant_penalty`."""
+    before every step (QN temperature); ``penalty`` adds :func:`quant_penalty`;
+    ``make_opt(model, lr)`` replaces the optimizer (e.g. torchao PARQ's; the cosine rate is set
+    on every one of its param groups)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                          momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if make_opt is None:
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                              momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        opt = make_opt(model, lr)
     n = x.shape[0]
     steps_per = math.ceil(n / cfg.batch)
     total = epochs * steps_per
