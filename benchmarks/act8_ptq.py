@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import lowbit.nn as L
-from lowbit.compare import evaluate, fp32_model, load_base, train_images
+from lowbit.runs import evaluate, fp32_model, load_base, train_images
 
 VARIANTS = [("uniform min/max", {"method": "uniform", "bits": 8, "calibrator": "minmax"})] + [
     (f"qn {bi}, outlier {o:g}", {"method": "qn", "bits": 8, "bias_init": bi, "outlier": o})

@@ -83,7 +83,7 @@ SESSION_VARIANTS: dict[str, dict[str, Any]] = {
 def build(name: str, runs: Sequence[str], bits: int, out: Path
           ) -> tuple[Any, list[torch.Tensor], Path, Any]:
     """(prepared model, calibration batches, FP32 ONNX path, DetectorNetwork)."""
-    from lowbit.export.bench_deploy import _model_and_images
+    from lowbit.bench.deploy import _model_and_images
     from lowbit.export.detect import DetectorNetwork, calibration_batches, export_detector_onnx
     from lowbit.nn import convert, prepare, quant_layers
 
@@ -182,7 +182,7 @@ def bench_model(name: str, threads: Sequence[int], args: argparse.Namespace, roo
             print(f"    {k:<58} {r['ms_per_image']:8.2f} ms/img  x{r['over_fp32_all']:.3f}"
                   f"{err}", flush=True)
     if args.profile:
-        from lowbit.export.bench_deploy import _op_profile, _optimized_ops
+        from lowbit.bench.deploy import _op_profile, _optimized_ops
 
         feed = {"input": x1.numpy()}
         res["profile"] = {

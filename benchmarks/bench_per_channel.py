@@ -3,7 +3,7 @@ beside torchao PARQ's ternary and uniform quantizers (an optional peer, skipped 
 not installed: ``pip install -e ".[parq]"``).
 
 Task: scikit-learn's 8x8 digits (1,347 train / 450 test, the split of ``lowbit bench digits``).
-Models: the digits CNN (:class:`lowbit.nn.bench_models.DigitsCNN`, width 16; ``digits-wN`` for
+Models: the digits CNN (:class:`lowbit.bench.models.DigitsCNN`, width 16; ``digits-wN`` for
 width N) and pytorchcv's ``resnet20_cifar10`` (1 input channel, adaptive final pooling; the
 ``zoo`` extra). Results and their commands: docs/per_channel.md.
 
@@ -45,10 +45,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lowbit.bench.digits import DigitsConfig, accuracy, load_digits_split
+from lowbit.bench.digits import train as _digits_train
+from lowbit.bench.models import DigitsCNN
 from lowbit.nn import prepare
-from lowbit.nn.bench_digits import DigitsConfig, accuracy, load_digits_split
-from lowbit.nn.bench_digits import train as _digits_train
-from lowbit.nn.bench_models import DigitsCNN
 
 BITS = (2, 3, 4)
 
@@ -96,7 +96,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: 
           batch: int = 64, wd: float = 5e-4) -> nn.Module:
     """SGD (Nesterov 0.9, weight decay ``wd``) with a per-step cosine learning rate; the batch
     order comes from ``seed``. ``make_opt(model, lr)`` replaces the optimizer (PARQ). The loop
-    is :func:`lowbit.nn.bench_digits.train`'s."""
+    is :func:`lowbit.bench.digits.train`'s."""
     cfg = DigitsConfig(batch=batch, weight_decay=wd)
     return _digits_train(model, x, y, epochs, lr, cfg, seed, desc="bench_per_channel",
                          make_opt=make_opt)

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from lowbit.cli import main
-from lowbit.compare import DEFAULT_METHODS, METHODS, Budget, Method, compare
 from lowbit.quant import lbw_exact
+from lowbit.studies.compare import compare
+from lowbit.studies.methods import DEFAULT_METHODS, METHODS, Method
+from lowbit.studies.rows import Budget
 from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
 from tests._tiny import remember_fp32_run, write_tiny_config
 
@@ -82,7 +84,7 @@ def test_inq_row_ends_with_every_weight_frozen_on_the_start_grid(cmp_out: Path) 
     """INQ's buffers in the QAT checkpoint: every mask full (the last stage is reached by the
     end of the 1-iteration budget), the grid exponent n1 = floor(log2(4 max|W| / 3)) of the
     FP32 weights INQ started from, and every frozen value on that 4-bit grid."""
-    from lowbit.demo import load_run_model
+    from lowbit.runs import load_run
 
     r = _rows(cmp_out / "out")["inq@4"]
     assert r["status"] == "ok" and math.isfinite(r["mAP"])
@@ -99,7 +101,7 @@ def test_inq_row_ends_with_every_weight_frozen_on_the_start_grid(cmp_out: Path) 
         assert int(state[f"{layer}.weight_quant.exponent"]) == n1, layer
         levels = {0.0} | {s * 2.0 ** e for e in range(n1 - 3, n1 + 1) for s in (1, -1)}
         assert set(frozen.reshape(-1).tolist()) <= levels, layer
-    _, model, _ = load_run_model(Path(r["run_dir"]))
+    _, _, model = load_run(Path(r["run_dir"]))
     import lowbit.nn as L
 
     for name, layer in L.quant_layers(model):  # what was evaluated and exported
@@ -108,7 +110,7 @@ def test_inq_row_ends_with_every_weight_frozen_on_the_start_grid(cmp_out: Path) 
 
 
 def test_mixed_row_records_a_sensitivity_assignment_within_budget(cmp_out: Path) -> None:
-    from lowbit.demo import load_run_model
+    from lowbit.runs import load_run
 
     rows = _rows(cmp_out / "out")
     r = rows["mixed@4"]
@@ -127,7 +129,7 @@ def test_mixed_row_records_a_sensitivity_assignment_within_budget(cmp_out: Path)
     for name, costs in sens.items():
         assert set(costs) == {"2", "3", "4", "6", "8"}
         assert all(math.isfinite(c) and c >= 0 for c in costs.values()), name
-    _, model, _ = load_run_model(Path(r["run_dir"]))  # the trained model has those bits
+    _, _, model = load_run(Path(r["run_dir"]))  # the trained model has those bits
     import lowbit.nn as L
 
     assert {n: lay.bits for n, lay in L.quant_layers(model)} == assign
@@ -155,7 +157,7 @@ def _images() -> list[torch.Tensor]:
 
 
 def test_mixed_gives_a_fragile_layer_more_bits() -> None:
-    from lowbit.compare import plan_mixed
+    from lowbit.studies.mixed import plan_mixed
 
     name = "rpn.head.cls_logits"
     _, plain = plan_mixed(_fragile_rfcn(False), [_images()], 4)
@@ -173,7 +175,7 @@ def test_mixed_gives_a_fragile_layer_more_bits() -> None:
 
 def test_output_metric_is_the_mean_relative_mse_of_the_raw_outputs() -> None:
     """OutputMSE against a hand computation on forward_raw (two-stage: FP32 proposals)."""
-    from lowbit.compare import OutputMSE
+    from lowbit.studies.mixed import OutputMSE
 
     ref = _fragile_rfcn(False)
     ims = _images()
@@ -248,7 +250,7 @@ def test_cli_errors_name_the_problem(cmp_out: Path, capsys: pytest.CaptureFixtur
 
 
 def _loop_stats(layers: list, block: int = 16) -> dict[str, float]:
-    """Independent oracle of lowbit.datafree.weight_stats: plain loops over rows and blocks."""
+    """Independent oracle of datafree.weight_stats: plain loops over rows and blocks."""
     zeros = numel = zb = nb = 0
     rng = lev = 0.0
     for lay in layers:
@@ -270,8 +272,8 @@ def _loop_stats(layers: list, block: int = 16) -> dict[str, float]:
 
 
 def test_datafree_grid_stats_and_clustering(cmp_out: Path) -> None:
-    from lowbit.compare import fp32_model, load_base
-    from lowbit.datafree import datafree, quantize_model, weight_stats
+    from lowbit.runs import fp32_model, load_base
+    from lowbit.studies.datafree import datafree, quantize_model, weight_stats
 
     run = cmp_out / "out" / "runs" / "fp32"
     out = cmp_out / "df"
@@ -310,8 +312,8 @@ def test_datafree_grid_stats_and_clustering(cmp_out: Path) -> None:
     with Image.open(out / "datafree.png") as im:
         assert im.format == "PNG"
     # every row: detections files, mAP [lo, hi]; drops paired against FP32 on the same images
-    from lowbit.datafree import _Subset
     from lowbit.eval.intervals import bootstrap_map, match_results_dir, paired_bootstrap
+    from lowbit.studies.datafree import _Subset
 
     gt = _Subset(base.test_ds, 2)
     from lowbit.eval.intervals import ground_truth_arrays
@@ -336,7 +338,7 @@ def test_datafree_grid_stats_and_clustering(cmp_out: Path) -> None:
 
 
 def test_pot_per_channel_is_lbw_exact_per_row() -> None:
-    from lowbit.datafree import quantize_groups
+    from lowbit.studies.datafree import quantize_groups
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(5, 3, 3, 3, generator=g) * torch.tensor([1.0, 0.1, 3.0, 0.01, 0.5])[
@@ -347,7 +349,7 @@ def test_pot_per_channel_is_lbw_exact_per_row() -> None:
 
 
 def test_cluster_classes_recovers_planted_groups() -> None:
-    from lowbit.datafree import class_specific_layers, cluster_classes
+    from lowbit.studies.datafree import class_specific_layers, cluster_classes
 
     g = torch.Generator().manual_seed(1)
     dirs = torch.randn(3, 8, generator=g)
@@ -377,7 +379,7 @@ def frcnn_cmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_clip_qat_trains_with_the_extra_loss_and_deploys_8_bit(frcnn_cmp: Path) -> None:
-    from lowbit.demo import load_run_model
+    from lowbit.runs import load_run
 
     r = _rows(frcnn_cmp)["clip-qat@8"]
     assert r["status"] == "ok", r.get("error")
@@ -386,7 +388,7 @@ def test_clip_qat_trains_with_the_extra_loss_and_deploys_8_bit(frcnn_cmp: Path) 
                   if '"train"' in line]
     assert train_logs and all(e["loss_quant"] > 0 for e in train_logs)
     # the evaluated model is the converted one: every layer on its 8-bit grid from the clip
-    _, model, _ = load_run_model(run)
+    _, _, model = load_run(run)
     import lowbit.nn as L
 
     layers = L.quant_layers(model)
@@ -416,8 +418,8 @@ def test_clip_ptq_svd_replaces_the_fc_head(frcnn_cmp: Path) -> None:
 def test_latency_trunk_per_detector(name: str, tmp_path: Path) -> None:
     """compare's latency runs a real onnxruntime session on each detector's trunk, whose
     outputs equal the PyTorch trunk's; SSD (not exportable) is reported, not crashed on."""
-    from lowbit.compare import NotExportable, _prepared, _Trunk, measure_latency
     from lowbit.detection.registry import create_model
+    from lowbit.export.latency import NotExportable, _prepared, _Trunk, measure_latency
     from lowbit.export.onnx import ort_session
 
     torch.manual_seed(0)
@@ -444,8 +446,8 @@ def test_latency_trunk_per_detector(name: str, tmp_path: Path) -> None:
 def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(tmp_path: Path) -> None:
     """003's W/A8 row: QN activations (not PACT) at every quantized layer's input, and the
     engine runs the three phases over the budget (30 / 30 / 40% of 10 iterations)."""
-    from lowbit.demo import load_run_model
     from lowbit.nn import QNActQuant, act_quantizers, quant_layers
+    from lowbit.runs import load_run
 
     cfg = write_tiny_config(tmp_path)
     assert main(["compare", str(cfg), "--out", str(tmp_path / "out"), "--methods", "qn-a8",
@@ -458,7 +460,7 @@ def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(tmp_path: Path) -> No
               if '"quant_schedule"' in line]
     assert [(e["iteration"], e["qn_phase"]) for e in events] == [
         (0, "weights"), (3, "activations"), (6, "both")]
-    _, model, _ = load_run_model(run)
+    _, _, model = load_run(run)
     acts = [aq for _, aq in act_quantizers(model)]
     assert acts and all(isinstance(aq, QNActQuant) and aq.bits == 8 for aq in acts)
     assert len(acts) == len(quant_layers(model))
@@ -516,8 +518,8 @@ def test_dorefa_keeps_exactly_the_convs_without_batchnorm_float(cmp_out: Path) -
     """DoReFa drops each layer's scale: the convs no BatchNorm follows stay float. On R-FCN
     those are the RPN and the position-sensitive head (the hand-written rule it replaced), on
     YOLOv3 the three output convs, on SSD the twelve loc/conf convs."""
-    from lowbit.compare import _plan_dorefa
     from lowbit.detection.registry import create_model
+    from lowbit.studies.methods import _plan_dorefa
 
     r = _rows(cmp_out / "out")["dorefa@4"]
     assert r["status"] == "ok"
@@ -570,7 +572,7 @@ def test_every_row_has_intervals_and_rescorable_detections(cmp_out: Path) -> Non
 
 
 def _merge_worker(path: str, worker: int, n: int) -> None:
-    from lowbit.compare import merge_rows
+    from lowbit.runs import merge_rows
 
     for k in range(n):
         merge_rows(Path(path), {"fp32_run": "/run", "settings": {"w": worker}},

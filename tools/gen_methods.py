@@ -34,7 +34,7 @@ CATALOGUE_MODULES: tuple[str, ...] = (
     "lowbit.methods",
     "lowbit.studies.methods",
     "lowbit.studies.compare",
-    "lowbit.compare",
+    "lowbit.studies.compare",
 )
 
 #: the catalogue names papers by their file id in the shared paper folder; the docs use titles

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -93,3 +95,23 @@ def side_by_side(
         y += rh[i] + gap
     canvas.save(path, format="PNG")
     return W, H
+
+
+def save_histogram(w: torch.Tensor, title: str, path: Path) -> dict[str, float]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowbit.analysis.stats import weight_stats
+
+    st = weight_stats(w)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.hist(w.reshape(-1).numpy(), bins=120, color="#3a6ea5")
+    ax.set_title(f"{title}\nKurtosis = {st.excess_kurtosis:.3f}, Skewness = {st.skewness:.3f}, "
+                 f"p = {st.normality_p:.2e}", fontsize=8)
+    ax.set_xlabel("weight")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return asdict(st)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lowbit.commands._common import add_budget_args, budget_from_args, print_result
 
 
 def _ints(text: str | None) -> list[int] | None:
@@ -15,50 +16,20 @@ def _ints(text: str | None) -> list[int] | None:
         raise ValueError(f"--bits must be comma-separated integers, got {text!r}") from None
 
 
-def _budget(args: argparse.Namespace):
-    from lowbit.compare import Budget
-
-    if args.qat_iters is not None and args.qat_epochs is not None:
-        raise ValueError("give --qat-iters or --qat-epochs, not both")
-    epochs = None if args.qat_iters is not None else (args.qat_epochs or 1)
-    return Budget(iters=args.qat_iters, epochs=epochs, lr=args.qat_lr,
-                  lr_factor=args.qat_lr_factor)
-
-
-def add_budget_args(p: argparse.ArgumentParser) -> None:
-    """The QAT budget options shared by compare and sweep-mu."""
-    g = p.add_argument_group("QAT budget (the same for every fine-tuned row)")
-    g.add_argument("--qat-iters", type=int, help="fine-tuning iterations per QAT row")
-    g.add_argument("--qat-epochs", type=int,
-                   help="fine-tuning epochs per QAT row (default 1 when --qat-iters is not given)")
-    g.add_argument("--qat-lr", type=float, help="absolute QAT learning rate")
-    g.add_argument("--qat-lr-factor", type=float, default=0.1,
-                   help="QAT lr as a fraction of the FP32 run's optim.lr (default 0.1)")
-
-
 def _run(args: argparse.Namespace) -> int:
-    from lowbit.compare import compare, methods_markdown
+    from lowbit.studies.compare import compare
+    from lowbit.studies.methods import methods_markdown
 
     if args.list:
         print(methods_markdown())
         return 0
     if not args.source:
         raise ValueError("give a CONFIG or an FP32 run folder (or --list)")
-    budget = _budget(args)
+    budget = budget_from_args(args)
     res = compare(args.source, args.out, methods=args.methods, bits=_ints(args.bits),
                   budget=budget, calib_images=args.calib_images, latency=not args.no_latency,
                   latency_iters=args.latency_iters, progress=not args.json, seeds=args.seeds)
     return print_result(res, args.json)
-
-
-def print_result(res: dict, as_json: bool) -> int:
-    """Print a compare / sweep-mu / datafree result: the whole JSON, or the files written."""
-    if as_json:
-        print(json.dumps(res, indent=2, default=float))
-    else:
-        print(f"\nwrote {res['files']['json']}, {res['files']['markdown']}, "
-              f"{res['files']['png']}")
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

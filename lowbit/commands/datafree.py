@@ -10,8 +10,8 @@ def _list(text: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lowbit.commands.compare import print_result
-    from lowbit.datafree import datafree
+    from lowbit.commands._common import print_result
+    from lowbit.studies.datafree import datafree
 
     try:
         bits = [int(b) for b in _list(args.bits)]

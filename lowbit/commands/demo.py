@@ -1,4 +1,4 @@
-"""`lowbit demo`: the LBW-Net workflow on the built-in digits devkit (see lowbit.demo)."""
+"""`lowbit demo`: the LBW-Net workflow on the built-in digits devkit (see lowbit.studies.demo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lowbit.demo import DEFAULT, QUICK, run_demo
+    from lowbit.studies.demo import DEFAULT, QUICK, run_demo
 
     base = QUICK if args.quick else DEFAULT
     over = {k: v for k, v in {

@@ -16,9 +16,9 @@ def _detector_interval(res: Any, device: str | None, n_boot: int, seed: int,
     cfg = res.config
     if "mAP" not in res.metrics:  # only the detect task reports a VOC mAP
         return None
-    from lowbit.compare import predict
     from lowbit.eval.intervals import bootstrap_map, file_class_names, match_voc
     from lowbit.eval.voc import write_voc_results
+    from lowbit.runs import predict
     from lowbit.train.checkpoint import load_checkpoint
     from lowbit.train.distributed import resolve_device
     from lowbit.train.engine import build_model

@@ -1,5 +1,4 @@
-"""`lowbit export RUN|CHECKPOINT --format packed|onnx|onnx-int8 --out FILE` and the
-`lowbit bench deploy` parser (:func:`add_deploy_bench`)."""
+"""`lowbit export RUN|CHECKPOINT --format packed|onnx|onnx-int8 --out FILE`."""
 
 from __future__ import annotations
 
@@ -8,38 +7,11 @@ import json
 import sys
 from typing import Any
 
-
-def check_run_path(path: str) -> None:
-    """Raise a one-line error naming ``path`` unless it is a run folder (with ``config.yaml``),
-    its ``checkpoints/`` folder, or a checkpoint file (``.json`` / ``.safetensors``) inside a
-    run's ``checkpoints/``: what `lowbit export` and `lowbit stats` accept.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: it exists but is none of the above (a ``.pt`` file, a plain folder, ...).
-    """
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{path}: no such run folder or checkpoint")
-    if p.is_dir():
-        if (p / "config.yaml").is_file():
-            return
-        if p.name == "checkpoints" and (p.parent / "config.yaml").is_file():
-            return
-        raise ValueError(f"{path}: not a run folder (it has no config.yaml)")
-    in_run = p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file()
-    if p.suffix in (".json", ".safetensors") and in_run:
-        return
-    raise ValueError(
-        f"{path}: not a run folder or a checkpoint inside one (RUN/checkpoints/ckpt-*.json); "
-        "lowbit reads runs written by `lowbit train`, never pickled .pt/.pth files"
-    )
+from lowbit.commands._common import check_run_path
 
 
 def _load_run(path: str) -> tuple[Any, Any, Any]:
-    from lowbit.export.detect import load_run
+    from lowbit.runs import load_run
 
     check_run_path(path)
     return load_run(path)
@@ -179,45 +151,3 @@ detections. Faster R-CNN (fc layers on pooled RoIs) and SSD are refused.""")
     p.set_defaults(func=_run)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from lowbit.export.bench_deploy import run_deploy_bench
-
-    res = run_deploy_bench(bits=args.bits, iters=args.iters, out_dir=args.out,
-                           models=args.models, runs=args.run, profile=args.profile,
-                           threads=args.threads)
-    if args.json:
-        print(json.dumps(res, indent=1))
-    else:
-        for name, r in res.items():
-            print(f"[{name}]")
-            print("\n".join(f"  {k}: {v}" for k, v in r.items()))
-    return 0
-
-
-def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    """Add `lowbit bench deploy` to the `bench` verb's subparsers."""
-    p = bench_subparsers.add_parser(
-        "deploy", help="onnxruntime FP32 vs int8 latency, PyTorch eager, file sizes",
-        description="For each detector: onnxruntime FP32 vs int8 QDQ latency of the exported "
-                    "network (2 threads, same input, alternating blocks, one process), PyTorch "
-                    "FP32 eager, float post-processing time, and FP32 / packed / ONNX file sizes.")
-    p.add_argument("--models", nargs="+", default=["rfcn_resnet18", "yolov3_tiny_darknet"],
-                   metavar="MODEL",
-                   help="detectors to export and time: rfcn_* or yolov3_* names of "
-                        "lowbit.detection.list_models() (default: %(default)s)")
-    p.add_argument("--run", nargs="*", default=[], metavar="RUN",
-                   help="trained run folders; used for the model of the same name (else the "
-                        "model's initial weights on noise images)")
-    p.add_argument("--profile", action="store_true",
-                   help="onnxruntime profiler: time per operator type, ops left float")
-    p.add_argument("--bits", type=int, default=4, help="lbw-exact bits for FP32 runs")
-    p.add_argument("--threads", type=int, default=2,
-                   help="onnxruntime intra-op and PyTorch threads (2 as the issue asks; on an "
-                        "oversubscribed machine 1 avoids spin-wait collapse)")
-    p.add_argument("--iters", type=int, default=20,
-                   help="timed forward passes per engine and model, after warm-up, in "
-                        "alternating blocks (default: %(default)s)")
-    p.add_argument("--out", default=None, help="folder for the exported files (default: tmp)")
-    p.add_argument("--json", action="store_true",
-                   help="print the results as JSON instead of the per-model listing")
-    p.set_defaults(func=_bench)

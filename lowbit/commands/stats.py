@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lowbit.analysis.pictures import save_histogram
     from lowbit.analysis.stats import (
         auto_min_exponent,
         format_magnitude_table,
@@ -16,9 +17,8 @@ def _run(args: argparse.Namespace) -> int:
         select_layers,
         weight_stats,
     )
-    from lowbit.commands.export import check_run_path
-    from lowbit.demo import effective_weights, save_histogram
-    from lowbit.export.detect import load_run
+    from lowbit.commands._common import check_run_path
+    from lowbit.runs import effective_weights, load_run
 
     if args.layers:  # before any run is loaded: a bad pattern fails in a second
         try:

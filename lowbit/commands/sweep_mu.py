@@ -13,10 +13,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lowbit.commands.compare import _budget, print_result
-    from lowbit.compare import sweep_mu
+    from lowbit.commands._common import budget_from_args, print_result
+    from lowbit.studies.sweep_mu import sweep_mu
 
-    budget = _budget(args)
+    budget = budget_from_args(args)
     res = sweep_mu(args.source, args.out, bits=args.bits, mu=_floats(args.mu),
                    partial_terms=args.partial_terms or None, budget=budget,
                    progress=not args.json)
@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lowbit.commands.compare import add_budget_args
+    from lowbit.commands._common import add_budget_args
 
     p = sub.add_parser(
         "sweep-mu",

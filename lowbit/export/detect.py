@@ -43,7 +43,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from lowbit.export.onnx import Int8Config
 
-__all__ = ["load_run", "DetectorNetwork", "OnnxDetector", "calibration_batches", "detector_kind",
+__all__ = ["DetectorNetwork", "OnnxDetector", "calibration_batches", "detector_kind",
            "default_int8",
            "export_detector_onnx",
            "postprocess_outputs", "OUTPUT_NAMES"]
@@ -288,25 +288,3 @@ def export_detector_onnx(
     return {**rep, "kind": net.kind, "outputs": names}
 
 
-def load_run(path: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
-    """``(cfg, task, converted eval-mode model)`` of a run folder or a checkpoint inside one
-    (``RUN/checkpoints/ckpt-*.json``); the config is ``RUN/config.yaml``."""
-    from lowbit.config import load_config
-    from lowbit.nn import convert, quant_layers
-    from lowbit.train import build_model, load_checkpoint
-    from lowbit.train.checkpoint import resolve_checkpoint
-
-    p = Path(path)
-    ckpt = resolve_checkpoint(p)
-    run_dir = p if p.is_dir() and (p / "config.yaml").is_file() else ckpt.parent.parent
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: run config not found (pass a run folder or a "
-                                "checkpoint inside its checkpoints/)")
-    cfg = load_config(cfg_path)
-    task, model = build_model(cfg)
-    load_checkpoint(ckpt, model)
-    model.eval()
-    if quant_layers(model):
-        convert(model)
-    return cfg, task, model

@@ -22,8 +22,9 @@ test set; higher ``"main"`` is better.
 
 Register with ``@register_task("name")`` on a class (instantiated without arguments) or a
 zero-argument factory. ``get_task("pkg.module:Attr")`` imports a task that lives outside lowbit.
-Built-in tasks live in ``lowbit.train`` (the engine's room may import detection/data/eval):
-``classify-digits`` here; the detection task is added to ``_BUILTIN_MODULES``.
+The built-in tasks (``classify-digits``, ``detect``) live in :mod:`lowbit.tasks`, the layer above
+``lowbit.train`` and ``lowbit.detection``; they register themselves with the decorator when
+that package is imported, which the registry does (by name, once) before its first lookup.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ __all__ = [
     "batch_size_of",
 ]
 
-_BUILTIN_MODULES: tuple[str, ...] = ("lowbit.train.digits_task", "lowbit.train.detect_task")
+_BUILTIN_MODULES: tuple[str, ...] = ("lowbit.tasks",)
 _REGISTRY: dict[str, Callable[[], Any]] = {}
 _builtins_loaded = False
 

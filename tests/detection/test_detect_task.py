@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("lowbit.train.engine")
 
 from lowbit.config import config_from_dict  # noqa: E402
-from lowbit.detection.task import DetectTask, register_detect_task  # noqa: E402
+from lowbit.tasks.detect import DetectTask  # noqa: E402
 from lowbit.train import evaluate_checkpoint, fit, get_task  # noqa: E402
 
 TINY = {
@@ -45,15 +45,17 @@ def make_cfg(root, name="rfcn_resnet18", kwargs=None, **data_kw):
 
 
 def test_registered_as_detect():
-    register_detect_task()
-    register_detect_task()  # idempotent
+    from lowbit.train.tasks import list_tasks, register_task
+
+    assert "detect" in list_tasks()  # the registry loads lowbit.tasks itself
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("detect")(DetectTask)  # registered once, by the decorator
     assert isinstance(get_task("detect"), DetectTask)
-    assert isinstance(get_task("lowbit.detection.task:DetectTask"), DetectTask)
+    assert isinstance(get_task("lowbit.tasks.detect:DetectTask"), DetectTask)
 
 
 @pytest.mark.parametrize("name", ["rfcn_resnet18", "faster_rcnn_resnet18"])
 def test_fit_and_evaluate_checkpoint(tmp_path, name):
-    register_detect_task()
     kw = dict(TINY)
     if name.startswith("faster"):
         kw.pop("k"), kw.pop("reduce_dim")

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from lowbit.commands.bench_nn import add_bench_subcommands
-from lowbit.nn.bench_qat import format_qat_bench, run_qat_bench
+from lowbit.bench.qat import format_qat_bench, run_qat_bench
+from lowbit.commands.bench import add_bench_subcommands
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lowbit.nn.bench_digits import run_digits_bench
+from lowbit.bench.digits import run_digits_bench
 
 
 def test_lbw_qat_on_digits_close_to_fp32() -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from lowbit.bench.models import resnet18_classifier
 from lowbit.nn import SVDLinear, find_conv_bn_pairs, fold_bn, prepare, svd_compress
-from lowbit.nn.bench_models import resnet18_classifier
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> None:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import lowbit.nn
+from lowbit.tasks.digits import DigitsCNN
 from lowbit.train.checkpoint import load_checkpoint
-from lowbit.train.digits_task import DigitsCNN
 from lowbit.train.engine import Trainer, apply_quantization, build_model, fit, warm_start
 from lowbit.train.metrics import MetricsLogger, read_metrics
 from tests.train.conftest import make_config

@@ -94,9 +94,9 @@ def test_inq_portions_step_over_the_run_and_end_fully_quantized(tmp_path: Path,
     assert [(e["iteration"], e["inq_portion"]) for e in events] == [
         (0, 0.5), (2, 0.75), (4, 0.875), (6, 1.0)]
     # the saved run has every weight frozen on the grid
-    from lowbit.demo import load_run_model
+    from lowbit.runs import load_run
 
-    _, model, _ = load_run_model(tmp_path / "inq")
+    _, _, model = load_run(tmp_path / "inq")
     qs = [layer.weight_quant for _, layer in quant_layers(model)]
     assert qs and all(isinstance(q, INQWeightQuant) and bool(q.mask.all()) for q in qs)
 

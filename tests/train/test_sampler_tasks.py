@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lowbit.config import ModelConfig
-from lowbit.train.digits_task import ClassifyDigitsTask, load_sklearn_digits
+from lowbit.tasks.digits import ClassifyDigitsTask, load_sklearn_digits
 from lowbit.train.sampler import ResumableShardedSampler
 from lowbit.train.tasks import get_task, list_tasks, register_task, task_for_model
 
@@ -54,7 +54,7 @@ def test_registry() -> None:
     assert "classify-digits" in list_tasks()
     assert isinstance(get_task("classify-digits"), ClassifyDigitsTask)
     assert isinstance(task_for_model(ModelConfig("digits-cnn")), ClassifyDigitsTask)
-    assert isinstance(get_task("lowbit.train.digits_task:ClassifyDigitsTask"),
+    assert isinstance(get_task("lowbit.tasks.digits:ClassifyDigitsTask"),
                       ClassifyDigitsTask)
     with pytest.raises(ValueError, match="already registered"):
         register_task("classify-digits")(ClassifyDigitsTask)

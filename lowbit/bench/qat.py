@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.nn.bench_models import resnet18_classifier
+from lowbit.bench.models import resnet18_classifier
 from lowbit.nn.surgery import prepare
 
 __all__ = ["run_qat_bench", "format_qat_bench"]

@@ -33,12 +33,12 @@ from lowbit.export.detect import (
     OnnxDetector,
     calibration_batches,
     export_detector_onnx,
-    load_run,
     postprocess_outputs,
 )
 from lowbit.export.onnx import ort_session
 from lowbit.export.packed import save_packed
 from lowbit.nn import convert, prepare, quant_layers
+from lowbit.runs import load_run
 from lowbit.runtime import get_threads
 
 DEFAULT_MODELS = ("rfcn_resnet18", "yolov3_tiny_darknet")

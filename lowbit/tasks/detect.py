@@ -26,10 +26,10 @@ dataset's target dicts; the detector normalises, resizes and pads inside (its tr
 ``train_step_loss`` is the sum of the detector's loss dict; ``evaluate`` is the VOC mAP at IoU
 0.5 with the VOC07 11-point metric (``main``; ``mAP_area`` is the VOC2010+ area metric).
 
-Registration: the engine room (:mod:`lowbit.train`) sits below detection, so this module does
-not import it; :func:`register_detect_task` registers ``DetectTask`` as ``"detect"`` (lazily)
-and is called by the engine's built-in task list, or by a user before ``lowbit.train.fit``.
-``model.task: lowbit.detection.task:DetectTask`` also works without registration.
+Registration: the class registers itself as ``"detect"`` with
+:func:`lowbit.train.tasks.register_task` when :mod:`lowbit.tasks` is imported (the task
+registry imports that package before its first lookup).
+``model.task: lowbit.tasks.detect:DetectTask`` names it directly.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from lowbit.data.transforms import RandomHorizontalFlip, collate_detection
 from lowbit.data.voc import VOCDetection
 from lowbit.detection.registry import create_model, model_size_option
 from lowbit.eval.voc import evaluate_voc
+from lowbit.train.tasks import register_task
 
-__all__ = ["DetectTask", "register_detect_task"]
+__all__ = ["DetectTask"]
 
 _DIGITS_GEN_KEYS = ("train", "test", "size", "seed")
 
@@ -72,6 +73,7 @@ def _infer_num_classes(cfg: Any) -> int:
     return len(DIGIT_CLASSES) if cfg.data.kind == "digits" else len(VOC_CLASSES)
 
 
+@register_task("detect")
 class DetectTask:
     """Object detection with the two-stage (and other registered) detectors; see the module
     docstring."""
@@ -192,14 +194,3 @@ class DetectTask:
         out = {"main": float(r07.map), "mAP": float(r07.map), "mAP_area": float(rarea.map)}
         out.update({f"AP_{c}": float(v) for c, v in r07.ap.items()})
         return out
-
-
-def register_detect_task() -> None:
-    """Register :class:`DetectTask` as ``"detect"`` in :mod:`lowbit.train` (idempotent)."""
-    from lowbit.train.tasks import register_task
-
-    try:
-        register_task("detect")(DetectTask)
-    except ValueError:  # already registered
-        pass
-

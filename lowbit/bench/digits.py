@@ -2,7 +2,7 @@
 
 scikit-learn bundles 1,797 real 8x8 handwritten digits (no download). A fixed stratified
 split (1,347 train / 450 test, ``random_state=0``) and fixed seeds make every row
-reproducible on one machine. A small CNN (:class:`~lowbit.nn.bench_models.DigitsCNN`) is
+reproducible on one machine. A small CNN (:class:`~lowbit.bench.models.DigitsCNN`) is
 trained in FP32; every quantized row starts from that warm start:
 
 * ``lbw-exact`` QAT at 2, 4, 6 bits and ``lbw-approx`` at 4, 6 bits (projected SGD, every
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lowbit.nn.bench_models import DigitsCNN
+from lowbit.bench.models import DigitsCNN
 from lowbit.nn.layers import quant_layers
 from lowbit.nn.mixed import assign_bits, sensitivity
 from lowbit.nn.surgery import prepare, ptq_from_clips, weight_memory

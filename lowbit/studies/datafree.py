@@ -47,7 +47,7 @@ measured: the fewest bits with mAP within ``tolerance`` of FP32, per variant.
 
 Every row writes its detections in the VOC results format (``comp4_det_test_<class>.txt``
 under ``OUT/runs/<row>``) and gets its mAP's 95% bootstrap interval over the test images and
-its drop's paired interval vs FP32 (:func:`lowbit.compare.add_intervals`).
+its drop's paired interval vs FP32 (:func:`lowbit.runs.add_intervals`).
 """
 
 from __future__ import annotations
@@ -281,8 +281,8 @@ class _Subset:
         return self.ds.eval_targets()[: self.n]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    from lowbit.compare import _write_json as write_atomic
+def write_json(path: Path, obj: Any) -> None:
+    from lowbit.runs import write_json as write_atomic
 
     write_atomic(path, obj)
 
@@ -301,15 +301,8 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
     """
     from tqdm import tqdm
 
-    from lowbit.compare import (
-        _eval_batch,
-        _row_dir,
-        _run_info,
-        add_intervals,
-        fp32_model,
-        load_base,
-        score,
-    )
+    from lowbit.runs import add_intervals, eval_batch_size, fp32_model, load_base, row_dir, score
+    from lowbit.runtime import run_info
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -402,8 +395,8 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                         spec["granularity"],
                                         variants.get(spec.get("variant", ""), None))
                 st = weight_stats(layers)
-            met = score(base.task, model, test_ds, _row_dir(out, key), base.device,
-                        _eval_batch(base))
+            met = score(base.task, model, test_ds, row_dir(out, key), base.device,
+                        eval_batch_size(base))
             row.update({"mAP": met["mAP"], "mAP_area": met["mAP_area"],
                         "dets_dir": met["dets_dir"], **st, "status": "ok", "error": None})
             if key == "fp32":
@@ -414,7 +407,7 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 tqdm.write(f"!! {row['error']}")
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        _write_json(res_path, {"settings": settings, "rows": rows})
+        write_json(res_path, {"settings": settings, "rows": rows})
     for r in rows:
         r["drop"] = (fp32_map - r["mAP"]) if fp32_map is not None and r.get("status") == "ok" \
             else None
@@ -438,8 +431,8 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
     boot = add_intervals(rows, test_ds, "fp32")
     result = {"settings": settings, "tolerance": tolerance, "rows": rows,
               "bits_needed": needed, "clustering": clustering, "bootstrap": boot,
-              "run_info": _run_info()}
-    _write_json(res_path, result)
+              "run_info": run_info()}
+    write_json(res_path, result)
     md = format_datafree(result, bits)
     (out / "datafree.md").write_text("# lowbit datafree\n\n" + md +
                                      "\n\n![mAP vs bits](datafree.png)\n")
@@ -511,7 +504,7 @@ def format_datafree(res: dict[str, Any], bits: Sequence[int]) -> str:
             need = cl["bits_needed"].get(v)
             need_s = need if need is not None else f"> {max(bits)}"
             lines.append(f"| {v} | " + " | ".join(cells) + f" | {need_s} |")
-    from lowbit.compare import interval_note, run_info_line
+    from lowbit.studies.report import interval_note, run_info_line
 
     lines += ["", "## Every row with its intervals", "", *format_intervals(rows), "",
               interval_note(res.get("bootstrap")), "", run_info_line(res.get("run_info"))]
@@ -520,7 +513,7 @@ def format_datafree(res: dict[str, Any], bits: Sequence[int]) -> str:
 
 def format_intervals(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown lines: each row's ``mAP [lo, hi]`` and ``drop [lo, hi]`` (points of %)."""
-    from lowbit.compare import drop_cell, map_cell
+    from lowbit.studies.report import drop_cell, map_cell
 
     lines = ["| row | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop |",
              "|---|---:|---:|---:|"]

@@ -13,7 +13,7 @@ Every phase trains through :func:`lowbit.train.fit`, so each has its run folder 
 ``OUT/runs/`` with config, metrics and checkpoint, and writes its test detections there in the
 VOC results format (``comp4_det_test_<class>.txt``). Every mAP comes with its 95% percentile
 bootstrap interval over the test images and every drop with its paired interval against FP32
-(the same 1000 resamples, seed 0; :func:`lowbit.compare.add_intervals`); a drop whose interval
+(the same 1000 resamples, seed 0; :func:`lowbit.runs.add_intervals`); a drop whose interval
 excludes 0 is marked ``*``. ``seeds`` > 1 repeats each QAT phase with ``train.seed`` = seed + k
 (folders ``OUT/runs/<phase>_seed<k>``) and reports the mean ± sd across seeds beside the
 interval (the interval and the table's mAP are the first seed's).
@@ -26,7 +26,6 @@ the time the work took, not the time of the rerun.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -34,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "conv_memory", "load_run_model",
-           "effective_weights", "save_histogram", "PHASES"]
+from lowbit.analysis.pictures import save_histogram
+from lowbit.runs import conv_memory, effective_weights, load_run
+
+__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "PHASES", "format_table_3_1"]
 
 
 @dataclass(frozen=True)
@@ -149,63 +149,6 @@ def _old_results(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load_run_model(run_dir: Path) -> tuple[Any, nn.Module, Any]:
-    """(task, converted eval-mode model, config) of a finished run."""
-    import lowbit.nn as L
-    from lowbit.config import load_config
-    from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from lowbit.train.engine import build_model
-
-    cfg = load_config(run_dir / "config.yaml")
-    task, model = build_model(cfg)
-    load_checkpoint(resolve_checkpoint(run_dir), model)
-    model.eval()
-    if L.quant_layers(model):
-        L.convert(model)
-    return task, model, cfg
-
-
-def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Conv weights as the forward uses them: frozen quantized values, else the float weight."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            fr = getattr(m, "frozen", None)
-            out[name] = (fr.values if fr is not None else m.weight).detach().float().cpu()
-    return out
-
-
-def conv_memory(model: nn.Module) -> dict[str, float]:
-    """Weight memory of the conv weights as the forward uses them.
-
-    Returns ``conv_weights`` (count), ``conv_weight_bytes`` (``ceil(numel * bits / 8) + 1`` per
-    quantized conv — codes plus one exponent byte — and 4 bytes per float weight),
-    ``conv_fp32_bytes``, ``conv_ratio`` (FP32 / quantized), ``all_param_bytes`` and
-    ``all_param_ratio`` (every parameter, :func:`lowbit.nn.weight_memory`) and ``zero_share``
-    (exact zeros among the conv weights, in [0, 1])."""
-    import lowbit.nn as L
-
-    ws = effective_weights(model)
-    n = sum(w.numel() for w in ws.values())
-    zeros = sum(int((w == 0).sum()) for w in ws.values())
-    qbytes = 0.0
-    layers = {name: layer for name, layer in L.quant_layers(model)} if L.quant_layers(model) else {}
-    for name, w in ws.items():
-        lay = layers.get(name)
-        bits = getattr(getattr(lay, "frozen", None), "bits", None) if lay is not None else None
-        qbytes += math.ceil(w.numel() * bits / 8) + 1 if bits else 4 * w.numel()
-    wm = L.weight_memory(model)
-    return {
-        "conv_weights": n,
-        "conv_weight_bytes": qbytes,
-        "conv_fp32_bytes": 4.0 * n,
-        "conv_ratio": 4.0 * n / qbytes,
-        "all_param_bytes": float(wm["total_bytes"]),
-        "all_param_ratio": float(wm["fp32_bytes"]) / float(wm["total_bytes"]),
-        "zero_share": zeros / max(n, 1),
-    }
-
-
 def _pick_layers(names: list[str]) -> dict[str, str]:
     """One residual-block conv and one RPN conv, like the paper's Tables 3.2-3.3."""
     res = [n for n in names if re.search(r"layer3\.\d+\.conv2$", n)] or [
@@ -220,26 +163,6 @@ def _pick_layers(names: list[str]) -> dict[str, str]:
     return out
 
 
-def save_histogram(w: torch.Tensor, title: str, path: Path) -> dict[str, float]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lowbit.analysis.stats import weight_stats
-
-    st = weight_stats(w)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.hist(w.reshape(-1).numpy(), bins=120, color="#3a6ea5")
-    ax.set_title(f"{title}\nKurtosis = {st.excess_kurtosis:.3f}, Skewness = {st.skewness:.3f}, "
-                 f"p = {st.normality_p:.2e}", fontsize=8)
-    ax.set_xlabel("weight")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return asdict(st)
-
-
 def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run the whole workflow into ``out``; returns the ``results.json`` content."""
@@ -249,8 +172,9 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         format_magnitude_table,
         magnitude_table,
     )
-    from lowbit.compare import _run_info, add_intervals, score, seed_summary
     from lowbit.config import config_from_dict
+    from lowbit.runs import add_intervals, score, seed_summary
+    from lowbit.runtime import run_info
     from lowbit.train import fit
 
     s = settings or (QUICK if quick else DEFAULT)
@@ -259,7 +183,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     data_root = out / "digits"
     t_start = time.perf_counter()
     old = _old_results(out / "results.json")
-    results: dict[str, Any] = {"settings": asdict(s), "runs": {}, "run_info": _run_info()}
+    results: dict[str, Any] = {"settings": asdict(s), "runs": {}, "run_info": run_info()}
     fp32_dir = out / "runs" / "fp32"
     reused: list[str] = []
     test_ds = None
@@ -277,7 +201,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
             done_before = _checkpoint_iteration(run_dir)
             t0 = time.perf_counter()
             res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun loses nothing
-            task, model, _ = load_run_model(run_dir)
+            _, task, model = load_run(run_dir)
             if test_ds is None:
                 _, test_ds = task.build_datasets(cfg)
             sc = score(task, model, test_ds, run_dir, torch.device("cpu"), s.batch_size)
@@ -311,8 +235,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     for k in ("drop_ci", "drop_half_width", "drop_excludes_zero"):
         results["runs"]["fp32"].pop(k, None)
     # weight statistics of two layers (Tables 3.2-3.3, Fig. 3.2)
-    models = {run: load_run_model(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
-    weights = {run: effective_weights(m) for run, (_, m, _) in models.items()}
+    models = {run: load_run(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
+    weights = {run: effective_weights(m) for run, (_, _, m) in models.items()}
     chosen = _pick_layers(list(weights["fp32"]))
     stats_md, stats_json = [], {}
     for label, lname in chosen.items():
@@ -331,17 +255,18 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     results["stats"] = stats_json
 
     # detection pictures FP32 vs 6-bit (Fig. 3.1)
-    task, m32, cfg = models["fp32"]
+    cfg, task, m32 = models["fp32"]
     _, test_ds = task.build_datasets(cfg)
     imgs = [test_ds[i][0] for i in range(min(s.pictures, len(test_ds)))]
     dets = {}
     with torch.no_grad():
         for run, title in (("fp32", "32-bit full precision"), ("lbw6", "6-bit LBW")):
-            dets[title] = models[run][1](imgs)
+            dets[title] = models[run][2](imgs)
     classes = list(getattr(test_ds, "classes", [str(i) for i in range(10)]))
     side_by_side(imgs, dets, classes, out / "detections.png", threshold=0.5)
     results["pictures"] = "detections.png"
-    from lowbit.compare import _write_json, interval_note, run_info_line
+    from lowbit.runs import write_json
+    from lowbit.studies.report import interval_note, run_info_line
 
     this_call = time.perf_counter() - t_start
     phases = sum(r["seconds"] for r in results["runs"].values())
@@ -351,7 +276,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     # that did it (a no-op rerun keeps them); this invocation's own time is recorded apart
     results["seconds"] = phases
     table = format_table_3_1(results)
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     timing = (f"Total {results['seconds'] / 60:.1f} min of training and evaluation"
               + (f" (phases reused from an earlier invocation keep the times of the invocation "
                  f"that trained them: {', '.join(reused)})" if reused else "")
@@ -386,7 +311,7 @@ def format_table_3_1(results: dict[str, Any]) -> str:
     rows = [("4-bit LBW (exact)", "lbw4"), ("5-bit LBW (exact)", "lbw5"),
             ("6-bit LBW (exact)", "lbw6"), ("6-bit LBW (paper's mu scheme)", "lbw6_mu"),
             ("32-bit full precision", "fp32")]
-    from lowbit.compare import drop_cell, map_cell
+    from lowbit.studies.report import drop_cell, map_cell
 
     lines = ["| model | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop | "
              "conv weight memory | × smaller | zero weights |",
