@@ -360,11 +360,89 @@ def _fine_counts(key: Tensor) -> Tensor:
     return h[:_NMAG_FINE] + h[_NMAG_FINE:]
 
 
+# Elements per chunk of the float32 fast path's two passes on CPU: the int32 keys of one
+# chunk stay in cache between the ops that make and use them (a full-size key tensor costs
+# a write and several re-reads from memory). Results never depend on the chunking.
+_CHUNK = 1 << 18
+
+
+def _chunk_width(xs: Sequence[Tensor]) -> int:
+    """Chunk length for flat tensors ``xs`` on one device (whole tensors off the CPU)."""
+    longest = max(x.numel() for x in xs)
+    return min(longest, _CHUNK) if xs[0].device.type == "cpu" else longest
+
+
+def _fine_counts_many(xs: Sequence[Tensor]) -> Tensor:
+    """Fine magnitude-bucket counts ``Tensor[G, W]`` int64 of G float32 tensors.
+
+    ``xs``: flat contiguous non-empty float32 tensors (one device). Row ``g`` equals the first
+    ``W`` entries of ``_fine_counts(_fine_keys(xs[g]))`` (``W <= 2**16`` a multiple of
+    ``2**_FINE``; the columns left off are all zero): a weight's key is the top 16 magnitude
+    bits of its bit pattern, ``(bits >> 15) & 0xFFFF``, counted chunk by chunk.
+    """
+    dev = xs[0].device
+    width = _chunk_width(xs)
+    buf = torch.empty(width, dtype=torch.int32, device=dev)
+    shift = torch.tensor(22 - _FINE, dtype=torch.int32)
+    accs = []
+    for x in xs:
+        xi = x.view(torch.int32)
+        acc = None
+        for a in range(0, xi.numel(), width):
+            part = xi[a:a + width]
+            key = buf[:part.numel()]
+            torch.bitwise_right_shift(part, shift, out=key)
+            key.bitwise_and_(_NMAG_FINE - 1)
+            h = torch.bincount(key)
+            if acc is None:
+                acc = h
+            elif h.numel() <= acc.numel():
+                acc[:h.numel()] += h
+            else:
+                h[:acc.numel()] += acc
+                acc = h
+        accs.append(acc)
+    per = 1 << _FINE
+    w = -(-max(h.numel() for h in accs) // per) * per
+    fold = torch.zeros(len(xs), w, dtype=torch.int64, device=dev)
+    for g, h in enumerate(accs):
+        fold[g, :h.numel()] = h
+    return fold
+
+
+def _lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor]:
+    """``tab[g]`` looked up at each element's signed half-octave key, per tensor.
+
+    ``xs``: flat contiguous float32 tensors; ``tab``: ``Tensor[G, 1024]`` float32 signed
+    tables as :func:`_level_table` makes them for IEEE's 512 magnitude columns (negatives
+    first). The key ``(bits >> 22) + 512`` is the sign-folded half-octave key. Chunked on CPU
+    (keys stay in cache); returns new flat float32 tensors.
+    """
+    dev = xs[0].device
+    width = _chunk_width(xs)
+    buf = torch.empty(width, dtype=torch.int32, device=dev)
+    shift = torch.tensor(22, dtype=torch.int32)
+    outs = []
+    for g, x in enumerate(xs):
+        xi = x.view(torch.int32)
+        out = torch.empty(xi.shape, dtype=torch.float32, device=dev)
+        t = tab[g]
+        for a in range(0, xi.numel(), width):
+            part = xi[a:a + width]
+            key = buf[:part.numel()]
+            torch.bitwise_right_shift(part, shift, out=key)
+            key.add_(512)
+            torch.index_select(t, 0, key, out=out[a:a + part.numel()])
+        outs.append(out)
+    return outs
+
+
 def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple[Tensor, Tensor]:
     """Counts-only decision for float32 rows: ``(s [G] int64, decided [G] bool)``.
 
-    ``fold``: ``Tensor[G, 2**16]`` int64 fine magnitude-bucket counts per tensor
-    (:func:`_fine_counts`). Buckets carry 7 extra
+    ``fold``: ``Tensor[G, W]`` int64 fine magnitude-bucket counts per tensor
+    (:func:`_fine_counts`, or its first ``W`` columns, ``W`` a multiple of ``2**_FINE``, the
+    rest zero). Buckets carry 7 extra
     mantissa bits, so each half-octave's ``sum |w|`` is known to within ``count * 2**(e-8)``
     from counts alone. Each candidate's error *difference* to the estimated best gets a
     rigorous interval; when every candidate is then certainly inside or certainly outside the
@@ -376,7 +454,8 @@ def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple
     dev = fold.device
     per = 1 << _FINE
     c_h = fold.view(g, -1, per).sum(2)
-    hh = c_h.shape[1]
+    hh = _NMAG_FINE // per
+    c_h = torch.nn.functional.pad(c_h, (0, hh - c_h.shape[1]))
     bad = c_h[:, -2:].sum(1)
     tiny = c_h[:, :2].sum(1)
     occ = torch.nonzero(c_h[:, 2:hh - 2].any(0)).flatten() + 2
@@ -455,22 +534,22 @@ def _quantize_rows(
     # 1. float32 per-tensor rows: counts-only fast path (one row per tensor)
     fast = [j for j in jobs if not per_channel and j["x"].dtype == torch.float32
             and j["x"].numel()]
-    if fast:
-        keys = [_fine_keys(j["x"]) for j in fast]
-        fold = torch.stack([_fine_counts(k) for k in keys])
-        dev = fold.device
-        caps = torch.tensor([j["cap"] for j in fast], device=dev)
-        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in fast])
+    for dev in dict.fromkeys(j["x"].device for j in fast):
+        grp = [j for j in fast if j["x"].device == dev]
+        flat = [j["x"].reshape(-1) for j in grp]
+        fold = _fine_counts_many(flat)
+        caps = torch.tensor([j["cap"] for j in grp], device=dev)
+        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp])
         dec = decided.tolist()
         if any(dec):
             hc = torch.arange(512, device=dev)
-            hcol = torch.where(hc >= 2, hc - 254, _NOCOL).expand(len(fast), -1)
-            tab = _level_table(s, hcol, n, torch.float32).view(-1, 2, 512, 1)  # [G, 1024]
-            for i, j in enumerate(fast):
-                if dec[i]:
-                    fine = tab[i].expand(2, 512, 1 << _FINE).reshape(-1)
-                    j["wq"] = torch.index_select(fine, 0, keys[i])
-                    j["s"] = s[i]
+            hcol = torch.where(hc >= 2, hc - 254, _NOCOL).expand(len(grp), -1)
+            tab = _level_table(s, hcol, n, torch.float32)  # [G, 1024]
+            idx = [i for i, d in enumerate(dec) if d]
+            outs = _lookup_many([flat[i] for i in idx], tab[idx])
+            for i, wq in zip(idx, outs):
+                grp[i]["wq"] = wq
+                grp[i]["s"] = s[i]
     # 2. everything else: exact float64 statistics, all rows in one solve
     todo = [j for j in jobs if j["s"] is None and j["x"].numel()]
     stats = [_exact_rows(j["x"], j["name"]) for j in todo]

@@ -183,3 +183,62 @@ def test_layer_sized_tensors_take_the_fast_path_and_agree() -> None:
             for c in range(0, w.shape[0], 7):
                 ref, s_ref = lbw_exact(w[c], bits)
                 assert bits_equal(wq[c], ref) and int(s[c]) == s_ref
+
+
+@settings(max_examples=40, deadline=None)
+@given(ws=st.lists(st.builds(make_weights, seed=st.integers(0, 2**31 - 1),
+                             dist=st.sampled_from(["gauss", "student", "outliers", "zeros",
+                                                   "repeated", "mixed"]),
+                             size=st.integers(1, 200), log_scale=st.integers(-8, 8)),
+                   min_size=1, max_size=5),
+       chunk=st.integers(1, 64), ascending=st.booleans(), bits=st.integers(2, 8))
+def test_chunked_float32_path_matches_brute_force(ws: list[torch.Tensor], chunk: int,
+                                                  ascending: bool, bits: int) -> None:
+    """The float32 fast path counts and looks up chunk by chunk: any chunk length (here
+    1..64, so tensors span many chunks; sorted by magnitude, later chunks reach higher
+    buckets than earlier ones) gives the brute-force optimum, rounded to the nearest level."""
+    import lowbit.quant.pot as pot
+
+    ws32 = [w.float() for w in ws]
+    if ascending:
+        ws32 = [w[w.abs().argsort()] for w in ws32]
+    n = 2 ** (bits - 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pot, "_CHUNK", chunk)
+        out = lbw_exact_many(ws32, bits)
+    for w, (wq, s) in zip(ws32, out):
+        _, s_doc, _ = brute_force_lbw(w.double(), bits)
+        assert int(s) == s_doc
+        ref = nearest_pot(w.double(), s_doc, n).float()
+        assert bits_equal(wq, torch.where(w < 0, -ref.abs(), ref.abs()))  # -0.0 for w < 0
+
+
+def test_chunked_fast_path_on_layer_sized_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors longer than the chunk (and chunk lengths that do not divide them) give the
+    same bits as one chunk per tensor and as the float64 path, and the fast path decides."""
+    import lowbit.quant.pot as pot
+
+    g = torch.Generator().manual_seed(5)
+    ws = [torch.randn(s, generator=g) * 0.02 for s in [(300, 64, 3, 3), (1000, 77), (5,)]]
+    ws[1][3, 4] = 0.0
+    ws[1][7, 0] = -0.0
+    decided = []
+    real = pot._fast_decide
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        decided.append(out[1].tolist())
+        return out
+
+    monkeypatch.setattr(pot, "_fast_decide", spy)
+    for bits in (2, 4, 6):
+        monkeypatch.setattr(pot, "_CHUNK", 1 << 40)
+        whole = lbw_exact_many(ws, bits)
+        monkeypatch.setattr(pot, "_CHUNK", 4099)
+        parts = lbw_exact_many(ws, bits)
+        for w, (a, sa), (b, sb) in zip(ws, whole, parts):
+            assert bits_equal(a, b) and int(sa) == int(sb)
+            ref, s_ref = lbw_exact(w.double(), bits)  # float64 statistics, no fast path
+            assert int(sb) == s_ref and torch.equal(b.double(), ref)
+            assert bits_equal(b, torch.where(w.signbit(), -b.abs(), b.abs()))
+    assert decided and all(all(d) for d in decided)
