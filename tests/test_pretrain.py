@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from lowbit.detection import create_model
-from lowbit.studies.pretrain import NUM_CLASSES, PretrainConfig, make_crops, pretrain_backbone
+from lowbit.tasks.pretrain import NUM_CLASSES, PretrainConfig, make_crops, pretrain_backbone
 
 TINY = {"steps": 2, "train_crops": 22, "test_crops": 11, "batch": 8, "crop": 32}
 

@@ -9,7 +9,7 @@ import json
 
 def _run(args: argparse.Namespace) -> int:
     from lowbit.config import load_config
-    from lowbit.studies.pretrain import config_from_detection, pretrain_backbone
+    from lowbit.tasks.pretrain import config_from_detection, pretrain_backbone
 
     cfg = load_config(args.config, args.set or [])
     over = {k: v for k, v in (("steps", args.steps), ("train_crops", args.train_crops),
