@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from lowbit.cli import main
@@ -19,7 +20,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     rc = main(["demo", "--quick", "--out", str(out), "--train-images", "8", "--test-images", "4",
                "--size", "64", "--epochs", "1", "--qat-epochs", "1", "--width", "0.125",
-               "--batch-size", "4", "--json"])
+               "--batch-size", "4", "--pretrain-steps", "3", "--pretrain-crops", "22", "--json"])
     assert rc == 0
     return out
 
@@ -37,6 +38,36 @@ def test_results_json_has_every_run(demo_out: Path) -> None:
     assert res["runs"]["fp32"]["conv_ratio"] == 1.0
     report = (demo_out / "report.md").read_text()
     assert "Table 3.1" in report and "6-bit LBW (exact)" in report
+
+
+def test_phase_one_pretrains_the_backbone_the_fp32_run_starts_from(demo_out: Path) -> None:
+    import yaml
+    from safetensors.torch import load_file
+
+    from lowbit.detection import create_model
+
+    res = json.loads((demo_out / "results.json").read_text())
+    pre = res["pretrain"]
+    path = Path(pre["path"])
+    assert path.is_file() and path.parent == demo_out / "pretrained"
+    assert 0.0 <= pre["accuracy"] <= 1.0 and pre["steps"] == 3 and not pre["reused"]
+    cfg = yaml.safe_load((demo_out / "runs" / "fp32" / "config.yaml").read_text())
+    assert cfg["model"]["kwargs"]["backbone_weights"] == str(path)
+    for run in ("lbw4", "lbw6_mu"):  # QAT phases start from the FP32 run, not the file
+        qcfg = yaml.safe_load((demo_out / "runs" / run / "config.yaml").read_text())
+        assert "backbone_weights" not in qcfg["model"]["kwargs"]
+    # the file is a backbone state_dict the demo's detector loads key for key (strict)
+    sd = load_file(str(path))
+    det = create_model("rfcn_resnet18", 10, width=0.125, k=3, backbone_weights=str(path))
+    own = det.state_dict()
+    loaded = [k for k in sd if "backbone." + k in own]
+    assert loaded, "no key of the pretrained file names a backbone tensor of the detector"
+    convs = [k for k in loaded if k.endswith("conv1.weight")]
+    assert convs
+    for k in convs:
+        assert torch.equal(sd[k], own["backbone." + k]), k
+    report = (demo_out / "report.md").read_text()
+    assert "pretrained offline" in report and path.name in report
 
 
 def test_stats_tables_sum_to_100_and_zero_row_is_a_direct_count(demo_out: Path) -> None:
@@ -138,13 +169,15 @@ def test_noop_rerun_keeps_the_timings(demo_out: Path) -> None:
     report_before = (demo_out / "report.md").read_text()
     rc = main(["demo", "--quick", "--out", str(demo_out), "--train-images", "8",
                "--test-images", "4", "--size", "64", "--epochs", "1", "--qat-epochs", "1",
-               "--width", "0.125", "--batch-size", "4", "--json"])
+               "--width", "0.125", "--batch-size", "4", "--pretrain-steps", "3",
+               "--pretrain-crops", "22", "--json"])
     assert rc == 0
     after = json.loads((demo_out / "results.json").read_text())
     for name, r in before["runs"].items():
         assert after["runs"][name]["seconds"] == r["seconds"], name
         assert after["runs"][name]["mAP"] == r["mAP"]
-    assert set(after["reused_phases"]) == set(before["runs"])
+    assert set(after["reused_phases"]) == set(before["runs"]) | {"pretrain"}
+    assert after["pretrain"]["reused"] and after["pretrain"]["path"] == before["pretrain"]["path"]
     total = [ln for ln in report_before.splitlines() if "Total" in ln][0]
     first = total.split("Total ")[1].split(" min")[0]
     assert f"Total {first} min" in (demo_out / "report.md").read_text()

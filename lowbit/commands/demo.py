@@ -15,6 +15,7 @@ def _run(args: argparse.Namespace) -> int:
         "train_images": args.train_images, "test_images": args.test_images,
         "image_size": args.size, "fp32_epochs": args.epochs, "qat_epochs": args.qat_epochs,
         "width": args.width, "batch_size": args.batch_size, "seeds": args.seeds,
+        "pretrain_steps": args.pretrain_steps, "pretrain_crops": args.pretrain_crops,
     }.items() if v is not None}
     settings = dataclasses.replace(base, **over)
     res = run_demo(args.out, settings=settings, progress=not args.json)
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the LBW-Net workflow on the built-in digits devkit (the main job)",
-        description="Train the CPU-sized R-FCN in FP32 on the built-in digits devkit (generated "
+        description="Pretrain the R-FCN's backbone offline on digit/background crops (the "
+        "paper's ImageNet initialisation, made from the built-in sources; reused by a rerun), "
+        "train the CPU-sized R-FCN in FP32 from it on the built-in digits devkit (generated "
         "into OUT/digits if missing), then LBW QAT at 4/5/6 bits (exact quantizer) and 6 bits "
         "with the paper's mu scheme from that warm start; evaluate with the VOC07 metric; write "
         "OUT/results.json, OUT/report.md (Table 3.1, weight statistics), histograms and "
@@ -58,4 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fine-tune each LBW phase with N seeds and report mean ± sd across them "
                    "beside the bootstrap interval (default 1)")
     g.add_argument("--width", type=float, help="backbone width multiplier")
+    g.add_argument("--pretrain-steps", type=int, metavar="N",
+                   help="backbone pretraining steps (default 1200; --quick 60; 0: train the "
+                   "FP32 R-FCN from scratch)")
+    g.add_argument("--pretrain-crops", type=int, metavar="N",
+                   help="crops rendered for backbone pretraining (default 6000; --quick 660)")
     p.set_defaults(func=_run)

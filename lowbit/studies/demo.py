@@ -1,11 +1,14 @@
 """`lowbit demo`: the LBW-Net workflow end to end on the built-in digits devkit.
 
-1. train the CPU-sized R-FCN in FP32 from scratch;
-2. from that warm start, LBW QAT (projected SGD, every conv, ``lbw-exact``) at 4, 5 and 6 bits,
+1. pretrain the R-FCN's ResNet-18 backbone offline on digit/background crops
+   (:mod:`lowbit.tasks.pretrain`; the paper starts from ImageNet-pretrained ResNets), unless
+   ``pretrain_steps`` = 0; the weights file is keyed by its settings and reused by a rerun;
+2. train the CPU-sized R-FCN in FP32 from that backbone (detection layers random);
+3. from that warm start, LBW QAT (projected SGD, every conv, ``lbw-exact``) at 4, 5 and 6 bits,
    and the paper's ``lbw-approx`` (mu = 3/4 max|W|, partial sums t = 0..3) at 6 bits;
-3. evaluate each with the VOC07 metric; print the paper's Table 3.1 (mAP, drop vs FP32, weight
+4. evaluate each with the VOC07 metric; print the paper's Table 3.1 (mAP, drop vs FP32, weight
    memory, share of zero weights);
-4. write ``OUT/results.json``, ``OUT/report.md``, the weight-statistics tables of one residual
+5. write ``OUT/results.json``, ``OUT/report.md``, the weight-statistics tables of one residual
    block conv and one RPN conv (Tables 3.2-3.3) with histograms (Fig. 3.2), and detection
    pictures FP32 vs 6-bit (Fig. 3.1).
 
@@ -26,6 +29,7 @@ the time the work took, not the time of the rerun.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -58,18 +62,45 @@ class DemoSettings:
     seed: int = 0
     pictures: int = 3
     seeds: int = 1
+    #: backbone pretraining (phase 1, :func:`lowbit.tasks.pretrain.pretrain_backbone`): SGD
+    #: steps (0: no pretraining, the FP32 R-FCN trains from scratch), crops rendered for
+    #: training, crops per step, peak learning rate
+    pretrain_steps: int = 1200
+    pretrain_crops: int = 6000
+    pretrain_batch: int = 32
+    pretrain_lr: float = 0.03
 
     def __post_init__(self) -> None:
         for name in ("train_images", "test_images", "fp32_epochs", "qat_epochs", "batch_size",
-                     "seeds"):
+                     "seeds", "pretrain_crops", "pretrain_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"demo setting pretrain_steps must be >= 0 (0: no pretraining), "
+                             f"got {self.pretrain_steps}")
+        if not (self.pretrain_lr > 0 and math.isfinite(self.pretrain_lr)):
+            raise ValueError(f"demo setting pretrain_lr must be finite and > 0, "
+                             f"got {self.pretrain_lr}")
+
+    def pretrain_config(self) -> Any:
+        """The :class:`lowbit.tasks.pretrain.PretrainConfig` of phase 1 (None: no pretraining);
+        its key names the weights file, so a rerun with the same settings reuses it."""
+        if self.pretrain_steps == 0:
+            return None
+        from lowbit.tasks.pretrain import PretrainConfig
+
+        return PretrainConfig(model="rfcn_resnet18", model_kwargs={"width": self.width,
+                                                                   "k": self.k},
+                              train_crops=self.pretrain_crops,
+                              test_crops=max(110, self.pretrain_crops // 6),
+                              steps=self.pretrain_steps, batch=self.pretrain_batch,
+                              lr=self.pretrain_lr, seed=self.seed)
 
 
 DEFAULT = DemoSettings()
 QUICK = DemoSettings(
     train_images=300, test_images=60, image_size=192, fp32_epochs=4, qat_epochs=1,
-    width=0.25, warmup_iters=100, pictures=2,
+    width=0.25, warmup_iters=100, pictures=2, pretrain_steps=60, pretrain_crops=660,
 )
 
 #: run name -> (method, bits, params) ; None = FP32
@@ -83,7 +114,8 @@ RUNS: dict[str, tuple[str, int, dict[str, Any]] | None] = {
 
 #: run name -> the phase's title for people
 PHASES: dict[str, str] = {
-    "fp32": "FP32 R-FCN trained from scratch",
+    "pretrain": "backbone pretrained on digit/background crops (offline ImageNet stand-in)",
+    "fp32": "FP32 R-FCN from the pretrained backbone (detection layers random)",
     "lbw4": "4-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
     "lbw5": "5-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
     "lbw6": "6-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
@@ -101,7 +133,7 @@ PAPER_TABLE_3_1 = {
 
 
 def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
-            seed_offset: int = 0) -> dict[str, Any]:
+            seed_offset: int = 0, backbone_weights: str | None = None) -> dict[str, Any]:
     spec = RUNS[run]
     qat = spec is not None
     cfg: dict[str, Any] = {
@@ -121,6 +153,8 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
         "quant": None,
         "init": None,
     }
+    if spec is None and backbone_weights is not None:
+        cfg["model"]["kwargs"]["backbone_weights"] = backbone_weights
     if spec is not None:
         method, bits, params = spec
         cfg["quant"] = {"method": method, "bits": bits, "params": params}
@@ -187,17 +221,37 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     fp32_dir = out / "runs" / "fp32"
     reused: list[str] = []
     test_ds = None
+    pcfg = s.pretrain_config()
+    n_phases = len(RUNS) + (pcfg is not None)
+    backbone_weights = None
+    if pcfg is not None:
+        from lowbit.tasks.pretrain import pretrain_backbone
+
+        if progress:
+            print(f"\n== Phase 1 of {n_phases}: {PHASES['pretrain']}", flush=True)
+        pre = pretrain_backbone(pcfg, out / "pretrained", progress=progress)
+        backbone_weights = pre["path"]
+        if pre["reused"]:
+            reused.append("pretrain")
+        results["pretrain"] = {k: pre[k] for k in ("path", "key", "accuracy", "train_accuracy",
+                                                   "seconds", "steps", "chance", "reused")}
+        if progress:
+            print(f"pretrained backbone: held-out crop accuracy {100 * pre['accuracy']:.1f}% "
+                  f"(chance {100 * pre['chance']:.1f}%), {pre['seconds']:.0f} s"
+                  + (" (reused)" if pre["reused"] else ""), flush=True)
     for i, run in enumerate(RUNS):
         seeds = 1 if RUNS[run] is None else s.seeds
+        title = PHASES[run] if run != "fp32" or pcfg is not None else \
+            "FP32 R-FCN trained from scratch"
         if progress:
-            print(f"\n== Phase {i + 1} of {len(RUNS)}: {PHASES[run]}"
+            print(f"\n== Phase {i + 1 + (pcfg is not None)} of {n_phases}: {title}"
                   + (f" ({seeds} seeds)" if seeds > 1 else ""), flush=True)
         per_seed = []
         mem: dict[str, float] = {}
         for k in range(seeds):
             name = run if k == 0 else f"{run}_seed{k}"
             run_dir = out / "runs" / name
-            cfg = config_from_dict(_config(s, data_root, run, fp32_dir, k))
+            cfg = config_from_dict(_config(s, data_root, run, fp32_dir, k, backbone_weights))
             done_before = _checkpoint_iteration(run_dir)
             t0 = time.perf_counter()
             res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun loses nothing
@@ -269,7 +323,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     from lowbit.studies.report import interval_note, run_info_line
 
     this_call = time.perf_counter() - t_start
-    phases = sum(r["seconds"] for r in results["runs"].values())
+    phases = sum(r["seconds"] for r in results["runs"].values()) + float(
+        results.get("pretrain", {}).get("seconds", 0.0))
     results["seconds_this_invocation"] = this_call
     results["reused_phases"] = reused
     # the time the work took: each phase's training + evaluation as timed by the invocation
@@ -286,9 +341,9 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     report = [
         "# lowbit demo: LBW-Net on the built-in digits devkit", "",
         f"R-FCN (ResNet-18 width {s.width}, k = {s.k}), {s.train_images} training and "
-        f"{s.test_images} test images at {s.image_size} px. The FP32 model trains "
-        f"{s.fp32_epochs} epochs from scratch; each LBW model is fine-tuned from the FP32 "
-        f"weights for {s.qat_epochs} epoch(s).{seed_text} {timing}", "",
+        f"{s.test_images} test images at {s.image_size} px. {_start_text(s, results)}"
+        f"The FP32 model trains {s.fp32_epochs} epochs; each LBW model is fine-tuned from "
+        f"the FP32 weights for {s.qat_epochs} epoch(s).{seed_text} {timing}", "",
         run_info_line(results.get("run_info")), "",
         "## Table 3.1 (VOC07 mAP, with 95% bootstrap intervals)", "", table, "",
         interval_note(results.get("bootstrap")), "",
@@ -304,6 +359,16 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         print("\n" + table + "\n\n" + interval_note(results.get("bootstrap")))
         print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'detections.png'}")
     return results
+
+
+def _start_text(s: DemoSettings, results: dict[str, Any]) -> str:
+    pre = results.get("pretrain")
+    if pre is None:
+        return "The FP32 model starts from random weights (no pretraining). "
+    return (f"As in the paper (ImageNet-pretrained backbone, random detection layers), the "
+            f"backbone is first pretrained offline on digit/background crops ({s.pretrain_steps} "
+            f"steps of {s.pretrain_batch} crops, held-out accuracy {100 * pre['accuracy']:.1f}%, "
+            f"chance {100 * pre['chance']:.1f}%, `{Path(pre['path']).name}`). ")
 
 
 def format_table_3_1(results: dict[str, Any]) -> str:
