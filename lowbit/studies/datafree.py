@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "SCHEMES",
+    "SCHEME_QUANTIZERS",
     "GRANULARITIES",
     "QuantizedLayer",
     "quantize_groups",
@@ -76,7 +77,15 @@ __all__ = [
     "datafree",
 ]
 
-SCHEMES: tuple[str, ...] = ("uniform", "log", "pot", "kmeans")
+#: data-free scheme -> (tensor quantizer of :mod:`lowbit.quant`'s registry, its parameters);
+#: every scheme quantizes one tensor (a group of rows) with that entry at the row's bits
+SCHEME_QUANTIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "uniform": ("uniform", {"symmetric": True, "per_channel": False, "method": "minmax"}),
+    "log": ("log", {}),
+    "pot": ("lbw-exact", {}),
+    "kmeans": ("kmeans", {}),
+}
+SCHEMES: tuple[str, ...] = tuple(SCHEME_QUANTIZERS)
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
 BLOCK = 16
 
@@ -99,18 +108,14 @@ class QuantizedLayer:
 
 
 def _q_tensor(x: Tensor, scheme: str, bits: int) -> Tensor:
-    """Per-tensor quantized values of ``x`` with ``scheme`` at ``bits``."""
+    """Per-tensor quantized values of ``x`` with ``scheme`` at ``bits`` (the registry entry of
+    :data:`SCHEME_QUANTIZERS`)."""
     import lowbit.quant as Q
 
-    if scheme == "uniform":
-        return Q.uniform_quantize(x, bits, True, False, 0, "minmax")[0]
-    if scheme == "log":
-        return Q.log_quantize(x, bits)[0]
-    if scheme == "pot":
-        return Q.lbw_exact(x, bits)[0]
-    if scheme == "kmeans":
-        return Q.kmeans_quantize(x, bits)[0]
-    raise ValueError(f"unknown data-free scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    if scheme not in SCHEME_QUANTIZERS:
+        raise ValueError(f"unknown data-free scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    name, params = SCHEME_QUANTIZERS[scheme]
+    return Q.quantize(name, x, bits=bits, **params).values
 
 
 def quantize_groups(w: Tensor, scheme: str, bits: int, groups: Sequence[Sequence[int]]) -> Tensor:

@@ -103,13 +103,14 @@ QUICK = DemoSettings(
     width=0.25, warmup_iters=100, pictures=2, pretrain_steps=60, pretrain_crops=660,
 )
 
-#: run name -> (method, bits, params) ; None = FP32
-RUNS: dict[str, tuple[str, int, dict[str, Any]] | None] = {
+#: run name -> (method of the study catalogue :data:`lowbit.studies.methods.METHODS`, bits);
+#: None = FP32
+RUNS: dict[str, tuple[str, int] | None] = {
     "fp32": None,
-    "lbw4": ("lbw-exact", 4, {}),
-    "lbw5": ("lbw-exact", 5, {}),
-    "lbw6": ("lbw-exact", 6, {}),
-    "lbw6_mu": ("lbw-approx", 6, {"mu_ratio": 0.75, "partial_terms": 4}),
+    "lbw4": ("lbw-exact", 4),
+    "lbw5": ("lbw-exact", 5),
+    "lbw6": ("lbw-exact", 6),
+    "lbw6_mu": ("lbw-mu", 6),
 }
 
 #: run name -> the phase's title for people
@@ -156,8 +157,10 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
     if spec is None and backbone_weights is not None:
         cfg["model"]["kwargs"]["backbone_weights"] = backbone_weights
     if spec is not None:
-        method, bits, params = spec
-        cfg["quant"] = {"method": method, "bits": bits, "params": params}
+        from lowbit.studies.methods import METHODS
+
+        name, bits = spec
+        cfg["quant"] = {"params": {}, **METHODS[name].recipe(bits)}
         cfg["init"] = str(fp32_dir)
     cfg["train"]["seed"] = s.seed + seed_offset
     return cfg
