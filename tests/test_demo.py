@@ -181,3 +181,41 @@ def test_noop_rerun_keeps_the_timings(demo_out: Path) -> None:
     total = [ln for ln in report_before.splitlines() if "Total" in ln][0]
     first = total.split("Total ")[1].split(" min")[0]
     assert f"Total {first} min" in (demo_out / "report.md").read_text()
+
+
+def test_paper_claims_agree_with_the_table_and_the_weights(demo_out: Path) -> None:
+    from lowbit.runs import effective_weights, load_run
+
+    res = json.loads((demo_out / "results.json").read_text())
+    runs = res["runs"]
+    claims = {c["claim"]: c for c in res["claims"]}
+    d6 = next(c for k, c in claims.items() if k.startswith("6-bit drop"))
+    # the same paired resamples as the table's drop interval (seed 0, B = 1000)
+    assert d6["estimate"] == pytest.approx(runs["fp32"]["mAP"] - runs["lbw6"]["mAP"], abs=1e-9)
+    assert d6["ci"] == pytest.approx(runs["lbw6"]["drop_ci"], abs=1e-12)
+    g = next(c for k, c in claims.items() if k.startswith("4-bit drop larger"))
+    assert g["estimate"] == pytest.approx(runs["lbw6"]["mAP"] - runs["lbw4"]["mAP"], abs=1e-9)
+    assert g["ci"][0] <= g["estimate"] <= g["ci"][1]
+    # verdicts follow the intervals
+    lo, hi = d6["ci"]
+    want = ("holds" if hi < 0.01 else "does not hold" if lo > 0.01 else "not resolved")
+    assert d6["verdict"].startswith(want)
+    # zero shares are direct counts of the 4-bit model's weights
+    w4 = effective_weights(load_run(demo_out / "runs" / "lbw4").model)
+    for label, st in res["stats"].items():
+        z = next(c for k, c in claims.items() if k == f"4-bit LBW zero share, {label}")
+        w = w4[st["layer"]]
+        assert z["estimate"] == pytest.approx(int((w == 0).sum()) / w.numel())
+    report = (demo_out / "report.md").read_text()
+    assert "## The paper's claims, checked" in report
+
+
+def test_claim_verdicts() -> None:
+    from lowbit.studies.demo import _verdict
+
+    assert _verdict(0.002, 0.008, 0.01, above_holds=False) == "holds"
+    assert _verdict(0.012, 0.02, 0.01, above_holds=False) == "does not hold"
+    assert _verdict(0.005, 0.02, 0.01, above_holds=False).startswith("not resolved")
+    assert _verdict(0.001, 0.02, 0.0, above_holds=True) == "holds"
+    assert _verdict(-0.02, -0.001, 0.0, above_holds=True) == "does not hold"
+    assert _verdict(-0.01, 0.01, 0.0, above_holds=True).startswith("not resolved")
