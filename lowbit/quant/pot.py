@@ -372,13 +372,14 @@ def _chunk_width(xs: Sequence[Tensor]) -> int:
     return min(longest, _CHUNK) if xs[0].device.type == "cpu" else longest
 
 
-def _fine_counts_many(xs: Sequence[Tensor]) -> Tensor:
-    """Fine magnitude-bucket counts ``Tensor[G, W]`` int64 of G float32 tensors.
+def _fine_counts_many(xs: Sequence[Tensor]) -> tuple[Tensor, int]:
+    """Fine magnitude-bucket counts of G float32 tensors: ``(fold Tensor[G, W] int64, col0)``.
 
-    ``xs``: flat contiguous non-empty float32 tensors (one device). Row ``g`` equals the first
-    ``W`` entries of ``_fine_counts(_fine_keys(xs[g]))`` (``W <= 2**16`` a multiple of
-    ``2**_FINE``; the columns left off are all zero): a weight's key is the top 16 magnitude
-    bits of its bit pattern, ``(bits >> 15) & 0xFFFF``, counted chunk by chunk.
+    ``xs``: flat contiguous non-empty float32 tensors (one device). Row ``g`` equals columns
+    ``[col0 * 2**_FINE, col0 * 2**_FINE + W)`` of ``_fine_counts(_fine_keys(xs[g]))``
+    (``W`` a multiple of ``2**_FINE``; the columns left off are zero in every row), as
+    :func:`_fast_decide` takes them: a weight's key is the top 16 magnitude bits of its bit
+    pattern, ``(bits >> 15) & 0xFFFF``, counted chunk by chunk.
     """
     dev = xs[0].device
     width = _chunk_width(xs)
@@ -402,12 +403,16 @@ def _fine_counts_many(xs: Sequence[Tensor]) -> Tensor:
                 h[:acc.numel()] += acc
                 acc = h
         accs.append(acc)
+    # only the columns some tensor occupies: a row's zero prefix (bincount starts at key 0)
+    # is left off, so the batch's statistics stay small
     per = 1 << _FINE
-    w = -(-max(h.numel() for h in accs) // per) * per
+    firsts = [int(h.ne(0).to(torch.uint8).argmax()) for h in accs]
+    col0 = min(firsts) // per
+    w = -(-max(h.numel() for h in accs) // per) * per - col0 * per
     fold = torch.zeros(len(xs), w, dtype=torch.int64, device=dev)
-    for g, h in enumerate(accs):
-        fold[g, :h.numel()] = h
-    return fold
+    for g, (h, f) in enumerate(zip(accs, firsts)):
+        fold[g, f - col0 * per:h.numel() - col0 * per] = h[f:]
+    return fold, col0
 
 
 def _lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor]:
@@ -437,12 +442,13 @@ def _lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor]:
     return outs
 
 
-def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple[Tensor, Tensor]:
+def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str], col0: int = 0
+                 ) -> tuple[Tensor, Tensor]:
     """Counts-only decision for float32 rows: ``(s [G] int64, decided [G] bool)``.
 
-    ``fold``: ``Tensor[G, W]`` int64 fine magnitude-bucket counts per tensor
-    (:func:`_fine_counts`, or its first ``W`` columns, ``W`` a multiple of ``2**_FINE``, the
-    rest zero). Buckets carry 7 extra
+    ``fold``: ``Tensor[G, W]`` int64 fine magnitude-bucket counts per tensor: columns
+    ``[col0 * 2**_FINE, col0 * 2**_FINE + W)`` of :func:`_fine_counts` (``W`` a multiple of
+    ``2**_FINE``; the columns left off are all zero). Buckets carry 7 extra
     mantissa bits, so each half-octave's ``sum |w|`` is known to within ``count * 2**(e-8)``
     from counts alone. Each candidate's error *difference* to the estimated best gets a
     rigorous interval; when every candidate is then certainly inside or certainly outside the
@@ -455,7 +461,7 @@ def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple
     per = 1 << _FINE
     c_h = fold.view(g, -1, per).sum(2)
     hh = _NMAG_FINE // per
-    c_h = torch.nn.functional.pad(c_h, (0, hh - c_h.shape[1]))
+    c_h = torch.nn.functional.pad(c_h, (col0, hh - col0 - c_h.shape[1]))
     bad = c_h[:, -2:].sum(1)
     tiny = c_h[:, :2].sum(1)
     occ = torch.nonzero(c_h[:, 2:hh - 2].any(0)).flatten() + 2
@@ -470,7 +476,7 @@ def _fast_decide(fold: Tensor, n: int, s_cap: Tensor, names: list[str]) -> tuple
     s1_h = torch.zeros(g, hh, dtype=torch.float64, device=dev)
     s2_hat = torch.zeros(g, dtype=torch.float64, device=dev)
     if hi >= lo:
-        cs = fold[:, lo * per:(hi + 1) * per].double()
+        cs = fold[:, (lo - col0) * per:(hi + 1 - col0) * per].double()
         ms = mid[lo * per:(hi + 1) * per]
         s1_h[:, lo:hi + 1] = (cs.view(g, -1, per) * ms.view(-1, per)).sum(2)
         s2_hat = cs @ mid2[lo * per:(hi + 1) * per]
@@ -537,9 +543,9 @@ def _quantize_rows(
     for dev in dict.fromkeys(j["x"].device for j in fast):
         grp = [j for j in fast if j["x"].device == dev]
         flat = [j["x"].reshape(-1) for j in grp]
-        fold = _fine_counts_many(flat)
+        fold, col0 = _fine_counts_many(flat)
         caps = torch.tensor([j["cap"] for j in grp], device=dev)
-        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp])
+        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp], col0)
         dec = decided.tolist()
         if any(dec):
             hc = torch.arange(512, device=dev)
