@@ -3,9 +3,10 @@ beside torchao PARQ's ternary and uniform quantizers (an optional peer, skipped 
 not installed: ``pip install -e ".[parq]"``).
 
 Task: scikit-learn's 8x8 digits (1,347 train / 450 test, the split of ``lowbit bench digits``).
-Models: the digits CNN (:class:`lowbit.bench.models.DigitsCNN`, width 16; ``digits-wN`` for
-width N) and pytorchcv's ``resnet20_cifar10`` (1 input channel, adaptive final pooling; the
-``zoo`` extra). Results and their commands: docs/per_channel.md.
+Models: the digits CNN of ``lowbit bench digits`` (:class:`lowbit.tasks.digits.DigitsCNN`,
+``layout="pooled"``, width 16; ``digits-wN`` for width N) and pytorchcv's ``resnet20_cifar10``
+(1 input channel, adaptive final pooling; the ``zoo`` extra). Results and their commands:
+docs/per_channel.md.
 
 For each model and seed: FP32 training from ``torch.manual_seed(seed)`` (SGD Nesterov 0.9,
 cosine learning rate, batch 64, weight decay 5e-4), then every quantized row starts from that
@@ -45,10 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lowbit.bench.digits import DigitsConfig, accuracy, load_digits_split
+from lowbit.bench.digits import LAYOUT, DigitsConfig, accuracy, bench_split
 from lowbit.bench.digits import train as _digits_train
-from lowbit.bench.models import DigitsCNN
 from lowbit.nn import prepare
+from lowbit.tasks.digits import DigitsCNN
 
 BITS = (2, 3, 4)
 
@@ -62,12 +63,13 @@ def _have_parq() -> bool:
 
 
 def build_model(name: str) -> nn.Module:
-    """``digits``: DigitsCNN(16); ``digits-wN``: DigitsCNN(N) (e.g. ``digits-w4``, where
-    quantization costs more); ``resnet20``: pytorchcv resnet20_cifar10 for 1x8x8 digits."""
+    """``digits``: the bench's DigitsCNN (``layout="pooled"``) at width 16; ``digits-wN``: at
+    width N (e.g. ``digits-w4``, where quantization costs more); ``resnet20``: pytorchcv
+    resnet20_cifar10 for 1x8x8 digits."""
     if name == "digits":
-        return DigitsCNN(16)
+        return DigitsCNN(width=16, layout=LAYOUT)
     if name.startswith("digits-w") and name[len("digits-w"):].isdigit():
-        return DigitsCNN(int(name[len("digits-w"):]))
+        return DigitsCNN(width=int(name[len("digits-w"):]), layout=LAYOUT)
     if name == "resnet20":
         from pytorchcv.model_provider import get_model
 
@@ -132,7 +134,7 @@ def run_model(name: str, seeds: list[int], fp32_epochs: int, qat_epochs: int, lr
               qat_lr: float, parq: bool, log: Callable[[str], None],
               parq_uniform: bool = True) -> dict[str, list[float]]:
     """``{row: [test accuracy per seed]}`` for model ``name``."""
-    xtr, ytr, xte, yte = load_digits_split(0)
+    xtr, ytr, xte, yte = bench_split(0)
     res: dict[str, list[float]] = {r: [] for r in rows(parq, parq_uniform)}
     for seed in seeds:
         torch.manual_seed(seed)

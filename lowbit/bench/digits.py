@@ -1,9 +1,10 @@
 """``lowbit bench digits``: quantization-aware training on real data (scikit-learn's digits).
 
 scikit-learn bundles 1,797 real 8x8 handwritten digits (no download). A fixed stratified
-split (1,347 train / 450 test, ``random_state=0``) and fixed seeds make every row
-reproducible on one machine. A small CNN (:class:`~lowbit.bench.models.DigitsCNN`) is
-trained in FP32; every quantized row starts from that warm start:
+split (1,347 train / 450 test, ``random_state=0``: :func:`bench_split`) and fixed seeds make
+every row reproducible on one machine. A small CNN (:class:`~lowbit.tasks.digits.DigitsCNN`,
+``layout="pooled"``, width 16) is trained in FP32; every quantized row starts from that warm
+start:
 
 * ``lbw-exact`` QAT at 2, 4, 6 bits and ``lbw-approx`` at 4, 6 bits (projected SGD, every
   conv, classifier in float: the paper's recipe), TWN, Quantization Networks ternary (soft
@@ -35,14 +36,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lowbit.bench.models import DigitsCNN
 from lowbit.nn.layers import quant_layers
 from lowbit.nn.mixed import assign_bits, sensitivity
 from lowbit.nn.surgery import prepare, ptq_from_clips, weight_memory
 from lowbit.nn.training import QNSchedule, calibrate, quant_penalty
+from lowbit.tasks.digits import DigitsCNN, load_sklearn_digits
 
-__all__ = ["DigitsConfig", "load_digits_split", "run_digits_bench", "format_digits_bench",
-           "train", "accuracy", "ROWS"]
+__all__ = ["DigitsConfig", "SPLIT", "LAYOUT", "bench_split", "run_digits_bench",
+           "format_digits_bench", "train", "accuracy", "ROWS"]
+
+#: The benchmarks' split of :func:`lowbit.tasks.digits.load_sklearn_digits` (1,347 train /
+#: 450 test; scikit-learn's ``train_test_split``), shared with benchmarks/bench_per_channel.py.
+SPLIT: dict[str, Any] = {"test_fraction": 0.25, "splitter": "sklearn"}
+#: The benchmarks' :class:`~lowbit.tasks.digits.DigitsCNN` layout (four convs, max-pool).
+LAYOUT = "pooled"
 
 
 @dataclass
@@ -62,18 +69,12 @@ class DigitsConfig:
     threads: int = 1  # the model is tiny: more threads only add synchronisation
 
 
-def load_digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(x_train [1347,1,8,8], y_train, x_test [450,1,8,8], y_test)``; pixels scaled to [0, 1]."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.25, random_state=seed,
-                                          stratify=d.target)
-    return (torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
-            torch.from_numpy(yte).long())
+def bench_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The benchmarks' split as tensors ``(x_train [1347,1,8,8], y_train [1347], x_test
+    [450,1,8,8], y_test [450])``, pixels in [0, 1], labels int64: :data:`SPLIT` of
+    :func:`lowbit.tasks.digits.load_sklearn_digits` with ``split_seed=seed``."""
+    tr, te = load_sklearn_digits(seed, **SPLIT)
+    return (*tr.tensors, *te.tensors)
 
 
 @torch.no_grad()
@@ -259,10 +260,10 @@ def run_digits_bench(json_out: bool = False, quick: bool = False,
 def _run(names: tuple[str, ...], cfg: DigitsConfig, json_out: bool, progress: bool,
          verbose: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    data = load_digits_split(cfg.seed)
+    data = bench_split(cfg.seed)
     xtr, ytr = data[0], data[1]
     torch.manual_seed(cfg.seed)
-    fp32 = DigitsCNN(cfg.width)
+    fp32 = DigitsCNN(width=cfg.width, layout=LAYOUT)
     train(fp32, xtr, ytr, cfg.fp32_epochs, cfg.lr, cfg, cfg.seed, desc="fp32")
     ctx: dict[str, Any] = {}
     out_rows = []

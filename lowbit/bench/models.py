@@ -1,38 +1,15 @@
-"""Small reference models for the ``lowbit bench digits`` / ``lowbit bench qat`` measurements.
+"""The ResNet-18-shaped reference classifier of ``lowbit bench qat``.
 
-(``lowbit.nn`` may not import ``lowbit.detection``, so the ResNet-18-shaped classifier is
-defined here; its module names follow torchvision's.)
+Self-contained (module names follow torchvision's), so the measurement does not depend on the
+detection backbones. The digits network of ``lowbit bench digits`` is
+:class:`lowbit.tasks.digits.DigitsCNN` (``layout="pooled"``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["DigitsCNN", "resnet18_classifier", "BasicBlock"]
-
-
-def _cbr(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-class DigitsCNN(nn.Module):
-    """Four 3x3 conv + BN + ReLU layers and a linear classifier for 8x8 digits.
-
-    Input ``Tensor[N, 1, 8, 8]`` (pixels in [0, 1]); output logits ``Tensor[N, 10]``.
-    ``width`` 32: 65 k conv weights, 650 classifier parameters.
-    """
-
-    def __init__(self, width: int = 32, num_classes: int = 10) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            *_cbr(1, w), *_cbr(w, w), nn.MaxPool2d(2), *_cbr(w, 2 * w), *_cbr(2 * w, 2 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.classifier = nn.Linear(2 * w, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+__all__ = ["resnet18_classifier", "BasicBlock"]
 
 
 class BasicBlock(nn.Module):
