@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from lowbit.data.transforms import RandomHorizontalFlip, collate_detection
 from lowbit.data.voc import VOCDetection
+from lowbit.detection import list_models
 from lowbit.detection.registry import create_model, model_size_option
 from lowbit.eval.voc import evaluate_voc
 from lowbit.train.tasks import register_task
@@ -73,23 +74,23 @@ def _infer_num_classes(cfg: Any) -> int:
     return len(DIGIT_CLASSES) if cfg.data.kind == "digits" else len(VOC_CLASSES)
 
 
+class _RegisteredDetectors:
+    """``DetectTask.model_names`` (on the class and on instances): the detection registry's
+    names, ``tuple(lowbit.detection.list_models())``, looked up at every access."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> tuple[str, ...]:
+        return tuple(list_models())
+
+
 @register_task("detect")
 class DetectTask:
     """Object detection with the two-stage (and other registered) detectors; see the module
     docstring."""
 
     name = "detect"
-    model_names: tuple[str, ...] = (
-        "rfcn_resnet18",
-        "rfcn_resnet50",
-        "rfcn_resnet101",
-        "faster_rcnn_resnet18",
-        "faster_rcnn_resnet50",
-        "ssd300_vgg16",
-        "ssd_lite_vgg",
-        "yolov3_darknet53",
-        "yolov3_tiny_darknet",
-    )
+    #: every detector in :func:`lowbit.detection.list_models`, read at each access (a detector
+    #: registered later is claimed too); sorted.
+    model_names = _RegisteredDetectors()
 
     def __init__(self) -> None:
         self._num_classes: int | None = None

@@ -86,7 +86,12 @@ class Task(Protocol):
 
 
 def register_task(name: str) -> Callable[[T], T]:
-    """Decorator registering a task class/factory under ``name``; duplicates raise ValueError."""
+    """Decorator registering a task class/factory under ``name``.
+
+    Raises ValueError for a name that is not a non-empty ``str`` (at once) or that is already
+    registered (when the decorator is applied)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"task name must be a non-empty str, got {name!r}")
 
     def deco(factory: T) -> T:
         if name in _REGISTRY:
@@ -112,11 +117,16 @@ def list_tasks() -> list[str]:
 
 
 def get_task(name: str) -> Any:
-    """A fresh instance of task ``name`` (or of ``"pkg.module:Attr"``)."""
+    """A fresh instance of task ``name`` (or of ``"pkg.module:Attr"``).
+
+    Raises ValueError naming ``name`` and every registered task (:func:`list_tasks`) when
+    ``name`` is not registered (or not a str), naming the import error when a
+    ``"pkg.module:Attr"`` cannot be imported, and naming the missing methods when the object
+    built is not a task."""
     _load_builtins()
-    if name in _REGISTRY:
+    if isinstance(name, str) and name in _REGISTRY:
         factory = _REGISTRY[name]
-    elif ":" in name:
+    elif isinstance(name, str) and ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
