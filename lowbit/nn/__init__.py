@@ -13,13 +13,16 @@
   (post-training activation ranges), :func:`ptq_from_clips` (002's 8-bit step);
 * mixed precision: :func:`sensitivity`, :func:`assign_bits`;
 * INQ: :class:`INQWeightQuant` (incremental partition onto a power-of-two grid, recipe method
-  ``"inq-incremental"``) and :class:`INQSchedule` (training progress -> portion).
+  ``"inq-incremental"``) and :class:`INQSchedule` (training progress -> portion);
+* methods: :mod:`lowbit.nn.methods`, the one registry of recipe weight methods (module class,
+  parameter dataclass, default bits, bit range, overhead, paper); the quantizer modules
+  register themselves when imported below, so every method is known once ``lowbit.nn`` is.
 """
 
 from lowbit.nn.act import QNActQuant, UniformActQuant
 from lowbit.nn.coverage import CoverageReport, CoverageWarning, coverage
 from lowbit.nn.fold import find_conv_bn_pairs, fold_bn
-from lowbit.nn.inq import INQSchedule, INQWeightQuant, inq_portion
+from lowbit.nn.inq import INQParams, INQSchedule, INQWeightQuant, inq_portion
 from lowbit.nn.layers import (
     QuantConv2d,
     QuantLinear,
@@ -32,6 +35,7 @@ from lowbit.nn.layers import (
 )
 from lowbit.nn.mixed import Sensitivity, assign_bits, sensitivity
 from lowbit.nn.quantizers import (
+    ClipParams,
     ClipWeightQuant,
     QNWeightQuant,
     RegistryWeightQuant,
@@ -54,9 +58,11 @@ from lowbit.nn.training import QNSchedule, calibrate, quant_penalty
 
 __all__ = [
     "ActRecipe",
+    "ClipParams",
     "ClipWeightQuant",
     "CoverageReport",
     "CoverageWarning",
+    "INQParams",
     "INQSchedule",
     "INQWeightQuant",
     "LayerConfig",

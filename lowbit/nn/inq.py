@@ -20,24 +20,32 @@ re-trained to compensate. After the last portion (1.0) every weight is quantized
 
 Checkpoints: ``mask``, ``frozen``, the grid exponent and the portion are buffers and save with
 the model; a fresh (not yet started) quantizer accepts them at load time whatever their shape.
+
+The recipe method ``"inq-incremental"`` (:class:`INQWeightQuant`, :class:`INQParams`) is
+registered in :mod:`lowbit.nn.methods` by this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lowbit.nn import methods
 from lowbit.nn.layers import quant_layers
-from lowbit.nn.quantizers import WeightQuantizer, adopt_saved_shapes
+from lowbit.nn.methods import NNMethod
+from lowbit.nn.quantizers import WeightQuantizer, adopt_saved_shapes, scale_overhead
 from lowbit.quant import pot
-from lowbit.quant._common import check_bits
+from lowbit.quant._common import check_params_bits
 from lowbit.quant.registry import QuantResult
 
-__all__ = ["DEFAULT_PORTIONS", "INQWeightQuant", "INQSchedule", "check_portions", "inq_portion"]
+__all__ = ["DEFAULT_PORTIONS", "INQParams", "INQWeightQuant", "INQSchedule", "check_portions",
+           "inq_portion"]
 
 #: the paper's accumulated portions of quantized weights (50%, 75%, 87.5%, 100%)
 DEFAULT_PORTIONS: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
@@ -77,6 +85,23 @@ def inq_portion(progress: float, portions: Sequence[float] = DEFAULT_PORTIONS) -
     return ps[min(max(stage, 0), k - 1)]
 
 
+@dataclass
+class INQParams:
+    """Parameters of :class:`INQWeightQuant`: ``bits`` in [2, 8] (default 4), the accumulated
+    ``portions`` (validated by :func:`check_portions`, stored as a tuple) and ``auto_start``."""
+
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+
+    bits: int = 4
+    portions: Sequence[float] = DEFAULT_PORTIONS
+    auto_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_params_bits(self)
+        self.portions = check_portions(self.portions)
+        self.auto_start = bool(self.auto_start)
+
+
 class INQWeightQuant(WeightQuantizer):
     """INQ weights: a growing set of weights frozen on a power-of-two grid, the rest float.
 
@@ -105,17 +130,27 @@ class INQWeightQuant(WeightQuantizer):
 
     method = "inq-incremental"
 
-    def __init__(self, bits: int = 4, portions: Sequence[float] = DEFAULT_PORTIONS,
+    def __init__(self, bits: int = INQParams.bits, portions: Sequence[float] = DEFAULT_PORTIONS,
                  auto_start: bool = True) -> None:
-        super().__init__(check_bits(bits))
-        self.portions = check_portions(portions)
-        self.auto_start = bool(auto_start)
+        params = INQParams(bits, portions, auto_start)  # validated
+        super().__init__(bits)
+        self.params = params
         self.register_buffer("mask", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros(0))
         self.register_buffer("exponent", torch.zeros((), dtype=torch.int64))
         self.register_buffer("portion", torch.zeros((), dtype=torch.float64))
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def portions(self) -> tuple[float, ...]:
+        """The accumulated portions (validated)."""
+        return self.params.portions
+
+    @property
+    def auto_start(self) -> bool:
+        """Whether the first training forward applies ``portions[0]``."""
+        return self.params.auto_start
 
     def state_key(self) -> tuple:
         return (self._rev, self.mask._version, self.frozen._version, self.portion._version,
@@ -229,7 +264,8 @@ class INQWeightQuant(WeightQuantizer):
 
     def set_bits(self, bits: int) -> None:
         """Change the bit-width; this restarts INQ (nothing frozen, portion 0)."""
-        self.bits = check_bits(bits)
+        self.params = dataclasses.replace(self.params, bits=bits)  # re-validated
+        self.bits = int(bits)
         self.mask.resize_(0)
         self.frozen.resize_(0)
         self.portion.zero_()
@@ -264,3 +300,11 @@ class INQSchedule:
                 q.set_portion(p, layer.weight)
                 layer.invalidate()
         return p
+
+
+methods.register(NNMethod(
+    "inq-incremental", INQWeightQuant, INQParams,
+    "Weights frozen on INQ's power-of-two grid portion by portion (largest |w| first), the "
+    "float rest re-trained in between",
+    "Incremental Network Quantization: Towards Lossless CNNs with Low-Precision Weights",
+    scale_overhead))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lowbit.nn.quantizers import WeightQuantizer, ste
+from lowbit.nn.quantizers import RegistryWeightQuant, WeightQuantizer, ste
 from lowbit.quant.registry import QuantResult
 
 __all__ = [
@@ -337,8 +337,6 @@ def _batchable(layer: QuantMixin) -> tuple | None:
     """Group key of a layer whose training-mode weight :func:`quantize_step` can compute in
     the one-pass quantizer (``lbw-exact`` through the registry, per tensor or per channel
     along axis 0), else None."""
-    from lowbit.nn.quantizers import RegistryWeightQuant
-
     wq = layer.weight_quant
     if (type(wq) is not RegistryWeightQuant or wq.method != "lbw-exact" or not layer.training
             or not layer.quant_enabled or layer._frozen is not None):

@@ -17,31 +17,46 @@ uses, and can :meth:`~WeightQuantizer.freeze` it into a :class:`lowbit.quant.Qua
   with scale ``c / (2**(bits-1) - 1)`` once :attr:`~ClipWeightQuant.quantize` is switched on.
 * :class:`lowbit.nn.inq.INQWeightQuant` (recipe method ``"inq-incremental"``): Incremental
   Network Quantization, weights frozen on a power-of-two grid portion by portion.
+
+Each class registers its recipe method(s) in :mod:`lowbit.nn.methods` (module class, parameter
+dataclass, bits, overhead, paper); :func:`make_weight_quantizer` builds through that registry.
+Every quantizer keeps its validated parameter dataclass as :attr:`WeightQuantizer.params`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 import lowbit.quant as Q
-from lowbit.quant.registry import QuantResult
+from lowbit.nn import methods
+from lowbit.nn.methods import NNMethod
+from lowbit.quant._common import check_params_bits
+from lowbit.quant.registry import QnParams, QuantizerEntry, QuantResult
 from lowbit.quant.sigmoid import hard_staircase, init_biases, levels_for_bits, soft_staircase
+from lowbit.quant.uniform import CALIBRATORS, fake_quant, qrange
 from lowbit.quant.uniform import calibrate as _calibrate
-from lowbit.quant.uniform import fake_quant, qrange
 
 __all__ = [
     "WeightQuantizer",
     "RegistryWeightQuant",
     "QNWeightQuant",
     "ClipWeightQuant",
+    "ClipParams",
     "make_weight_quantizer",
+    "scale_overhead",
+    "tensor_overhead",
     "ste",
 ]
+
+_CLIP_PAPER = ("Clipping-Based Post Training 8-Bit Quantization of Convolution Neural Networks "
+               "for Object Detection")
 
 
 class _STE(torch.autograd.Function):
@@ -82,10 +97,12 @@ def ste(w: Tensor, wq: Tensor) -> Tensor:
 class WeightQuantizer(nn.Module):
     """Base class. ``forward(w)`` returns the weight the layer uses (differentiable in ``w``);
     ``freeze(w)`` returns the :class:`QuantResult` of the eval-mode weight; ``bits`` and
-    ``method`` describe it; ``state_key()`` changes whenever the eval-mode output for the same
-    ``w`` may change (the layer's eval cache uses it)."""
+    ``method`` describe it; ``params`` is the method's validated parameter dataclass (see
+    :mod:`lowbit.nn.methods`); ``state_key()`` changes whenever the eval-mode output for the
+    same ``w`` may change (the layer's eval cache uses it)."""
 
     method: str = ""
+    params: Any = None
 
     def __init__(self, bits: int) -> None:
         super().__init__()
@@ -101,8 +118,11 @@ class WeightQuantizer(nn.Module):
 
     def overhead_bytes(self, channels: int) -> int:
         """Bytes stored besides the codes (scales, zero points, level tables; 4 bytes each)
-        for a weight with ``channels`` output channels, at the current bit-width."""
-        return 4
+        for a weight with ``channels`` output channels, at the current bit-width: the
+        registered method's ``overhead`` (4 bytes, one scale, for an unregistered one)."""
+        if self.params is None or self.method not in methods.METHODS:
+            return 4
+        return methods.get(self.method).overhead(self.params, channels)
 
     def freeze(self, w: Tensor) -> QuantResult:
         raise NotImplementedError
@@ -147,15 +167,8 @@ class RegistryWeightQuant(WeightQuantizer):
             return self.quantize(w)
 
     def overhead_bytes(self, channels: int) -> int:
-        p = self.params
-        per = channels if getattr(p, "per_channel", False) else 1
-        if self.method == "kmeans":
-            return 4 * per * (1 << self.bits)
-        if self.method == "qn":
-            return 4 * (1 << self.bits)
-        if self.method == "uniform" and not p.symmetric:
-            return 8 * per  # scale + zero point
-        return 4 * per
+        # the tensor quantizer's storage (also for "qn", whose nn method is QNWeightQuant)
+        return tensor_overhead(self.method)(self.params, channels)
 
     def set_bits(self, bits: int) -> None:
         self.params = dataclasses.replace(self.params, bits=bits)  # re-validated
@@ -180,8 +193,10 @@ class QNWeightQuant(WeightQuantizer):
 
     method = "qn"
 
-    def __init__(self, bits: int = 2) -> None:
+    def __init__(self, bits: int = QnParams.bits) -> None:
+        params = QnParams(bits)  # validated
         super().__init__(bits)
+        self.params = params
         self.register_buffer("levels", levels_for_bits(bits))
         n = self.levels.numel() - 1
         self.register_buffer("biases", (self.levels[1:] + self.levels[:-1]) / 2)
@@ -245,10 +260,8 @@ class QNWeightQuant(WeightQuantizer):
             lv = a * (cum + self.levels[0].double())  # alpha * (cum - o), o = -q_0
             return QuantResult(vals, "table", self.bits, a.clone(), levels=lv.to(w.device))
 
-    def overhead_bytes(self, channels: int) -> int:
-        return 4 * self.levels.numel()  # the level table alpha * (cum - o)
-
     def set_bits(self, bits: int) -> None:
+        self.params = dataclasses.replace(self.params, bits=bits)  # re-validated
         dev = self.levels.device
         self.bits = int(bits)
         self.levels = levels_for_bits(bits).to(dev)
@@ -259,6 +272,25 @@ class QNWeightQuant(WeightQuantizer):
 
     def extra_repr(self) -> str:
         return f"method='qn', bits={self.bits}, T={float(self.temperature):g}"
+
+
+@dataclass
+class ClipParams:
+    """Parameters of :class:`ClipWeightQuant`: ``bits`` in [2, 8] (default 8), the clip's
+    initial ``calibrator`` (``minmax | percentile | mse | kl``) and whether it is
+    ``learnable``."""
+
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+
+    bits: int = 8
+    calibrator: str = "mse"
+    learnable: bool = True
+
+    def __post_init__(self) -> None:
+        check_params_bits(self)
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"clip: calibrator must be one of {CALIBRATORS}, got "
+                             f"{self.calibrator!r}")
 
 
 class ClipWeightQuant(WeightQuantizer):
@@ -273,16 +305,27 @@ class ClipWeightQuant(WeightQuantizer):
 
     method = "clip"
 
-    def __init__(self, bits: int = 8, calibrator: str = "mse", learnable: bool = True) -> None:
+    def __init__(self, bits: int = ClipParams.bits, calibrator: str = "mse",
+                 learnable: bool = True) -> None:
+        params = ClipParams(bits, calibrator, learnable)  # validated
         super().__init__(bits)
-        self.calibrator = calibrator
-        self.learnable = learnable
+        self.params = params
         if learnable:
             self.clip = nn.Parameter(torch.tensor(1.0))
         else:
             self.register_buffer("clip", torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self.quantize = False
+
+    @property
+    def calibrator(self) -> str:
+        """The calibrator of the clip's initial value."""
+        return self.params.calibrator
+
+    @property
+    def learnable(self) -> bool:
+        """Whether the clip is a Parameter."""
+        return self.params.learnable
 
     def state_key(self) -> tuple:
         return (self._rev, self.clip._version, bool(self.initialized), self.quantize)
@@ -325,8 +368,7 @@ class ClipWeightQuant(WeightQuantizer):
                                torch.zeros((), dtype=torch.float64))
 
     def set_bits(self, bits: int) -> None:
-        if not 2 <= bits <= 8:
-            raise ValueError(f"clip: bits must be in [2, 8], got {bits}")
+        self.params = dataclasses.replace(self.params, bits=bits)  # re-validated
         self.bits = int(bits)
         self._rev += 1
 
@@ -334,16 +376,70 @@ class ClipWeightQuant(WeightQuantizer):
         return f"method='clip', bits={self.bits}, quantize={self.quantize}"
 
 
-def make_weight_quantizer(method: str, bits: int, params: dict[str, Any] | None = None
-                          ) -> WeightQuantizer:
-    """Build the weight quantizer module for a recipe entry (validated)."""
-    params = dict(params or {})
-    if method == "qn":
-        return QNWeightQuant(bits, **params)
-    if method == "clip":
-        return ClipWeightQuant(bits, **params)
-    if method == "inq-incremental":
-        from lowbit.nn.inq import INQWeightQuant  # inq imports this module
+# ---------------------------------------------------------------------- overhead
 
-        return INQWeightQuant(bits, **params)
-    return RegistryWeightQuant.build(method, bits, params)
+
+def scale_overhead(p: Any, channels: int) -> int:
+    """One 4-byte scale (or exponent) per tensor, per channel when ``p.per_channel``."""
+    return 4 * (channels if getattr(p, "per_channel", False) else 1)
+
+
+def _table_overhead(p: Any, channels: int) -> int:
+    """A 4-byte level table of ``2**bits`` entries per tensor (per channel if per-channel)."""
+    return scale_overhead(p, channels) * (1 << p.bits)
+
+
+def _affine_overhead(p: Any, channels: int) -> int:
+    """A scale, plus a zero point when affine (``symmetric`` False)."""
+    return scale_overhead(p, channels) * (1 if p.symmetric else 2)
+
+
+def _qn_levels_overhead(p: Any, channels: int) -> int:
+    """Trainable QN's level table ``alpha * (cum - o)``: one entry per signed level."""
+    return 4 * levels_for_bits(p.bits).numel()
+
+
+#: storage of the tensor quantizers that keep more than one scale per tensor / channel
+_TENSOR_OVERHEAD: dict[str, Callable[[Any, int], int]] = {
+    "kmeans": _table_overhead,
+    "qn": _table_overhead,  # the post-training staircase stores 2**bits levels
+    "uniform": _affine_overhead,
+}
+
+
+def tensor_overhead(name: str) -> Callable[[Any, int], int]:
+    """``overhead(params, channels) -> bytes`` of the :mod:`lowbit.quant` quantizer ``name``
+    (:func:`scale_overhead` unless it stores level tables or zero points)."""
+    return _TENSOR_OVERHEAD.get(name, scale_overhead)
+
+
+# ---------------------------------------------------------------------- registration
+
+
+def _wrap(entry: QuantizerEntry) -> NNMethod:
+    """The nn method of a :mod:`lowbit.quant` quantizer: :class:`RegistryWeightQuant`."""
+
+    def factory(bits: int | None, params: dict[str, Any]) -> RegistryWeightQuant:
+        return RegistryWeightQuant.build(entry.name, bits, params)
+
+    return NNMethod(entry.name, RegistryWeightQuant, entry.params_cls, entry.description,
+                    entry.paper, tensor_overhead(entry.name), factory, nn_only=False)
+
+
+methods.register(NNMethod(
+    "qn", QNWeightQuant, QnParams,
+    "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, annealed "
+    "temperature (hard staircase in eval mode)",
+    "Quantization Networks", _qn_levels_overhead, nn_only=False))
+methods.register(NNMethod(
+    "clip", ClipWeightQuant, ClipParams,
+    "Weights clamped to a learnable clip while training; b-bit uniform from the clip after",
+    _CLIP_PAPER, scale_overhead))
+methods.set_tensor_wrapper(_wrap)  # every other lowbit.quant quantizer, also ones added later
+
+
+def make_weight_quantizer(method: str, bits: int | None,
+                          params: Mapping[str, Any] | None = None) -> WeightQuantizer:
+    """Build the weight quantizer module for a recipe entry (validated), through the method
+    registry :mod:`lowbit.nn.methods`; ``bits`` None: the method's default."""
+    return methods.build(method, bits, params)

@@ -20,12 +20,14 @@ Resolution order for a layer named ``name`` (a dotted ``named_modules`` name):
    ``method``, ``bits``, ``params``, ``float`` (True keeps the layer float, False forces it
    quantized even if excluded above) and ``act`` (False: no input activation quantizer).
 
-Weight methods are the names of :func:`lowbit.quant.list` plus ``"clip"`` (the clipping-based
-method of 002: weights clamped to a learnable clip during training, ``bits``-bit uniform
-post-training quantization from that clip) and ``"inq-incremental"`` (Incremental Network
-Quantization: weights frozen on INQ's power-of-two grid portion by portion while the rest
-re-train, :mod:`lowbit.nn.inq`; parameter ``portions``). ``"qn"`` means trainable Quantization
-Networks (soft staircase, learnable alpha/beta) in a model.
+Weight methods are the entries of the method registry :mod:`lowbit.nn.methods`: the names of
+:func:`lowbit.quant.list` plus ``"clip"`` (the clipping-based method: weights clamped to a
+learnable clip during training, ``bits``-bit uniform post-training quantization from that clip)
+and ``"inq-incremental"`` (Incremental Network Quantization: weights frozen on INQ's
+power-of-two grid portion by portion while the rest re-train, :mod:`lowbit.nn.inq`; parameter
+``portions``). ``"qn"`` means trainable Quantization Networks (soft staircase, learnable
+alpha/beta) in a model. Each method's default and accepted bit-widths and its parameters are
+those of its registry entry; :func:`check_method` validates against it.
 """
 
 from __future__ import annotations
@@ -35,13 +37,24 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-import lowbit.quant as Q
+from lowbit.nn import methods as _methods
+from lowbit.nn.methods import check_method
+from lowbit.quant._common import check_bits
 from lowbit.quant.uniform import CALIBRATORS
 
-__all__ = ["ActRecipe", "LayerConfig", "Recipe", "NN_METHODS", "ACT_METHODS", "check_method"]
+__all__ = [  # noqa: F822  (NN_METHODS comes from the module __getattr__)
+    "ActRecipe", "LayerConfig", "Recipe", "NN_METHODS", "ACT_METHODS", "check_method"]
 
-#: weight methods that exist only as trainable modules (not in the quantizer registry)
-NN_METHODS = ("clip", "inq-incremental")
+
+def __getattr__(name: str) -> Any:
+    # NN_METHODS: the weight methods that exist only as trainable modules (not in the
+    # quantizer registry), read from the method registry when asked for (its modules register
+    # themselves on import, possibly after this one)
+    if name == "NN_METHODS":
+        return _methods.nn_only_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: activation quantizer kinds
 ACT_METHODS = ("pact", "uniform", "clip", "qn")
 ACT_POSITIONS = ("input", "after_relu")
@@ -49,43 +62,6 @@ ACT_POSITIONS = ("input", "after_relu")
 QN_BIAS_INITS = ("kmeans", "uniform")
 LAYER_TYPES = ("conv", "linear")
 _OVERRIDE_KEYS = ("method", "bits", "params", "float", "act")
-
-# parameters accepted by the nn-only / trainable methods
-_NN_PARAMS = {
-    "clip": ("calibrator", "learnable"),
-    "inq-incremental": ("portions", "auto_start"),
-    "qn": (),
-}
-
-
-def check_method(method: str, bits: int | None, params: dict[str, Any] | None = None) -> int:
-    """Validate a weight method with its bits/params; return the resolved bit-width.
-
-    Raises ValueError naming the method and the problem.
-    """
-    params = dict(params or {})
-    if method in NN_METHODS or method == "qn":
-        allowed = _NN_PARAMS[method]
-        bad = sorted(set(params) - set(allowed))
-        if bad:
-            raise ValueError(f"method {method!r} has no parameter(s) {bad}; known: {list(allowed)}")
-        b = {"clip": 8, "inq-incremental": 4}.get(method, 2) if bits is None else bits
-        lo = 1 if method == "qn" else 2
-        if isinstance(b, bool) or not isinstance(b, int) or not lo <= b <= 8:
-            raise ValueError(f"method {method!r}: bits must be an int in [{lo}, 8], got {b!r}")
-        if method == "clip" and params.get("calibrator", "mse") not in CALIBRATORS:
-            raise ValueError(f"clip: calibrator must be one of {CALIBRATORS}")
-        if method == "inq-incremental" and "portions" in params:
-            from lowbit.nn.inq import check_portions
-
-            check_portions(params["portions"])
-        return b
-    entry = Q.get(method)  # ValueError listing the known names
-    if "bits" in params:
-        raise ValueError(f"method {method!r}: give bits as the recipe's `bits`, not in params")
-    p = entry.params(**params) if bits is None else entry.params(bits=bits, **params)
-    return int(p.bits)
-
 
 @dataclass
 class ActRecipe:
@@ -122,10 +98,7 @@ class ActRecipe:
     def __post_init__(self) -> None:
         if self.method not in ACT_METHODS:
             raise ValueError(f"act method must be one of {ACT_METHODS}, got {self.method!r}")
-        lo = 1 if self.method == "qn" else 2
-        b = self.bits
-        if isinstance(b, bool) or not isinstance(b, int) or not lo <= b <= 8:
-            raise ValueError(f"act bits must be an int in [{lo}, 8], got {self.bits!r}")
+        check_bits(self.bits, 1 if self.method == "qn" else 2, 8, "act bits")
         if self.position not in ACT_POSITIONS:
             raise ValueError(f"act position must be one of {ACT_POSITIONS}, got {self.position!r}")
         if self.calibrator not in CALIBRATORS:
@@ -156,7 +129,7 @@ class Recipe:
     """How to quantize a model; see the module docstring for the resolution rules.
 
     Args:
-        method: weight quantizer name (``lowbit.quant.list()``, ``"qn"``, or ``"clip"``).
+        method: weight method name (:func:`lowbit.nn.methods.names`).
         bits: bit-width; None: the method's default.
         params: extra quantizer parameters (e.g. ``{"mu_ratio": 0.75}`` for ``lbw-approx``).
         layers: layer types to swap: ``"conv"`` and/or ``"linear"``.

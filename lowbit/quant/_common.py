@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -23,12 +24,46 @@ def check_float(w: Tensor, name: str = "w", finite: bool = True) -> None:
 
 
 def check_bits(bits: int, lo: int = 2, hi: int = 8, what: str = "bits") -> int:
-    """Validate an integer bit-width in ``[lo, hi]`` and return it."""
+    """Validate an integer bit-width in ``[lo, hi]`` and return it.
+
+    The one bit-width check of lowbit: the quantizers' parameter dataclasses call it through
+    :func:`check_params_bits` with their ``BITS`` range, and so does everything that builds one
+    (recipes, :mod:`lowbit.nn.methods`). ValueError naming ``what``, the value and the range
+    (``"{what} must be {lo}"`` when ``lo == hi``).
+    """
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise ValueError(f"{what} must be an int in [{lo}, {hi}], got {bits!r}")
     if not lo <= bits <= hi:
+        if lo == hi:
+            raise ValueError(f"{what} must be {lo}, got {bits}")
         raise ValueError(f"{what} must be in [{lo}, {hi}], got {bits}")
     return bits
+
+
+def bit_range(params_cls: type) -> tuple[int, int]:
+    """The ``(lo, hi)`` bit-widths a quantizer's parameter dataclass accepts: its class
+    attribute ``BITS`` (``(2, 8)`` when it has none)."""
+    lo, hi = getattr(params_cls, "BITS", (2, 8))
+    return int(lo), int(hi)
+
+
+def default_bits(params_cls: type) -> int:
+    """The default bit-width of a quantizer: the default of its parameter dataclass's ``bits``
+    field (the one place each method's default is written)."""
+    for f in dataclasses.fields(params_cls):
+        if f.name == "bits":
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"{params_cls.__name__}.bits has no default")
+            return int(f.default)
+    raise ValueError(f"{params_cls.__name__} has no `bits` field")
+
+
+def check_params_bits(p: object) -> None:
+    """``__post_init__`` helper of the parameter dataclasses: :func:`check_bits` of ``p.bits``
+    in :func:`bit_range` of its class; the message starts with the class attribute
+    ``BITS_WHAT`` (default ``"bits"``)."""
+    cls = type(p)
+    check_bits(p.bits, *bit_range(cls), what=getattr(cls, "BITS_WHAT", "bits"))  # type: ignore[attr-defined]
 
 
 def compute_dtype(w: Tensor) -> torch.dtype:

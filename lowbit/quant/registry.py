@@ -19,14 +19,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from lowbit.quant import cluster, pot, ternary, uniform
-from lowbit.quant._common import as_rows, broadcast_channel, check_bits
+from lowbit.quant._common import (
+    as_rows,
+    bit_range,
+    broadcast_channel,
+    check_params_bits,
+    default_bits,
+)
 from lowbit.quant.uniform import CALIBRATORS
+from lowbit.registry import Registry
 
 __all__ = ["QuantResult", "QuantizerEntry", "register", "get", "list_quantizers", "quantize"]
 
@@ -108,13 +115,10 @@ class QuantResult:
 
 
 # ---------------------------------------------------------------- parameter dataclasses
-
-
-def _bits(lo: int, hi: int):
-    def post(self) -> None:
-        check_bits(self.bits, lo, hi)
-
-    return post
+#
+# Each dataclass is the one place its quantizer's bit-widths are written: the ``bits`` field's
+# default is the default width, the class attribute ``BITS = (lo, hi)`` the accepted range, and
+# ``__post_init__`` checks ``bits`` against it with ``check_params_bits`` (-> ``check_bits``).
 
 
 def _check_axis(self) -> None:
@@ -129,12 +133,14 @@ class PotParams:
     """bits in [2, 8] (LBW's ``n = 2**(bits-2)`` magnitudes); ``per_channel``: one exponent
     per slice along ``axis`` (0: output channels of conv/linear weights)."""
 
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+
     bits: int = 4
     per_channel: bool = False
     axis: int = 0
 
     def __post_init__(self) -> None:
-        check_bits(self.bits, 2, 8)
+        check_params_bits(self)
         _check_axis(self)
 
 
@@ -144,6 +150,8 @@ class LbwApproxParams:
     mu (overrides the ratio); ``partial_terms``: truncate (2.9)'s sums (paper: 4);
     ``per_channel``: one mu (``mu_ratio * max|W_c|``) and one s per slice along ``axis``."""
 
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+
     bits: int = 6
     mu_ratio: float = 0.75
     mu: float | None = None
@@ -152,7 +160,7 @@ class LbwApproxParams:
     axis: int = 0
 
     def __post_init__(self) -> None:
-        check_bits(self.bits, 2, 8)
+        check_params_bits(self)
         _check_axis(self)
         if not self.mu_ratio > 0:
             raise ValueError(f"mu_ratio must be > 0, got {self.mu_ratio}")
@@ -167,6 +175,9 @@ class TwnParams:
     """``delta_factor``: threshold = delta_factor * mean|W| (TWN: 0.7). bits is fixed at 2.
     ``per_channel``: one threshold and one alpha per slice along ``axis``."""
 
+    BITS: ClassVar[tuple[int, int]] = (2, 2)
+    BITS_WHAT: ClassVar[str] = "twn is ternary: bits"
+
     delta_factor: float = 0.7
     bits: int = 2
     per_channel: bool = False
@@ -174,8 +185,7 @@ class TwnParams:
 
     def __post_init__(self) -> None:
         _check_axis(self)
-        if self.bits != 2:
-            raise ValueError(f"twn is ternary: bits must be 2, got {self.bits}")
+        check_params_bits(self)
         if not self.delta_factor > 0:
             raise ValueError(f"delta_factor must be > 0, got {self.delta_factor}")
 
@@ -184,11 +194,13 @@ class TwnParams:
 class TernaryParams:
     """The paper's sorted ternary formula (bits fixed at 2)."""
 
+    BITS: ClassVar[tuple[int, int]] = (2, 2)
+    BITS_WHAT: ClassVar[str] = "lbw-ternary is ternary: bits"
+
     bits: int = 2
 
     def __post_init__(self) -> None:
-        if self.bits != 2:
-            raise ValueError(f"lbw-ternary is ternary: bits must be 2, got {self.bits}")
+        check_params_bits(self)
 
 
 @dataclass
@@ -197,35 +209,42 @@ class QnParams:
     integer levels, ``beta = q_max / max|W|``, biases from k-means of ``beta W``, ``alpha`` the
     least-squares output scale for those codes."""
 
+    BITS: ClassVar[tuple[int, int]] = (1, 8)
+
     bits: int = 2
 
-    __post_init__ = _bits(1, 8)
+    __post_init__ = check_params_bits
 
 
 @dataclass
 class BinaryParams:
     """Binary weights (bits fixed at 1)."""
 
+    BITS: ClassVar[tuple[int, int]] = (1, 1)
+    BITS_WHAT: ClassVar[str] = "binary: bits"
+
     bits: int = 1
 
-    def __post_init__(self) -> None:
-        if self.bits != 1:
-            raise ValueError(f"binary: bits must be 1, got {self.bits}")
+    __post_init__ = check_params_bits
 
 
 @dataclass
 class DorefaParams:
     """bits in [1, 8]."""
 
+    BITS: ClassVar[tuple[int, int]] = (1, 8)
+
     bits: int = 4
 
-    __post_init__ = _bits(1, 8)
+    __post_init__ = check_params_bits
 
 
 @dataclass
 class UniformParams:
     """Uniform b-bit weights: symmetric or affine, per tensor or per channel (``axis``), with a
     calibrator in ``minmax | percentile | mse | kl``."""
+
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
 
     bits: int = 8
     symmetric: bool = True
@@ -235,7 +254,7 @@ class UniformParams:
     percentile: float = 99.99
 
     def __post_init__(self) -> None:
-        check_bits(self.bits, 2, 8)
+        check_params_bits(self)
         if self.method not in CALIBRATORS:
             raise ValueError(f"method must be one of {CALIBRATORS}, got {self.method!r}")
         if not 0 < self.percentile <= 100:
@@ -246,23 +265,27 @@ class UniformParams:
 class KmeansParams:
     """bits in [1, 8] (2**bits centroids), per tensor or per channel."""
 
+    BITS: ClassVar[tuple[int, int]] = (1, 8)
+
     bits: int = 4
     per_channel: bool = False
     axis: int = 0
     exact_max: int = 1024
 
-    __post_init__ = _bits(1, 8)
+    __post_init__ = check_params_bits
 
 
 @dataclass
 class LogParams:
     """bits in [2, 8]; power-of-two levels times a real scale max|W|."""
 
+    BITS: ClassVar[tuple[int, int]] = (2, 8)
+
     bits: int = 4
     per_channel: bool = False
     axis: int = 0
 
-    __post_init__ = _bits(2, 8)
+    __post_init__ = check_params_bits
 
 
 # ---------------------------------------------------------------- the registry
@@ -270,13 +293,29 @@ class LogParams:
 
 @dataclass
 class QuantizerEntry:
-    """A named quantizer: ``entry(w, **params) -> QuantResult``."""
+    """A named quantizer: ``entry(w, **params) -> QuantResult``.
+
+    ``params_cls`` is its parameter dataclass: :attr:`default_bits` and :attr:`bit_range` are
+    read from it (the ``bits`` field's default and its ``BITS`` class attribute). ``paper``:
+    the title of the paper the method comes from ("" for a generic baseline).
+    """
 
     name: str
     params_cls: type
     fn: Callable[[Tensor, Any], QuantResult]
     description: str
     family: str = field(default="")
+    paper: str = field(default="")
+
+    @property
+    def default_bits(self) -> int:
+        """Bit-width used when none is given."""
+        return default_bits(self.params_cls)
+
+    @property
+    def bit_range(self) -> tuple[int, int]:
+        """``(lo, hi)``: the bit-widths this quantizer accepts."""
+        return bit_range(self.params_cls)
 
     def params(self, **kw: Any) -> Any:
         """Build and validate this quantizer's parameter dataclass."""
@@ -294,30 +333,22 @@ class QuantizerEntry:
         return self.fn(w, p)
 
 
-_REGISTRY: dict[str, QuantizerEntry] = {}
+_REGISTRY: Registry[QuantizerEntry] = Registry("quantizer")
 
 
 def register(entry: QuantizerEntry) -> QuantizerEntry:
     """Add an entry; raises ValueError on a duplicate name."""
-    if entry.name in _REGISTRY:
-        raise ValueError(f"quantizer {entry.name!r} is already registered")
-    _REGISTRY[entry.name] = entry
-    return entry
+    return _REGISTRY.register(entry.name, entry)
 
 
 def get(name: str) -> QuantizerEntry:
     """The entry named ``name``; ValueError listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown quantizer {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 def list_quantizers() -> list[str]:
     """Sorted names of every registered quantizer."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def quantize(name: str, w: Tensor, **params: Any) -> QuantResult:
@@ -431,26 +462,35 @@ def _qn(w: Tensor, p: QnParams) -> QuantResult:
                        levels=lv * alpha)
 
 
+_LBW = ("Quantization and Training of Low Bit-Width Convolutional Neural Networks for Object "
+        "Detection")
+_INQ = "Incremental Network Quantization: Towards Lossless CNNs with Low-Precision Weights"
+_BEQ = "Bit Efficient Quantization for Deep Neural Networks"
+
 for _e in (
     QuantizerEntry("lbw-exact", PotParams, _lbw_exact,
-                   "LBW-Net exact least-squares power-of-two (O(N), any b)", "pot"),
+                   "LBW-Net exact least-squares power-of-two (O(N), any b)", "pot", _LBW),
     QuantizerEntry("lbw-approx", LbwApproxParams, _lbw_approx,
-                   "LBW-Net semi-analytical scheme with mu (eq. 2.8-2.9)", "pot"),
+                   "LBW-Net semi-analytical scheme with mu (eq. 2.8-2.9)", "pot", _LBW),
     QuantizerEntry("lbw-ternary", TernaryParams, _lbw_ternary,
-                   "LBW-Net ternary formula by sorting (eq. 2.6-2.7), reference", "pot"),
+                   "LBW-Net ternary formula by sorting (eq. 2.6-2.7), reference", "pot", _LBW),
     QuantizerEntry("inq", PotParams, _inq,
-                   "INQ power-of-two rounding, exponent range from max|W|", "pot"),
-    QuantizerEntry("twn", TwnParams, _twn, "Ternary Weight Networks (0.7 mean|W|)", "ternary"),
-    QuantizerEntry("binary", BinaryParams, _binary, "Binary weights, scale mean|W|", "ternary"),
+                   "INQ power-of-two rounding, exponent range from max|W|", "pot", _INQ),
+    QuantizerEntry("twn", TwnParams, _twn, "Ternary Weight Networks (0.7 mean|W|)", "ternary",
+                   "Ternary Weight Networks"),
+    QuantizerEntry("binary", BinaryParams, _binary, "Binary weights, scale mean|W|", "ternary",
+                   "XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks"),
     QuantizerEntry("dorefa", DorefaParams, _dorefa, "DoReFa-Net weights (tanh + uniform)",
-                   "uniform"),
+                   "uniform", "DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks "
+                   "with Low Bitwidth Gradients"),
     QuantizerEntry("uniform", UniformParams, _uniform,
                    "Uniform b-bit, symmetric/affine, per tensor/channel, calibrated", "uniform"),
     QuantizerEntry("kmeans", KmeansParams, _kmeans,
-                   "Optimal 1-D k-means levels (data-free, 004)", "cluster"),
+                   "Optimal 1-D k-means levels (data-free, 004)", "cluster", _BEQ),
     QuantizerEntry("qn", QnParams, _qn,
-                   "Quantization Networks hard staircase, k-means biases (post-training)", "qn"),
+                   "Quantization Networks hard staircase, k-means biases (post-training)", "qn",
+                   "Quantization Networks"),
     QuantizerEntry("log", LogParams, _log, "Logarithmic: power-of-two levels x real scale",
-                   "cluster"),
+                   "cluster", _BEQ),
 ):
     register(_e)
