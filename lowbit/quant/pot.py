@@ -403,15 +403,21 @@ def _fine_counts_many(xs: Sequence[Tensor]) -> tuple[Tensor, int]:
                 h[:acc.numel()] += acc
                 acc = h
         accs.append(acc)
-    # only the columns some tensor occupies: a row's zero prefix (bincount starts at key 0)
-    # is left off, so the batch's statistics stay small
+    # only the columns some tensor occupies: the zero prefix of every row (bincount starts at
+    # key 0) is left off, so the batch's statistics stay small. col0 = the first half-octave
+    # block holding a count in some row; a row's incomplete last block only bounds it.
     per = 1 << _FINE
-    firsts = [int(h.ne(0).to(torch.uint8).argmax()) for h in accs]
-    col0 = min(firsts) // per
+    blocks = torch.zeros(len(xs), _NMAG_FINE // per + 1, dtype=torch.int64, device=dev)
+    whole = [h.numel() // per for h in accs]
+    for g, (h, nb) in enumerate(zip(accs, whole)):
+        blocks[g, :nb] = h[:nb * per].view(nb, per).sum(1)
+    blocks[torch.arange(len(xs), device=dev), torch.tensor(whole, device=dev)] = 1
+    col0 = int(torch.nonzero(blocks.any(0))[0])
     w = -(-max(h.numel() for h in accs) // per) * per - col0 * per
     fold = torch.zeros(len(xs), w, dtype=torch.int64, device=dev)
-    for g, (h, f) in enumerate(zip(accs, firsts)):
-        fold[g, f - col0 * per:h.numel() - col0 * per] = h[f:]
+    for g, h in enumerate(accs):
+        if h.numel() > col0 * per:
+            fold[g, :h.numel() - col0 * per] = h[col0 * per:]
     return fold, col0
 
 

@@ -242,3 +242,32 @@ def test_chunked_fast_path_on_layer_sized_tensors(monkeypatch: pytest.MonkeyPatc
             assert int(sb) == s_ref and torch.equal(b.double(), ref)
             assert bits_equal(b, torch.where(w.signbit(), -b.abs(), b.abs()))
     assert decided and all(all(d) for d in decided)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 128, 1 << 18])
+def test_fine_counts_many_equals_one_histogram_per_tensor(chunk: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's narrowed fine counts are the per-tensor histograms (sign folded) at the
+    column offset it reports, zero elsewhere: zeros (key 0), subnormals, values whose
+    histogram is shorter than one half-octave block, and negatives of every magnitude."""
+    import lowbit.quant.pot as pot
+
+    monkeypatch.setattr(pot, "_CHUNK", chunk)
+    g = torch.Generator().manual_seed(7)
+    xs = [torch.randn(500, generator=g) * 0.05,
+          torch.tensor([0.5, -0.25, 1.0, -3.0]),
+          torch.tensor([1e-40, -2e-39, 0.0, -0.0, 1e-30]),
+          torch.tensor([2.0**-100]),
+          torch.randn(300, generator=g) * 2.0**20]
+    for sub in ([xs[1]], [xs[3]], [xs[1], xs[4]], xs, xs[2:], [xs[2]]):
+        fold, col0 = pot._fine_counts_many(sub)
+        per = 1 << pot._FINE
+        assert fold.shape[1] % per == 0 and col0 * per + fold.shape[1] <= 1 << 16
+        for row, x in zip(fold, sub):
+            # independent reference: magnitude key of every element, counted in Python
+            mag = (x.view(torch.int32).long() & 0x7FFFFFFF) >> 15
+            ref = torch.zeros(1 << 16, dtype=torch.int64)
+            for k in mag.tolist():
+                ref[k] += 1
+            assert torch.equal(row, ref[col0 * per:col0 * per + fold.shape[1]])
+            assert int(row.sum()) == x.numel()  # nothing left off
