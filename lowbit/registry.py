@@ -84,6 +84,13 @@ class Registry(Generic[T]):
         """``(name, object)`` pairs, sorted by name."""
         return sorted(self._items.items())
 
+    def copy(self) -> Registry[T]:
+        """A registry of the same kind holding the same entries (e.g. for a test that registers
+        and must leave the original untouched)."""
+        new: Registry[T] = Registry(self.kind)
+        new._items = dict(self._items)
+        return new
+
     def __contains__(self, name: object) -> bool:
         try:
             return name in self._items

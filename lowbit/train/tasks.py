@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lowbit.config import ExperimentConfig, ModelConfig
+from lowbit.registry import Registry, unknown_name
 
 __all__ = [
     "Task",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 _BUILTIN_MODULES: tuple[str, ...] = ("lowbit.tasks",)
-_REGISTRY: dict[str, Callable[[], Any]] = {}
+_REGISTRY: Registry[Callable[[], Any]] = Registry("task")
 _builtins_loaded = False
 
 T = TypeVar("T")
@@ -94,9 +95,7 @@ def register_task(name: str) -> Callable[[T], T]:
         raise ValueError(f"task name must be a non-empty str, got {name!r}")
 
     def deco(factory: T) -> T:
-        if name in _REGISTRY:
-            raise ValueError(f"task {name!r} is already registered")
-        _REGISTRY[name] = factory  # type: ignore[assignment]
+        _REGISTRY.register(name, factory)  # type: ignore[arg-type]
         return factory
 
     return deco
@@ -113,7 +112,7 @@ def _load_builtins() -> None:
 def list_tasks() -> list[str]:
     """Names of the registered tasks, sorted."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_task(name: str) -> Any:
@@ -125,7 +124,7 @@ def get_task(name: str) -> Any:
     built is not a task."""
     _load_builtins()
     if isinstance(name, str) and name in _REGISTRY:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY.get(name)
     elif isinstance(name, str) and ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
@@ -133,7 +132,7 @@ def get_task(name: str) -> Any:
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"model.task={name!r}: cannot import ({exc})") from None
     else:
-        raise ValueError(f"model.task={name!r}: unknown task (known: {', '.join(list_tasks())})")
+        raise ValueError(f"model.task={name!r}: {unknown_name('task', name, list_tasks())}")
     task = factory()
     missing = [m for m in ("build_model", "build_datasets", "collate_fn", "train_step_loss",
                            "evaluate") if not callable(getattr(task, m, None))]

@@ -30,7 +30,7 @@ class _ToyTask:
 def scratch_tasks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Registrations made in the test land in a copy of the task registry, dropped after."""
     list_tasks()  # load the built-in tasks first
-    monkeypatch.setattr(tasks_mod, "_REGISTRY", dict(tasks_mod._REGISTRY))
+    monkeypatch.setattr(tasks_mod, "_REGISTRY", tasks_mod._REGISTRY.copy())
     yield
 
 
@@ -53,7 +53,7 @@ def test_unknown_task_names_the_value_and_every_known_task() -> None:
     msg = str(e.value)
     assert "'no-such-task'" in msg
     assert all(re.search(rf"\b{re.escape(k)}\b", msg) for k in known), msg
-    assert msg.endswith("(known: " + ", ".join(known) + ")")
+    assert msg.endswith("; known: " + ", ".join(known))
     # a name that is not a str is the same error, not a TypeError from the dict lookup
     for bad in (["detect"], None, 3):
         with pytest.raises(ValueError, match=rf"{re.escape(repr(bad))}: unknown task.*toy-task"):
