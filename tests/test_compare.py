@@ -216,8 +216,8 @@ def test_rerun_skips_finished_rows(cmp_out: Path, capsys: pytest.CaptureFixture)
 def test_a_failing_method_is_recorded_and_the_rest_run(
         cmp_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(METHODS, "broken", Method(
-        "broken", "ptq", 4, (4, 4), "a recipe naming no quantizer", "test",
-        lambda b: {"method": "no-such-quantizer", "bits": b}))
+        "broken", "ptq", "a recipe naming no quantizer", "test",
+        lambda b: {"method": "no-such-quantizer", "bits": b}, bits=4, bit_range=(4, 4)))
     out = cmp_out / "out_fail"
     res = compare(cmp_out / "out" / "runs" / "fp32", out, methods="broken,kmeans-df",
                   latency=True, latency_iters=1, calib_images=2, progress=False)

@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lowbit.quant._common import check_bits as check_width
+from lowbit.registry import unknown_name
 from lowbit.studies.mixed import plan_mixed
 
 __all__ = [
@@ -25,9 +27,12 @@ class Method:
     ``kind``: ``"qat"`` (fine-tuned from FP32 with the budget), ``"ptq"`` (post-training,
     activation ranges calibrated on training images when ``calibrate``) or ``"datafree"``
     (weights only, no data). ``bits``: default bit-width; ``bit_range``: the widths it accepts
-    (a requested width outside it falls back to ``bits``). ``recipe(bits)`` returns the
-    :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_phases``: Quantization Networks' training
-    phases as shares of the QAT budget (``(("weights", 0.3), ...)``, turned into
+    (a requested width outside it falls back to ``bits``); both default to the recipe
+    method's entry of :mod:`lowbit.nn.methods` (its parameter dataclass's ``BITS``), so a
+    study row only sets them to differ on purpose (the ``qn`` rows default to 3 bits).
+    ``recipe(bits)`` returns the :meth:`lowbit.nn.Recipe.from_dict` mapping. ``qn_phases``:
+    Quantization Networks' training phases as shares of the QAT budget
+    (``(("weights", 0.3), ...)``, turned into
     ``train.qn_phases`` in epochs); QN temperatures (T0 = 20 per epoch) and INQ's portions are
     driven by the engine for every row that has such quantizers
     (:class:`lowbit.train.quant_schedule.QuantClock`).
@@ -47,11 +52,11 @@ class Method:
 
     name: str
     kind: str
-    bits: int
-    bit_range: tuple[int, int]
     summary: str
     paper: str
     recipe: Callable[[int], dict[str, Any]]
+    bits: int | None = None
+    bit_range: tuple[int, int] | None = None
     calibrate: bool = False
     qn_phases: tuple[tuple[str, float], ...] | None = None
     penalty: float = 0.0
@@ -59,6 +64,22 @@ class Method:
     reevaluate: bool = False
     plan: Callable[[nn.Module, list[list[Tensor]], int],
                    tuple[dict[str, Any], dict[str, Any]]] | None = None
+
+    def __post_init__(self) -> None:
+        # default width and range: the recipe method's entry in the nn method registry
+        # (lowbit.nn.methods: the one place a method's bits are decided and validated), unless
+        # this study row sets its own
+        if self.bits is None or self.bit_range is None:
+            import lowbit.nn  # noqa: F401  (the quantizer modules register their methods)
+            from lowbit.nn import methods as nn_methods
+
+            entry = nn_methods.get(self.recipe(self.bits or 4)["method"])
+            if self.bit_range is None:
+                object.__setattr__(self, "bit_range", tuple(entry.bit_range))
+            if self.bits is None:
+                object.__setattr__(self, "bits", int(entry.default_bits))
+        lo, hi = self.bit_range  # type: ignore[misc]
+        check_width(self.bits, lo, hi, f"method {self.name!r}: default bits")
 
     def widths(self, requested: Sequence[int] | None) -> list[int]:
         """The bit-widths of this method's rows for a ``--bits`` request (None: default): the
@@ -117,42 +138,42 @@ _QN_A8_PHASES: tuple[tuple[str, float], ...] = (("weights", 0.3), ("activations"
 
 #: Every method of the comparison, in table order. README lists this table.
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("lbw-exact", "qat", 4, (2, 8),
+    Method("lbw-exact", "qat",
            "power-of-two weights {0, +-2^(s-n+1..s)}, exact least-squares scale (Thm 2.1), "
            "projected SGD", "001 LBW-Net",
            lambda b: {"method": "lbw-exact", "bits": b}),
-    Method("lbw-exact-ch", "qat", 4, (2, 8),
+    Method("lbw-exact-ch", "qat",
            "lbw-exact with one power-of-two scale per output channel", "001 LBW-Net "
            "(per-channel variant)",
            lambda b: {"method": "lbw-exact", "bits": b, "params": {"per_channel": True}}),
-    Method("lbw-mu", "qat", 6, (2, 8),
+    Method("lbw-mu", "qat",
            "LBW-Net's semi-analytical scheme with mu = 3/4 max|W|, 4 partial terms "
            "(eq. 2.8-2.9)", "001 LBW-Net",
            lambda b: {"method": "lbw-approx", "bits": b,
                       "params": {"mu_ratio": 0.75, "partial_terms": 4}}),
-    Method("twn", "qat", 2, (2, 2),
+    Method("twn", "qat",
            "ternary {-a, 0, a}, threshold 0.7 mean|W|", "TWN",
            lambda b: {"method": "twn", "bits": 2}),
-    Method("inq", "qat", 4, (2, 8),
+    Method("inq", "qat",
            "Incremental Network Quantization: per layer the largest-|w| 50%, 75%, 87.5%, 100% "
            "of the weights are frozen on INQ's power-of-two grid (exponents from max|W| at the "
            "start) in stages spread over the budget, the float rest re-trained in between; "
            "the last quarter trains only BN/biases", "INQ",
            lambda b: {"method": "inq-incremental", "bits": b}),
-    Method("dorefa", "qat", 4, (2, 8),
+    Method("dorefa", "qat",
            "DoReFa weights (tanh, normalised to [-1, 1], uniform) on every conv followed by a "
            "BatchNorm; the convs without one (R-FCN's RPN and head, YOLO's and SSD's output "
            "convs) stay float: DoReFa drops each layer's scale, which only a following "
            "BatchNorm restores", "DoReFa-Net",
            lambda b: {"method": "dorefa", "bits": b}, plan=_plan_dorefa),
-    Method("uniform-ptq", "ptq", 8, (2, 8),
+    Method("uniform-ptq", "ptq",
            "uniform symmetric per-channel min/max weights + uint8 min/max activations "
            "calibrated on training images", "002 baseline",
            lambda b: {"method": "uniform", "bits": b, "params": {"per_channel": True},
                       "layers": ["conv", "linear"],
                       "act": {"method": "uniform", "bits": 8, "calibrator": "minmax"}},
            calibrate=True),
-    Method("uniform-ptq-tensor", "ptq", 8, (2, 8),
+    Method("uniform-ptq-tensor", "ptq",
            "uniform-ptq with one min/max range per weight tensor: 002's contrast without "
            "clipping at the clip methods' granularity (their weight clip is per tensor)",
            "002 baseline",
@@ -160,42 +181,42 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                       "layers": ["conv", "linear"],
                       "act": {"method": "uniform", "bits": 8, "calibrator": "minmax"}},
            calibrate=True),
-    Method("clip-ptq", "ptq", 8, (2, 8),
+    Method("clip-ptq", "ptq",
            "clipping-based PTQ: MSE-optimal weight clip and activation clips, b-bit uniform "
            "from the clip values (no clip training here)", "002",
            lambda b: _clip(b, learnable=False),
            calibrate=True),
-    Method("clip-qat", "qat", 8, (2, 8),
+    Method("clip-qat", "qat",
            "002 in full: fine-tune with learnable weight/activation clips and the extra loss "
            "term (lambda = 1, train.quant_penalty), then b-bit uniform from the clip values",
            "002",
            lambda b: _clip(b, learnable=True),
            penalty=1.0, reevaluate=True),
-    Method("clip-ptq-svd", "ptq", 8, (2, 8),
+    Method("clip-ptq-svd", "ptq",
            "clip-ptq after replacing each fully connected layer by its truncated SVD (90% of "
            "the singular-value energy; 002's FC compression, Faster R-CNN's fc6/fc7)", "002",
            lambda b: _clip(b, learnable=False),
            calibrate=True, svd_energy=0.9),
-    Method("qn", "qat", 3, (1, 8),
+    Method("qn", "qat",
            "Quantization Networks: soft staircase of sigmoids, learnable alpha/beta, "
            "temperature annealed (weights only)", "003",
-           lambda b: {"method": "qn", "bits": b}),
-    Method("qn-a8", "qat", 3, (1, 8),
+           lambda b: {"method": "qn", "bits": b}, bits=3),
+    Method("qn-a8", "qat",
            "Quantization Networks weights as `qn` plus 8-bit QN activations (a 255-sigmoid "
            "staircase, evaluated in a window around each value) at every quantized layer's "
            "input (range = min/max of the data: the public code's 0.1% outlier clipping cost "
            "2.7 mAP points on SSD), trained in 003's three phases over the budget: weights "
            "30%, activations 30% (weights held on their hard staircase), both 40%", "003",
-           lambda b: _qn_a8(b, "kmeans"), qn_phases=_QN_A8_PHASES),
-    Method("qn-a8-uniform", "qat", 3, (1, 8),
+           lambda b: _qn_a8(b, "kmeans"), bits=3, qn_phases=_QN_A8_PHASES),
+    Method("qn-a8-uniform", "qat",
            "qn-a8 with the activation staircase's steps at the midpoints of uniform levels "
            "(bias_init uniform) instead of k-means: the hard staircase is plain 8-bit uniform "
            "quantization, deployable as uint8", "003 variant",
-           lambda b: _qn_a8(b, "uniform"), qn_phases=_QN_A8_PHASES),
-    Method("kmeans-df", "datafree", 4, (1, 8),
+           lambda b: _qn_a8(b, "uniform"), bits=3, qn_phases=_QN_A8_PHASES),
+    Method("kmeans-df", "datafree",
            "optimal 1-D clustering (k-means) of each layer's weights, no data", "004",
            lambda b: {"method": "kmeans", "bits": b}),
-    Method("mixed", "qat", 4, (2, 8),
+    Method("mixed", "qat",
            "LBW exact with per-layer bits in {2, 3, 4, 6, 8} (and b) chosen by sensitivity: "
            "each conv quantized alone, cost = relative MSE of the raw detector outputs against "
            "FP32 on 8 calibration images; exact DP minimising the summed cost within the conv "
@@ -234,7 +255,7 @@ def parse_methods(names: str | Sequence[str] | None) -> list[Method]:
     out = []
     for n in names:
         if n not in METHODS:
-            raise ValueError(f"unknown method {n!r}; known: {', '.join(METHODS)}")
+            raise unknown_name("method", n, METHODS)
         out.append(METHODS[n])
     if not out:
         raise ValueError("no method given")

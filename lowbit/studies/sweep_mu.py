@@ -41,14 +41,21 @@ def sweep_mu(source: str | os.PathLike[str], out: str | os.PathLike[str], *, bit
     ratios = [float(r) for r in mu]
     if not ratios or any(not (r > 0 and math.isfinite(r)) for r in ratios):
         raise ValueError(f"mu ratios must be finite and > 0, got {list(mu)}")
-    if not 2 <= int(bits) <= 8 or int(bits) != bits:
-        raise ValueError(f"--bits {bits}: lbw-approx takes 2..8 bits")
+    import lowbit.nn  # noqa: F401  (registers the methods)
+    from lowbit.nn import methods as nn_methods
+    from lowbit.quant._common import check_bits
+
+    try:  # the width lbw-approx accepts, as its registry entry says
+        check_bits(bits, *nn_methods.get("lbw-approx").bit_range, "lbw-approx bits")
+    except ValueError as exc:
+        raise ValueError(f"--bits {bits}: {exc}") from None
     base = load_base(source, out, progress)
     specs: list[tuple[str, Method | None, int, dict[str, Any]]] = [("fp32", None, 32, {})]
     for r in ratios:
-        m = Method(f"lbw-mu{r:g}", "qat", bits, (2, 8), f"lbw-approx mu = {r:g} max|W|", "001",
+        m = Method(f"lbw-mu{r:g}", "qat", f"lbw-approx mu = {r:g} max|W|", "001",
                    (lambda b, r=r: {"method": "lbw-approx", "bits": b,
-                                    "params": {"mu_ratio": r, "partial_terms": partial_terms}}))
+                                    "params": {"mu_ratio": r, "partial_terms": partial_terms}}),
+                   bits=bits)
         specs.append((f"mu={r:g}", m, bits, {"mu_ratio": r}))
     settings = {"budget": asdict(budget), "bits": bits, "partial_terms": partial_terms,
                 "fp32_run": str(base.run_dir)}
