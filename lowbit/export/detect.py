@@ -20,6 +20,13 @@ Faster R-CNN is refused (its fc6 / fc7 run after RoIAlign on proposals, so the n
 a single ``image -> maps`` graph); SSD is not wired yet (its default boxes need the source map
 sizes, which the concatenated outputs do not carry).
 
+Nothing here tests classes: every detector declares what export takes in its
+:class:`~lowbit.detection.DetectorSpec` (:mod:`lowbit.detection.protocol`): the network is its
+``forward_trunk``, exportable when ``export_kind`` is set, the ONNX outputs are its
+``onnx_outputs``, ``dynamic_hw`` says whether ``H, W`` stay dynamic, ``int8`` its
+:class:`~lowbit.export.onnx.Int8Config` overrides, and ``postprocess_trunk`` the float
+post-processing of the network's outputs.
+
 Post-processing inside the ONNX graph (``NonMaxSuppression``) is not offered: lowbit's
 per-class NMS keeps the ``topk_candidates`` best boxes per class *before* NMS and the
 ``detections_per_img`` best after it, ties resolved by ``torch.topk`` / torchvision ``nms``;
@@ -40,6 +47,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lowbit.detection.protocol import (
+    Detector,
+    DetectorSpec,
+    export_kinds,
+    export_spec,
+    require_detector,
+)
+
 if TYPE_CHECKING:
     from lowbit.export.onnx import Int8Config
 
@@ -48,73 +63,78 @@ __all__ = ["DetectorNetwork", "OnnxDetector", "calibration_batches", "detector_k
            "export_detector_onnx",
            "postprocess_outputs", "OUTPUT_NAMES"]
 
-OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "rfcn": ("objectness", "rpn_deltas", "cls_maps", "bbox_maps"),
-    "yolov3": ("out_s8", "out_s16", "out_s32"),
-}
+#: ``{export kind: ONNX output names}``, read (lazily) from the detectors' declarations
+#: (:func:`lowbit.detection.protocol.export_kinds`)
+OUTPUT_NAMES: dict[str, tuple[str, ...]]
 
 
-def default_int8(kind: str) -> Int8Config:
-    """lowbit's int8 configuration for a detector kind (``"rfcn"`` / ``"yolov3"``), the
-    fastest measured by ``benchmarks/bench_int8.py`` that keeps the accuracy checks of
-    tests/export/test_detect.py: QDQ, per-channel, u8s8, no reduce_range, for both; YOLOv3's
-    stem conv (3 input channels, 3x3) and its LeakyReLU stay float (``float_below_channels=4``:
-    0.44-0.57x FP32 instead of 0.67-0.83x at 1 thread); R-FCN's 7x7 stem stays int8 (float, it
-    breaks onnxruntime's NHWC chain: 0.52-0.63x instead of 0.39-0.42x). docs/deployment.md."""
+def __getattr__(name: str) -> Any:
+    if name == "OUTPUT_NAMES":
+        return {k: spec.onnx_outputs for k, spec in export_kinds().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def default_int8(kind: str | DetectorSpec | nn.Module) -> Int8Config:
+    """lowbit's int8 configuration for a detector (its export kind ``"rfcn"`` / ``"yolov3"``,
+    its :class:`~lowbit.detection.DetectorSpec` or the detector): QDQ, per-channel, u8s8, no
+    reduce_range, with the detector's declared ``int8`` overrides -- the fastest measured by
+    ``benchmarks/bench_int8.py`` that keeps the accuracy checks of
+    tests/export/test_detect.py. YOLOv3 declares ``float_below_channels=4`` (its stem conv, 3
+    input channels, 3x3, and its LeakyReLU stay float: 0.44-0.57x FP32 instead of 0.67-0.83x
+    at 1 thread); R-FCN nothing (its 7x7 stem stays int8: float, it breaks onnxruntime's NHWC
+    chain, 0.52-0.63x instead of 0.39-0.42x). docs/deployment.md. ``ValueError`` for an
+    unknown kind or a non-detector."""
     from lowbit.export.onnx import Int8Config
 
-    return Int8Config(float_below_channels=4) if kind == "yolov3" else Int8Config()
+    if isinstance(kind, str):
+        spec = export_spec(kind)
+    elif isinstance(kind, DetectorSpec):
+        spec = kind
+    else:
+        spec = require_detector(kind, "default_int8")
+    return Int8Config(**spec.int8)
 
 
 def detector_kind(model: nn.Module) -> str | None:
-    """``"rfcn"`` / ``"yolov3"`` for exportable detectors, None for a non-detector (e.g. a
-    classifier). ValueError naming the class for detectors that cannot be exported."""
-    from lowbit.detection.models.generalized_rcnn import TwoStageDetector
-    from lowbit.detection.models.heads import RFCNHead
-    from lowbit.detection.models.ssd import SSD
-    from lowbit.detection.models.yolov3 import YOLOv3
+    """The declared ``export_kind`` (``"rfcn"`` / ``"yolov3"``) of an exportable detector, None
+    for a non-detector (an object without the :class:`~lowbit.detection.Detector` protocol,
+    e.g. a classifier). ValueError naming the class, with the detector's own reason, for
+    detectors that cannot be exported."""
+    if not isinstance(model, Detector):
+        return None
+    spec = model.detector_spec
+    if spec.export_kind is None:
+        raise ValueError(f"{type(model).__name__}: {spec.note}")
+    return spec.export_kind
 
-    if isinstance(model, YOLOv3):
-        return "yolov3"
-    if isinstance(model, TwoStageDetector):
-        if not isinstance(model.roi_heads.head, RFCNHead):
-            raise ValueError(f"{type(model).__name__}: only R-FCN among two-stage detectors is "
-                             "exportable (Faster R-CNN's fc6/fc7 run on pooled RoIs, outside a "
-                             "single image -> maps graph)")
-        return "rfcn"
-    if isinstance(model, SSD):
-        raise ValueError("SSD export is not wired yet; export rfcn_* or yolov3_* detectors")
-    return None
+
+def _exportable(model: nn.Module, purpose: str) -> DetectorSpec:
+    """``model``'s spec; ValueError naming the class when it is not an exportable detector."""
+    spec = require_detector(model, purpose)
+    if spec.export_kind is None:
+        raise ValueError(f"{type(model).__name__}: {spec.note}")
+    return spec
 
 
 class DetectorNetwork(nn.Module):
     """The exportable network of a detector: ``forward(batch Tensor[N, 3, H, W])`` (already
-    normalised / padded by ``model.transform``) returns the raw maps listed in
-    :data:`OUTPUT_NAMES` for its kind (see the module doc). Shares ``model``'s modules."""
+    normalised / padded by ``model.transform``) returns the raw maps of
+    ``model.forward_trunk``, named by its spec's ``onnx_outputs`` (see the module doc). Shares
+    ``model``'s modules. ValueError naming the class for a non-detector (and the members it
+    lacks) or a detector that is not exportable."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        kind = detector_kind(model)
-        if kind is None:
-            raise ValueError(f"{type(model).__name__} is not a detector")
-        self.kind = kind
+        self.spec = _exportable(model, "export")
+        self.kind: str = self.spec.export_kind  # type: ignore[assignment]
         self.detector = model
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return OUTPUT_NAMES[self.kind]
+        return self.spec.onnx_outputs
 
     def forward(self, batch: Tensor) -> tuple[Tensor, ...]:
-        m = self.detector
-        if self.kind == "rfcn":
-            feats = m.features(batch)
-            objectness, rpn_deltas = m.rpn.head(feats[m.rpn_feature])
-            cls_maps, bbox_maps = m.roi_heads.head.score_maps(feats[m.head_feature])
-            return objectness, rpn_deltas, cls_maps, bbox_maps
-        from lowbit.detection.models.yolov3 import LEVELS
-
-        feats = m.backbone.forward_features(batch)
-        return tuple(m.head(m.neck([feats[s] for s in LEVELS])))
+        return tuple(self.detector.forward_trunk(batch))
 
 
 @torch.no_grad()
@@ -122,7 +142,8 @@ def postprocess_outputs(
     model: nn.Module, outputs: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
     batch_hw: tuple[int, int],
 ) -> list[dict[str, Tensor]]:
-    """Float post-processing of the raw network outputs (in :data:`OUTPUT_NAMES` order).
+    """Float post-processing of the raw network outputs (in the spec's ``onnx_outputs`` order):
+    ``model.postprocess_trunk``.
 
     Args:
         model: the detector (only its float post-processing parts and config are used).
@@ -134,22 +155,8 @@ def postprocess_outputs(
         Per image ``boxes float32[D, 4]`` (batch pixels, 0-based xyxy), ``labels int64[D]``
         (0-based), ``scores float32[D]`` sorted decreasing -- as the model's own eval path.
     """
-    kind = detector_kind(model)
-    outs = [o.float() for o in outputs]
-    if kind == "rfcn":
-        from lowbit.detection.models.heads import _rois
-
-        objectness, rpn_deltas, cls_maps, bbox_maps = outs
-        anchors = model.rpn.anchor_generator(objectness)
-        proposals = model.rpn.filter_proposals(objectness, rpn_deltas, anchors, image_sizes)
-        cls, box = model.roi_heads.head.pool(cls_maps, bbox_maps, _rois(proposals, cls_maps))
-        return model.postprocess({"class_logits": cls, "box_deltas": box}, proposals,
-                                 image_sizes)
-    if kind == "yolov3":
-        h, w = batch_hw
-        strides = [(h / o.shape[-2], w / o.shape[-1]) for o in outs]
-        return model.postprocess({"outputs": outs, "strides": strides}, image_sizes)
-    raise ValueError(f"{type(model).__name__} is not an exportable detector")
+    _exportable(model, "postprocess_outputs")
+    return model.postprocess_trunk([o.float() for o in outputs], image_sizes, batch_hw)
 
 
 def calibration_batches(model: nn.Module, dataset: Any, num_images: int,
@@ -165,7 +172,7 @@ def calibration_batches(model: nn.Module, dataset: Any, num_images: int,
     n = min(len(dataset), int(num_images))
     if n < 1:
         raise ValueError("the dataset gave no calibration image")
-    detector = detector_kind(model) is not None
+    detector = isinstance(model, Detector)
     items = []
     for i in range(n):
         item = dataset[i]
@@ -217,20 +224,18 @@ class OnnxDetector:
 
             model = build_model(config_from_dict(json.loads(meta["lowbit_config"])))[1]
         self.model = model.eval()
-        self.kind = detector_kind(self.model)
-        if self.kind is None:
-            raise ValueError(f"{type(model).__name__} is not a detector")
+        self.spec = _exportable(self.model, "OnnxDetector")
+        self.kind = self.spec.export_kind
         names = tuple(o.name for o in self.session.get_outputs())
-        if names != OUTPUT_NAMES[self.kind]:
+        if names != self.spec.onnx_outputs:
             raise ValueError(f"{self.path}: outputs {names} do not match a {self.kind} "
-                             f"network {OUTPUT_NAMES[self.kind]}")
+                             f"network {self.spec.onnx_outputs}")
 
     def raw(self, batch: Tensor) -> list[Tensor]:
         """Network outputs for a prepared ``Tensor[N, 3, H, W]`` batch; ValueError naming the
         output when onnxruntime returns non-finite values."""
         outs = self.session.run(None, {"input": batch.detach().float().cpu().numpy()})
-        names = OUTPUT_NAMES[self.kind]
-        for name, o in zip(names, outs):
+        for name, o in zip(self.spec.onnx_outputs, outs):
             if not np.isfinite(o).all():
                 raise ValueError(f"{self.path}: output {name!r} has non-finite values")
         return [torch.from_numpy(o) for o in outs]
@@ -277,14 +282,14 @@ def export_detector_onnx(
     if config is not None:
         meta["lowbit_config"] = json.dumps(config)
     names = list(net.output_names)
-    dyn_hw = net.kind == "rfcn"  # YOLO warps every image to S x S
+    dyn_hw = net.spec.dynamic_hw  # R-FCN: any H, W; YOLO warps every image to S x S
     if calibration is None:
         p = export_onnx(net, example, path, output_names=names, dynamic_hw=dyn_hw,
                         metadata=meta)
         return {"path": str(p), "kind": net.kind, "outputs": names}
     rep = export_onnx_int8(net, example, path, calibration, output_names=names,
                            dynamic_hw=dyn_hw, metadata=meta,
-                           config=int8 or default_int8(net.kind), fp32_path=fp32_path)
+                           config=int8 or default_int8(net.spec), fp32_path=fp32_path)
     return {**rep, "kind": net.kind, "outputs": names}
 
 

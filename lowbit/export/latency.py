@@ -15,39 +15,34 @@ __all__ = [
 ]
 
 
-class NotExportable(Exception):
-    """The model has no exportable trunk (the reason is the message)."""
+class NotExportable(ValueError):
+    """The model has no exportable trunk (the reason is the message): not a detector, or a
+    detector whose :class:`~lowbit.detection.DetectorSpec` declares no trunk."""
 
 
 class _Trunk(nn.Module):
     """The convolutional part of a detector: a prepared batch ``Tensor[N, 3, H, W]`` -> its
-    raw maps. R-FCN and YOLOv3: :class:`lowbit.export.detect.DetectorNetwork` (what
-    ``lowbit export`` writes); Faster R-CNN: backbone + RPN head (objectness, deltas, the
-    RoI feature map; its FC head runs per RoI and is not part of the trunk)."""
+    raw maps, ``det.forward_trunk`` (:mod:`lowbit.detection.protocol`). R-FCN and YOLOv3: the
+    network ``lowbit export`` writes (:class:`lowbit.export.detect.DetectorNetwork`); Faster
+    R-CNN: backbone + RPN head (objectness, deltas, the RoI feature map; its FC head runs per
+    RoI and is not part of the trunk). :class:`NotExportable` naming the class for an object
+    without the detector protocol or a detector that declares no trunk (SSD)."""
 
     def __init__(self, det: nn.Module) -> None:
         super().__init__()
-        from lowbit.export.detect import DetectorNetwork, detector_kind
+        from lowbit.detection.protocol import require_detector
 
-        self.net: nn.Module | None = None
         try:
-            if detector_kind(det) is not None:
-                self.net = DetectorNetwork(det)
-        except ValueError:
-            pass
-        if self.net is None:
-            for attr in ("features", "rpn", "rpn_feature", "head_feature"):
-                if not hasattr(det, attr):
-                    raise NotExportable(f"{type(det).__name__} has no exportable trunk (R-FCN, "
-                                        "YOLOv3 and two-stage backbones + RPN are)")
+            spec = require_detector(det, "latency")
+        except ValueError as exc:
+            raise NotExportable(f"{exc}; it has no exportable trunk") from None
+        if not spec.has_trunk:
+            raise NotExportable(f"{type(det).__name__} has no exportable trunk (R-FCN, YOLOv3 "
+                                f"and two-stage backbones + RPN are): {spec.note}")
         self.det = det
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        if self.net is not None:
-            return self.net(x)
-        feats = self.det.features(x)
-        obj, deltas = self.det.rpn.head(feats[self.det.rpn_feature])
-        return obj, deltas, feats[self.det.head_feature]
+        return tuple(self.det.forward_trunk(x))
 
 
 def _prepared(model: nn.Module, images: Sequence[Tensor]) -> list[Tensor]:

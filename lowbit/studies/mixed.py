@@ -23,47 +23,55 @@ MIXED_BITS: tuple[int, ...] = (2, 3, 4, 6, 8)
 MIXED_IMAGES = 8
 
 
-_GEOMETRY = frozenset({"anchors", "proposals", "default_boxes", "image_sizes", "strides"})
-
-
-def _raw_tensors(raw: dict[str, Any]) -> list[Tensor]:
-    """The float tensors of a ``forward_raw`` dict that depend on the weights, in key order
-    (lists flattened: YOLOv3's per-level maps)."""
+def _raw_tensors(raw: dict[str, Any], keys: Sequence[str]) -> list[Tensor]:
+    """The float tensors of a ``forward_raw`` dict under ``keys`` (the detector's declared
+    ``raw_outputs``, which depend on the weights), in that order (lists flattened: YOLOv3's
+    per-level maps)."""
     out: list[Tensor] = []
-    for key, v in raw.items():
-        if key in _GEOMETRY:
-            continue
+    for key in keys:
+        v = raw[key]
         for t in (v if isinstance(v, (list, tuple)) else [v]):
             if isinstance(t, Tensor) and t.is_floating_point():
                 out.append(t)
     return out
 
 
+def _pinned(value: Any) -> Any:
+    """A detached copy of a ``forward_raw`` value to feed back in (tensors cloned)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return [_pinned(v) for v in value]
+    return value
+
+
 class OutputMSE:
     """A cheap, data-driven sensitivity metric: how far a model's raw detector outputs move from
     the FP32 reference's on a few images.
 
-    Every detector here has ``forward_raw(batch)`` (the network before post-processing:
-    R-FCN/Faster R-CNN objectness, RPN deltas and the head's class logits / box deltas;
-    YOLOv3's three maps; SSD's logits and box regressions). The reference's outputs are
-    computed once per batch of ``images`` (lists of ``Tensor[3, H, W]`` in [0, 1], prepared by
-    ``reference.transform``); two-stage detectors get the reference's proposals as fixed input,
-    so their head outputs stay aligned RoI by RoI (the RPN's effect is seen in its own maps).
+    Every detector here follows :class:`lowbit.detection.Detector`: ``forward_raw(batch)`` is
+    the network before post-processing (R-FCN/Faster R-CNN objectness, RPN deltas and the
+    head's class logits / box deltas; YOLOv3's three maps; SSD's logits and box regressions),
+    and its ``detector_spec`` names the weight-dependent outputs (``raw_outputs``, compared
+    here) and the keyword arguments ``forward_raw`` takes (``raw_kwargs``). The reference's
+    outputs are computed once per batch of ``images`` (lists of ``Tensor[3, H, W]`` in [0, 1],
+    prepared by ``reference.transform``); ``image_sizes``, when taken, is the transform's, and
+    every declared keyword is pinned to the reference's value (two-stage detectors get the
+    reference's proposals as fixed input, so their head outputs stay aligned RoI by RoI; the
+    RPN's effect is seen in its own maps).
 
-    ``errors(model)``: per output tensor ``k`` (in ``forward_raw`` key order),
+    ``errors(model)``: per output tensor ``k`` (in ``raw_outputs`` order),
     ``sum_batches ||o_k - r_k||^2 / sum_batches ||r_k||^2`` (float64; the denominator is
     floored at 1e-30). ``model(...)``: ``-mean_k errors`` -- higher is better, 0 for a model
-    that reproduces the reference; what :func:`lowbit.nn.sensitivity` expects.
+    that reproduces the reference; what :func:`lowbit.nn.sensitivity` expects. ``ValueError``
+    naming the class (and the members it lacks) when ``reference`` is not a detector.
     """
 
     def __init__(self, reference: nn.Module, images: Sequence[Sequence[Tensor]]) -> None:
-        import inspect
+        from lowbit.detection.protocol import require_detector
 
-        if not hasattr(reference, "forward_raw") or not hasattr(reference, "transform"):
-            raise ValueError(f"{type(reference).__name__}: the output metric needs a detector "
-                             "with transform and forward_raw")
-        params = inspect.signature(reference.forward_raw).parameters
-        self._fixed_proposals = "proposals" in params
+        spec = require_detector(reference, "the output metric")
+        self._outputs = spec.raw_outputs
         self.inputs: list[tuple[Tensor, dict[str, Any]]] = []
         self.reference: list[list[Tensor]] = []
         was = reference.training
@@ -75,13 +83,13 @@ class OutputMSE:
                 dev = next(reference.parameters()).device
                 batch, sizes, _ = reference.transform([im.to(dev) for im in ims], None)
                 kw: dict[str, Any] = {}
-                if self._fixed_proposals:
+                if "image_sizes" in spec.raw_kwargs:
                     kw["image_sizes"] = sizes
                 raw = reference.forward_raw(batch, **kw)
-                if self._fixed_proposals:
-                    kw["proposals"] = [p.detach().clone() for p in raw["proposals"]]
+                kw.update({k: _pinned(raw[k]) for k in spec.raw_kwargs if k != "image_sizes"})
                 self.inputs.append((batch, kw))
-                self.reference.append([t.detach().double() for t in _raw_tensors(raw)])
+                self.reference.append([t.detach().double()
+                                       for t in _raw_tensors(raw, self._outputs)])
         reference.train(was)
         if not self.inputs:
             raise ValueError("the output metric needs at least one image")
@@ -91,7 +99,7 @@ class OutputMSE:
         num = [0.0] * len(self.reference[0])
         den = [0.0] * len(self.reference[0])
         for (batch, kw), ref in zip(self.inputs, self.reference):
-            outs = _raw_tensors(model.forward_raw(batch, **kw))
+            outs = _raw_tensors(model.forward_raw(batch, **kw), self._outputs)
             if len(outs) != len(ref):
                 raise ValueError(f"forward_raw gave {len(outs)} outputs, the reference {len(ref)}")
             for k, (o, r) in enumerate(zip(outs, ref)):

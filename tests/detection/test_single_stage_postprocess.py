@@ -4,6 +4,7 @@ greedy per-class NMS, no caps) whenever the caps are not below the candidate cou
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import lowbit.detection.models.ssd as ssd_module
 from lowbit.detection.models.ssd import SSD, multiclass_nms
 from lowbit.detection.models.yolov3 import yolo_decode
 from lowbit.detection.ops import clip_boxes_to_image
@@ -19,6 +19,8 @@ from tests.detection._oracles import iou_oracle
 from tests.detection._synthetic import NUM_CLASSES, tiny_ssd, tiny_yolo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# the module, not the function `lowbit.detection.ops.nms` that shadows it on the package
+nms_module = importlib.import_module("lowbit.detection.ops.nms")
 
 BUILDERS = pytest.mark.parametrize("build", [tiny_ssd, tiny_yolo], ids=["ssd", "yolov3"])
 
@@ -77,15 +79,16 @@ def _assert_matches(det: dict[str, Tensor], expect: list[tuple[float, int, list[
 
 
 def _record_nms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Tensor, Tensor]]:
-    """Wrap the ``batched_nms`` that :func:`multiclass_nms` calls; record ``(scores, idxs)``."""
+    """Wrap the ``batched_nms`` that :func:`multiclass_nms` calls (in its module,
+    :mod:`lowbit.detection.ops.nms`); record ``(scores, idxs)``."""
     calls: list[tuple[Tensor, Tensor]] = []
-    real: Callable[..., Tensor] = ssd_module.batched_nms
+    real: Callable[..., Tensor] = nms_module.batched_nms
 
     def spy(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
         calls.append((scores.clone(), idxs.clone()))
         return real(boxes, scores, idxs, iou_threshold)
 
-    monkeypatch.setattr(ssd_module, "batched_nms", spy)
+    monkeypatch.setattr(nms_module, "batched_nms", spy)
     return calls
 
 

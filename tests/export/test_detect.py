@@ -221,3 +221,36 @@ def test_onnx_detector_rejects_non_finite_output(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-finite"):
         det.raw(bad)
     assert np.isfinite(det.raw(m.transform(ims)[0])[0].numpy()).all()
+
+
+def test_export_reads_the_detectors_declarations() -> None:
+    """Kind, ONNX output names, dynamic H/W and int8 defaults come from each detector's
+    DetectorSpec; SSD / Faster R-CNN are refused with their declared reason, a non-detector
+    is exported as a plain network (kind None) but refused by DetectorNetwork by name."""
+    from lowbit.export.detect import OUTPUT_NAMES, default_int8, detector_kind
+    from lowbit.export.onnx import Int8Config
+
+    assert OUTPUT_NAMES == {"rfcn": ("objectness", "rpn_deltas", "cls_maps", "bbox_maps"),
+                            "yolov3": ("out_s8", "out_s16", "out_s32")}
+    for which, kind in (("rfcn", "rfcn"), ("yolo", "yolov3")):
+        m = _detector(which, bits=None)
+        net = DetectorNetwork(m)
+        assert detector_kind(m) == net.kind == kind
+        assert net.output_names == m.detector_spec.onnx_outputs == OUTPUT_NAMES[kind]
+        with torch.no_grad():
+            outs = net(m.transform(_images(1, 6))[0])
+        assert len(outs) == len(net.output_names)
+        assert default_int8(m) == default_int8(kind) == default_int8(m.detector_spec)
+    assert default_int8("yolov3") == Int8Config(float_below_channels=4)
+    assert default_int8("rfcn") == Int8Config()
+    with pytest.raises(ValueError, match="unknown detector export kind 'ssd'"):
+        default_int8("ssd")
+    ssd = create_model("ssd_lite_vgg", 3, width=0.125, image_size=64)
+    with pytest.raises(ValueError, match="SSD: SSD export is not wired yet"):
+        detector_kind(ssd)
+    with pytest.raises(ValueError, match="SSD: SSD export is not wired yet"):
+        DetectorNetwork(ssd)
+    conv = nn.Conv2d(3, 4, 3)
+    assert detector_kind(conv) is None
+    with pytest.raises(ValueError, match="Conv2d is not a lowbit detector"):
+        DetectorNetwork(conv)

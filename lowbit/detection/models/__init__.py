@@ -15,7 +15,7 @@ from lowbit.detection.models.postprocess import PostprocessParams, postprocess_d
 from lowbit.detection.models.rfcn import RFCN, build_rfcn
 from lowbit.detection.models.roi_heads import RoIHeads, fast_rcnn_loss
 from lowbit.detection.models.rpn import RegionProposalNetwork, RPNHead
-from lowbit.detection.models.transform import DetectorTransform, validate_targets
+from lowbit.detection.models.transform import DetectorTransform, SSDTransform, validate_targets
 
 __all__ = [
     "RFCN",
@@ -30,6 +30,7 @@ __all__ = [
     "RPNHead",
     "RegionProposalNetwork",
     "RoIHeads",
+    "SSDTransform",
     "TwoMLPHead",
     "TwoStageConfig",
     "TwoStageDetector",

@@ -16,7 +16,7 @@ Registered names:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -28,6 +28,7 @@ from lowbit.detection.models.config import (
 )
 from lowbit.detection.models.generalized_rcnn import TwoStageDetector, assemble_two_stage
 from lowbit.detection.models.heads import FasterRCNNHead
+from lowbit.detection.protocol import DetectorSpec
 from lowbit.detection.registry import register_model
 
 __all__ = ["FasterRCNN", "build_faster_rcnn"]
@@ -35,7 +36,12 @@ __all__ = ["FasterRCNN", "build_faster_rcnn"]
 
 class FasterRCNN(TwoStageDetector):
     """Faster R-CNN detector; see the module docstring. Build with :func:`build_faster_rcnn`
-    or :func:`lowbit.detection.create_model`."""
+    or :func:`lowbit.detection.create_model`.
+
+    Detector protocol: the two-stage one (:class:`TwoStageDetector`): a trunk (backbone, RPN
+    head, the RoI feature map) for latency, not exportable (fc6 / fc7 run on pooled RoIs)."""
+
+    detector_spec: ClassVar[DetectorSpec] = TwoStageDetector.detector_spec
 
 
 def build_faster_rcnn(cfg: FasterRCNNConfig) -> FasterRCNN:

@@ -20,7 +20,7 @@ the detector background is 0 and class ``c`` is ``c + 1``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from lowbit.detection.models.transform import (
     check_inputs,
     to_internal_targets,
 )
+from lowbit.detection.protocol import DetectorSpec
 
 __all__ = ["TwoStageDetector", "assemble_two_stage"]
 
@@ -51,7 +52,22 @@ class TwoStageDetector(nn.Module):
         transform: pre-processing (normalise, resize, batch).
         num_classes: foreground classes ``C``.
         rpn_feature, head_feature: names of the feature maps the two stages read.
+
+    Detector protocol (:mod:`lowbit.detection.protocol`): ``forward_raw(batch, image_sizes,
+    proposals)`` (both pinnable); the trunk is backbone + RPN head + the second stage's
+    feature map (``objectness, rpn_deltas, features``), so latency can be measured, but the
+    second stage runs per RoI after pooling and a generic two-stage detector is not exported
+    (:class:`~lowbit.detection.models.rfcn.RFCN` is).
     """
+
+    detector_spec: ClassVar[DetectorSpec] = DetectorSpec(
+        raw_outputs=("objectness", "rpn_deltas", "class_logits", "box_deltas"),
+        raw_geometry=("anchors", "proposals", "image_sizes"),
+        raw_kwargs=("image_sizes", "proposals"),
+        trunk_outputs=("objectness", "rpn_deltas", "features"),
+        note="only R-FCN among two-stage detectors is exportable (Faster R-CNN's fc6/fc7 run "
+             "on pooled RoIs, outside a single image -> maps graph)",
+    )
 
     def __init__(
         self,
@@ -150,6 +166,25 @@ class TwoStageDetector(nn.Module):
             "box_deltas": box_deltas,
             "image_sizes": list(image_sizes),
         }
+
+    def forward_trunk(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """The convolutional trunk of a prepared ``Tensor[N, 3, H, W]`` batch: RPN
+        ``objectness [N, A, H', W']``, ``rpn_deltas [N, 4A, H', W']`` and the second stage's
+        feature map ``features[head_feature]`` (the per-RoI head is not part of it)."""
+        feats = self.features(batch)
+        objectness, rpn_deltas = self.rpn.head(feats[self.rpn_feature])
+        return objectness, rpn_deltas, feats[self.head_feature]
+
+    def postprocess_trunk(
+        self,
+        outputs: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        batch_hw: tuple[int, int],
+    ) -> list[dict[str, Tensor]]:
+        """Detections from :meth:`forward_trunk` outputs; a generic two-stage detector's trunk
+        does not carry its second stage, so this raises ``ValueError`` naming the class
+        (:class:`~lowbit.detection.models.rfcn.RFCN` overrides it)."""
+        raise ValueError(f"{type(self).__name__}: {self.detector_spec.note}")
 
     @torch.no_grad()
     def postprocess(

@@ -20,7 +20,12 @@ Registered names:
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
 
 from lowbit.detection.models.config import (
     CPU_TWO_STAGE_PRESET,
@@ -29,7 +34,8 @@ from lowbit.detection.models.config import (
     make_config,
 )
 from lowbit.detection.models.generalized_rcnn import TwoStageDetector, assemble_two_stage
-from lowbit.detection.models.heads import RFCNHead
+from lowbit.detection.models.heads import RFCNHead, _rois
+from lowbit.detection.protocol import DetectorSpec
 from lowbit.detection.registry import register_model
 
 __all__ = ["RFCN", "build_rfcn"]
@@ -37,7 +43,52 @@ __all__ = ["RFCN", "build_rfcn"]
 
 class RFCN(TwoStageDetector):
     """R-FCN detector; see the module docstring. Build with :func:`build_rfcn` or
-    :func:`lowbit.detection.create_model`."""
+    :func:`lowbit.detection.create_model`.
+
+    Detector protocol: R-FCN has no fully connected layer, so its trunk is the whole network
+    (backbone, RPN head, the head's score maps) and is what ``lowbit export`` writes (kind
+    ``"rfcn"``, any ``H, W``); PSRoI pooling, voting and decoding run in float afterwards.
+    """
+
+    detector_spec: ClassVar[DetectorSpec] = dataclasses.replace(
+        TwoStageDetector.detector_spec,
+        trunk_outputs=("objectness", "rpn_deltas", "cls_maps", "bbox_maps"),
+        export_kind="rfcn",
+        dynamic_hw=True,
+        note="",
+    )
+
+    def forward_trunk(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """The exportable network of a prepared ``Tensor[N, 3, H, W]`` batch:
+        ``objectness [N, A, H/16, W/16]``, ``rpn_deltas [N, 4A, H/16, W/16]``, ``cls_maps
+        [N, (C+1) k^2, H/16, W/16]``, ``bbox_maps [N, 4 G k^2, H/16, W/16]``."""
+        feats = self.features(batch)
+        objectness, rpn_deltas = self.rpn.head(feats[self.rpn_feature])
+        cls_maps, bbox_maps = self.roi_heads.head.score_maps(feats[self.head_feature])
+        return objectness, rpn_deltas, cls_maps, bbox_maps
+
+    @torch.no_grad()
+    def postprocess_trunk(
+        self,
+        outputs: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        batch_hw: tuple[int, int],
+    ) -> list[dict[str, Tensor]]:
+        """Float post-processing of :meth:`forward_trunk`'s four maps (e.g. from onnxruntime):
+        anchors, proposal decoding + NMS (:meth:`RegionProposalNetwork.filter_proposals`),
+        PSRoI pooling + voting (:meth:`RFCNHead.pool`), :meth:`postprocess`. ``image_sizes``
+        per image ``(h, w)`` before padding; ``batch_hw`` unused (the maps carry the size).
+
+        Returns:
+            Per image ``boxes float32[D, 4]`` (batch pixels), ``labels int64[D]`` (0-based),
+            ``scores float32[D]`` sorted decreasing.
+        """
+        objectness, rpn_deltas, cls_maps, bbox_maps = (o.float() for o in outputs)
+        anchors = self.rpn.anchor_generator(objectness)
+        proposals = self.rpn.filter_proposals(objectness, rpn_deltas, anchors, image_sizes)
+        cls, box = self.roi_heads.head.pool(cls_maps, bbox_maps, _rois(proposals, cls_maps))
+        return self.postprocess({"class_logits": cls, "box_deltas": box}, proposals,
+                                image_sizes)
 
 
 def build_rfcn(cfg: RFCNConfig) -> RFCN:

@@ -7,8 +7,13 @@ Network (the part :func:`lowbit.nn.prepare` quantizes)::
         ──extras[k] (1x1 then 3x3)──> sources 2 ... ──head.loc[k], head.conf[k] (3x3)──>
     bbox_regression Tensor[N, P, 4], cls_logits Tensor[N, P, C + 1]
 
-and, outside it, in float: :class:`SSDTransform` (normalise + warp to ``S x S``) before, and
-:meth:`SSD.postprocess` (softmax, decode, per-class threshold / top-k / NMS) after.
+and, outside it, in float: :class:`~lowbit.detection.models.transform.SSDTransform` (normalise +
+warp to ``S x S``) before, and :meth:`SSD.postprocess` (softmax, decode,
+:func:`~lowbit.detection.ops.multiclass_nms`) after.
+
+The transform, default boxes, ``cxcywh_to_xyxy`` and the multi-class NMS are shared with YOLOv3
+and live in :mod:`lowbit.detection.models.transform` and :mod:`lowbit.detection.ops`; they
+stay importable from this module (same objects).
 
 VGG part: ``backbone.features`` is torchvision's ``vgg16().features`` (``features.0`` ...
 ``features.28``, or ``vgg16_bn``'s layout with ``batch_norm=True``) so a local torchvision
@@ -17,22 +22,16 @@ layers are changed in place, as in the SSD reference: pool3 uses ``ceil_mode=Tru
 maps) and pool5 is ``3x3, stride 1, padding 1``. ``conv6``/``conv7`` replace fc6/fc7 (freshly
 initialised; the reference sub-samples fc6/fc7, which needs the full-size ``classifier``).
 
-Default boxes (ssd.pytorch / Caffe convention; :class:`DefaultBoxGenerator`): map ``k`` of
-``m`` has scale ``s_k = min_sizes[k] / S`` and an extra box ``s'_k = sqrt(s_k * max_sizes[k] /
-S)``; with the defaults (:func:`ssd_box_sizes`) ``s_1 = min_ratio / 2`` and ``s_2 ... s_m``
-step linearly (in whole percent, Caffe's ``floor``) from ``min_ratio = 0.2`` towards
+Default boxes (ssd.pytorch / Caffe convention;
+:class:`~lowbit.detection.ops.DefaultBoxGenerator`, whose module
+:mod:`lowbit.detection.ops.anchors` gives the formula and order): map ``k`` of ``m`` has scale
+``s_k = min_sizes[k] / S`` and an extra box ``s'_k = sqrt(s_k * max_sizes[k] / S)``; with the
+defaults (:func:`~lowbit.detection.ops.ssd_box_sizes`) ``s_1 = min_ratio / 2`` and ``s_2 ...
+s_m`` step linearly (in whole percent, Caffe's ``floor``) from ``min_ratio = 0.2`` towards
 ``max_ratio = 0.9``, ``max_sizes[k] = min_sizes[k + 1]``; for 300 px this gives the familiar
-``30, 60, 111, 162, 213, 264`` / ``60, 111, 162, 213, 264, 315``. Each location of map ``k``
-(grid ``f_k = S / steps[k]``) has the boxes, in this order::
-
-    (cx, cy, s_k, s_k), (cx, cy, s'_k, s'_k),
-    then for each a in aspect_ratios[k]: (cx, cy, s_k sqrt(a), s_k / sqrt(a)),
-                                         (cx, cy, s_k / sqrt(a), s_k sqrt(a))
-
-with ``cx = (j + 0.5) / f_k``, ``cy = (i + 0.5) / f_k`` (``(w, h)`` in units of ``S``), clipped
-to ``[0, 1]`` (``clip=True``), location-major (row ``i``, column ``j``, then box). Regression
-uses :class:`~lowbit.detection.ops.BoxCoder` with weights ``(10, 10, 5, 5)``, i.e. the SSD
-variances ``(0.1, 0.2)``.
+``30, 60, 111, 162, 213, 264`` / ``60, 111, 162, 213, 264, 315``. Regression uses
+:class:`~lowbit.detection.ops.BoxCoder` with weights ``(10, 10, 5, 5)``, i.e. the SSD variances
+``(0.1, 0.2)``.
 
 Training (:func:`ssd_loss`): every default box with IoU >= 0.5 with a ground truth is positive,
 and each ground truth also gets its best default box (the reference's forced match); hard
@@ -57,7 +56,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +67,21 @@ from lowbit.detection.models.config import make_config
 from lowbit.detection.models.transform import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DetectorTransform,
+    SSDTransform,
     check_inputs,
     to_internal_targets,
 )
-from lowbit.detection.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image
+from lowbit.detection.ops import (
+    BoxCoder,
+    DefaultBoxGenerator,
+    box_iou,
+    check_postprocess_caps,
+    clip_boxes_to_image,
+    cxcywh_to_xyxy,
+    multiclass_nms,
+    ssd_box_sizes,
+)
+from lowbit.detection.protocol import DetectorSpec
 from lowbit.detection.registry import register_model
 
 __all__ = [
@@ -96,172 +105,6 @@ Target = dict[str, Any]
 VGG16_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- transform
-class SSDTransform(DetectorTransform):
-    """Normalise and warp every image to ``size x size`` (no aspect ratio kept, as SSD and
-    darknet's training resize); boxes are scaled per axis. Kept outside the quantizable
-    network; :meth:`postprocess` maps detections back to each original image size."""
-
-    def __init__(
-        self,
-        size: int,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__(None, None, image_mean, image_std, size_divisible=1)
-        if size < 1:
-            raise ValueError(f"image size must be >= 1, got {size}")
-        self.size = int(size)
-
-    def resized_size(self, h: int, w: int) -> tuple[int, int]:
-        return self.size, self.size
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}"
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` ``(cx, cy, w, h)`` → ``(x1, y1, x2, y2)``."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-# ---------------------------------------------------------------------------- default boxes
-def ssd_box_sizes(
-    image_size: float, num_maps: int, min_ratio: float = 0.2, max_ratio: float = 0.9
-) -> tuple[list[float], list[float]]:
-    """Caffe SSD's default-box sizes in pixels: ``(min_sizes, max_sizes)``, one per map.
-
-    Ratios in whole percent: ``r_min = floor(100 min_ratio)``, ``step = floor((100 max_ratio -
-    r_min) / (m - 2))``; map 1 gets ``r_min / 2`` (conv4_3's smaller scale), maps ``2 ... m``
-    get ``r_min + (k - 2) step`` and ``max_sizes[k] = min_sizes[k + 1]``, the last one
-    ``r_min + (m - 1) step``. ``ssd_box_sizes(300, 6)`` is ``([30, 60, 111, 162, 213, 264],
-    [60, 111, 162, 213, 264, 315])``.
-    """
-    if num_maps < 2:
-        raise ValueError(f"ssd_box_sizes needs at least 2 maps, got {num_maps}")
-    if not 0 < min_ratio < max_ratio:
-        raise ValueError(f"need 0 < min_ratio < max_ratio, got {min_ratio}, {max_ratio}")
-    r_min = math.floor(min_ratio * 100 + 1e-9)
-    r_max = math.floor(max_ratio * 100 + 1e-9)
-    step = (r_max - r_min) // (num_maps - 2) if num_maps > 2 else r_max - r_min
-    ratios = [r_min / 2] + [r_min + k * step for k in range(num_maps)]
-    sizes = [image_size * r / 100 for r in ratios]
-    return sizes[:num_maps], sizes[1 : num_maps + 1]
-
-
-class DefaultBoxGenerator(nn.Module):
-    """SSD default boxes (see the module docstring for the formula and order).
-
-    Args:
-        min_sizes, max_sizes: per map, pixels of an ``image_size`` input (``s_k``, ``s_{k+1}``).
-        aspect_ratios: per map, the extra ratios ``a`` (each gives ``a`` and ``1 / a``).
-        steps: per map, the stride in pixels of an ``image_size`` input; the grid of map ``k``
-            is ``f_k = image_size / steps[k]`` (ssd.pytorch). ``None``: the feature map's own
-            size.
-        image_size: the side ``S`` the sizes and steps refer to.
-        clip: clip the ``(cx, cy, w, h)`` boxes to ``[0, 1]`` (reference behaviour).
-    """
-
-    def __init__(
-        self,
-        min_sizes: Sequence[float],
-        max_sizes: Sequence[float],
-        aspect_ratios: Sequence[Sequence[float]],
-        steps: Sequence[float] | None,
-        image_size: float,
-        clip: bool = True,
-    ) -> None:
-        super().__init__()
-        m = len(min_sizes)
-        bad_steps = steps is not None and len(steps) != m
-        if not (len(max_sizes) == len(aspect_ratios) == m) or bad_steps:
-            raise ValueError(
-                f"min_sizes, max_sizes, aspect_ratios (and steps) need one entry per map, got "
-                f"{len(min_sizes)}, {len(max_sizes)}, {len(aspect_ratios)}"
-                f"{'' if steps is None else ', ' + str(len(steps))}"
-            )
-        if any(s <= 0 for s in min_sizes) or any(s <= 0 for s in max_sizes) or image_size <= 0:
-            raise ValueError("default box sizes and image_size must be > 0")
-        if any(a <= 0 for ars in aspect_ratios for a in ars):
-            raise ValueError(f"aspect ratios must be > 0, got {aspect_ratios}")
-        self.min_sizes = tuple(float(s) for s in min_sizes)
-        self.max_sizes = tuple(float(s) for s in max_sizes)
-        self.aspect_ratios = tuple(tuple(float(a) for a in ars) for ars in aspect_ratios)
-        self.steps = None if steps is None else tuple(float(s) for s in steps)
-        self.image_size = float(image_size)
-        self.clip = bool(clip)
-        self._cache: dict[tuple, Tensor] = {}
-
-    @property
-    def num_boxes_per_location(self) -> list[int]:
-        """``2 + 2 len(aspect_ratios[k])`` per map."""
-        return [2 + 2 * len(a) for a in self.aspect_ratios]
-
-    def cxcywh(
-        self,
-        feature_sizes: Sequence[tuple[int, int]],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """Normalised default boxes ``Tensor[P, 4]`` ``(cx, cy, w, h)`` in units of the input
-        side, for maps of ``(H_k, W_k)``; ``P = sum H_k W_k A_k``."""
-        if len(feature_sizes) != len(self.min_sizes):
-            raise ValueError(
-                f"{len(feature_sizes)} feature maps for {len(self.min_sizes)} default-box specs"
-            )
-        out = []
-        for k, (fh, fw) in enumerate(feature_sizes):
-            if self.steps is None:
-                gy, gx = float(fh), float(fw)
-            else:
-                gy = gx = self.image_size / self.steps[k]
-            cy = (torch.arange(fh, dtype=torch.float64) + 0.5) / gy
-            cx = (torch.arange(fw, dtype=torch.float64) + 0.5) / gx
-            cy, cx = torch.meshgrid(cy, cx, indexing="ij")
-            s = self.min_sizes[k] / self.image_size
-            s2 = math.sqrt(s * self.max_sizes[k] / self.image_size)
-            wh = [(s, s), (s2, s2)]
-            for a in self.aspect_ratios[k]:
-                r = math.sqrt(a)
-                wh += [(s * r, s / r), (s / r, s * r)]
-            wh_t = torch.tensor(wh, dtype=torch.float64)  # [A, 2]
-            centers = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2)  # [HW, 1, 2]
-            boxes = torch.cat(
-                (centers.expand(-1, len(wh), 2), wh_t[None].expand(centers.shape[0], -1, 2)), -1
-            )
-            out.append(boxes.reshape(-1, 4))
-        boxes = torch.cat(out) if out else torch.zeros((0, 4), dtype=torch.float64)
-        if self.clip:
-            boxes = boxes.clamp(0.0, 1.0)
-        return boxes.to(dtype=dtype, device=device)
-
-    def forward(
-        self,
-        feature_sizes: Sequence[tuple[int, int]],
-        image_size: tuple[int, int],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """Default boxes ``Tensor[P, 4]`` xyxy in pixels of an ``(H, W)`` input (the
-        normalised boxes times ``W`` and ``H``); cached per sizes, dtype and device."""
-        key = (tuple(map(tuple, feature_sizes)), tuple(image_size), dtype, str(device))
-        if key not in self._cache:
-            h, w = image_size
-            scale = torch.tensor([w, h, w, h], dtype=torch.float64)
-            boxes = cxcywh_to_xyxy(self.cxcywh(feature_sizes, torch.float64)) * scale
-            if len(self._cache) > 8:
-                self._cache.clear()
-            self._cache[key] = boxes.to(dtype=dtype, device=device)
-        return self._cache[key]
-
-    def extra_repr(self) -> str:
-        return (
-            f"min_sizes={self.min_sizes}, max_sizes={self.max_sizes}, "
-            f"aspect_ratios={self.aspect_ratios}, steps={self.steps}, clip={self.clip}"
-        )
 
 
 # ---------------------------------------------------------------------------- network
@@ -514,78 +357,6 @@ def ssd_loss(
     return {"loss_classifier": loss_cls / denom, "loss_box_reg": loss_box / denom}
 
 
-# ---------------------------------------------------------------------------- post-processing
-def check_postprocess_caps(
-    topk_candidates: int, detections_per_img: int, pre_nms_top_n: int | None
-) -> None:
-    """Raise ``ValueError`` naming the option unless the caps of :func:`multiclass_nms` are
-    whole numbers ``>= 1`` (``pre_nms_top_n`` may be ``None``)."""
-    caps = {
-        "topk_candidates": topk_candidates,
-        "detections_per_img": detections_per_img,
-        "pre_nms_top_n": pre_nms_top_n,
-    }
-    for name, v in caps.items():
-        if v is None and name == "pre_nms_top_n":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            extra = " or None" if name == "pre_nms_top_n" else ""
-            raise ValueError(f"{name} must be an int >= 1{extra}, got {v!r}")
-
-
-@torch.no_grad()
-def multiclass_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    score_thresh: float,
-    nms_thresh: float,
-    topk_candidates: int,
-    detections_per_img: int,
-    pre_nms_top_n: int | None = None,
-) -> dict[str, Tensor]:
-    """Pre-NMS threshold and caps, per-class NMS and final top-k for one image.
-
-    Order: keep scores strictly above ``score_thresh``; per class keep the
-    ``topk_candidates`` highest; over all classes keep the ``pre_nms_top_n`` highest
-    (``None``: no per-image cap); per-class NMS; the ``detections_per_img`` highest survivors.
-    So NMS never sees more than ``min(C topk_candidates, pre_nms_top_n)`` boxes, however flat
-    the scores of an untrained model are. Ties at a cap: ``torch.topk``'s choice.
-
-    Args:
-        boxes: ``Tensor[P, 4]`` xyxy (shared by all classes) or ``Tensor[P, C, 4]``.
-        scores: ``Tensor[P, C]`` per foreground class (column ``c`` is label ``c``).
-        score_thresh: pre-NMS score threshold (strict).
-        nms_thresh: IoU above which a lower-scored box of the same class is suppressed.
-        topk_candidates: per-class cap before NMS (``>= 1``).
-        detections_per_img: cap on the output (``>= 1``).
-        pre_nms_top_n: per-image cap before NMS, over all classes (``>= 1`` or ``None``).
-
-    Returns:
-        ``boxes float32[D, 4]``, ``labels int64[D]`` (0-based), ``scores float32[D]`` sorted
-        decreasing, ``D <= detections_per_img``; scores strictly above ``score_thresh``.
-    """
-    check_postprocess_caps(topk_candidates, detections_per_img, pre_nms_top_n)
-    c = scores.shape[1]
-    all_boxes, all_scores, all_labels = [], [], []
-    for k in range(c):
-        s = scores[:, k]
-        keep = torch.nonzero(s > score_thresh).flatten()
-        if keep.numel() > topk_candidates:
-            keep = keep[s[keep].topk(topk_candidates).indices]
-        b = boxes[keep] if boxes.dim() == 2 else boxes[keep, k]
-        all_boxes.append(b)
-        all_scores.append(s[keep])
-        all_labels.append(torch.full_like(keep, k))
-    b = torch.cat(all_boxes).float()
-    s = torch.cat(all_scores).float()
-    lab = torch.cat(all_labels)
-    if pre_nms_top_n is not None and s.numel() > pre_nms_top_n:
-        top = s.topk(pre_nms_top_n).indices
-        b, s, lab = b[top], s[top], lab[top]
-    keep = batched_nms(b, s, lab, nms_thresh)[:detections_per_img]
-    return {"boxes": b[keep].contiguous(), "labels": lab[keep], "scores": s[keep]}
-
-
 # ---------------------------------------------------------------------------- config + model
 def _seq(v: Any) -> tuple:
     return tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in v)
@@ -689,7 +460,17 @@ class SSD(nn.Module):
     Attributes: ``transform`` (:class:`SSDTransform`), ``backbone``
     (:class:`SSDVGGBackbone`), ``head`` (:class:`SSDHead`), ``default_boxes``
     (:class:`DefaultBoxGenerator`), ``config`` (resolved dict).
+
+    Detector protocol (:mod:`lowbit.detection.protocol`): ``forward_raw(batch)`` only; no
+    traceable trunk and not exportable yet.
     """
+
+    detector_spec: ClassVar[DetectorSpec] = DetectorSpec(
+        raw_outputs=("bbox_regression", "cls_logits"),
+        raw_geometry=("default_boxes",),
+        note="SSD export is not wired yet (its default boxes need the source map sizes, which "
+             "concatenated outputs do not carry); export rfcn_* or yolov3_* detectors",
+    )
 
     def __init__(self, cfg: SSDConfig) -> None:
         super().__init__()
@@ -752,6 +533,19 @@ class SSD(nn.Module):
                 )  # fmt: skip
             )
         return out
+
+    def forward_trunk(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """SSD has no traceable trunk yet: ``ValueError`` naming the class."""
+        raise ValueError(f"{type(self).__name__}: {self.detector_spec.note}")
+
+    def postprocess_trunk(
+        self,
+        outputs: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        batch_hw: tuple[int, int],
+    ) -> list[dict[str, Tensor]]:
+        """SSD has no traceable trunk yet: ``ValueError`` naming the class."""
+        raise ValueError(f"{type(self).__name__}: {self.detector_spec.note}")
 
     def forward(
         self, images: Sequence[Tensor] | Tensor, targets: Sequence[Target] | None = None

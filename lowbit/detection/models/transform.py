@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lowbit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "DetectorTransform",
+    "SSDTransform",
     "check_inputs",
     "image_name",
     "to_internal_targets",
@@ -32,8 +37,6 @@ __all__ = [
     "validate_targets",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Target = dict[str, Any]
 
@@ -250,3 +253,30 @@ class DetectorTransform(nn.Module):
             f"min_size={self.min_size}, max_size={self.max_size}, "
             f"size_divisible={self.size_divisible}"
         )
+
+
+class SSDTransform(DetectorTransform):
+    """Normalise and warp every image to ``size x size`` (no aspect ratio kept, as SSD and
+    darknet's training resize); boxes are scaled per axis. The pre-processing of the
+    single-stage detectors (SSD, YOLOv3), kept outside the quantizable network;
+    :meth:`postprocess` maps detections back to each original image size.
+
+    Returns of ``transform(images, targets)``: ``Tensor[N, 3, size, size]``, ``[(size,
+    size)] * N`` and the targets' boxes scaled by ``(size / W_i, size / H_i)``."""
+
+    def __init__(
+        self,
+        size: int,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(None, None, image_mean, image_std, size_divisible=1)
+        if size < 1:
+            raise ValueError(f"image size must be >= 1, got {size}")
+        self.size = int(size)
+
+    def resized_size(self, h: int, w: int) -> tuple[int, int]:
+        return self.size, self.size
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"

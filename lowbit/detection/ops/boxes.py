@@ -25,6 +25,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "cxcywh_to_xyxy",
     "remove_small_boxes",
 ]
 
@@ -113,6 +114,12 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``Tensor[..., 4]`` ``(cx, cy, w, h)`` → ``(x1, y1, x2, y2)``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:

@@ -27,6 +27,9 @@ in :func:`~lowbit.detection.ops.box_iou`), so it never suppresses and is never s
 NaN scores are ordered as ``torch.sort(descending=True)`` orders them (first, like
 torchvision), ``±inf`` scores as numbers. A NaN or negative ``iou_threshold`` raises
 ``ValueError`` (below 0, IoU 0 would suppress disjoint boxes).
+
+:func:`multiclass_nms` is the single-stage detectors' (SSD, YOLOv3) per-image post-processing
+around :func:`batched_nms`: score threshold, per-class and per-image caps, NMS, final top-k.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["batched_nms", "nms"]
+__all__ = ["batched_nms", "check_postprocess_caps", "multiclass_nms", "nms"]
 
 _BLOCK = 256  # boxes per block; also bounds the later-box test to _BLOCK * N temporaries
 _PER_CLASS_ABOVE = 1000  # batched_nms: one pass with a category test up to here, then per class
@@ -203,3 +206,74 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     keep = torch.sort(torch.cat(kept)).values  # index order, so that the stable sort below
     order = torch.sort(scores.detach()[keep], descending=True, stable=True).indices
     return keep[order]  # breaks score ties by index, as nms does
+
+
+def check_postprocess_caps(
+    topk_candidates: int, detections_per_img: int, pre_nms_top_n: int | None
+) -> None:
+    """Raise ``ValueError`` naming the option unless the caps of :func:`multiclass_nms` are
+    whole numbers ``>= 1`` (``pre_nms_top_n`` may be ``None``)."""
+    caps = {
+        "topk_candidates": topk_candidates,
+        "detections_per_img": detections_per_img,
+        "pre_nms_top_n": pre_nms_top_n,
+    }
+    for name, v in caps.items():
+        if v is None and name == "pre_nms_top_n":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            extra = " or None" if name == "pre_nms_top_n" else ""
+            raise ValueError(f"{name} must be an int >= 1{extra}, got {v!r}")
+
+
+@torch.no_grad()
+def multiclass_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thresh: float,
+    nms_thresh: float,
+    topk_candidates: int,
+    detections_per_img: int,
+    pre_nms_top_n: int | None = None,
+) -> dict[str, Tensor]:
+    """Pre-NMS threshold and caps, per-class NMS and final top-k for one image.
+
+    Order: keep scores strictly above ``score_thresh``; per class keep the
+    ``topk_candidates`` highest; over all classes keep the ``pre_nms_top_n`` highest
+    (``None``: no per-image cap); per-class NMS; the ``detections_per_img`` highest survivors.
+    So NMS never sees more than ``min(C topk_candidates, pre_nms_top_n)`` boxes, however flat
+    the scores of an untrained model are. Ties at a cap: ``torch.topk``'s choice.
+
+    Args:
+        boxes: ``Tensor[P, 4]`` xyxy (shared by all classes) or ``Tensor[P, C, 4]``.
+        scores: ``Tensor[P, C]`` per foreground class (column ``c`` is label ``c``).
+        score_thresh: pre-NMS score threshold (strict).
+        nms_thresh: IoU above which a lower-scored box of the same class is suppressed.
+        topk_candidates: per-class cap before NMS (``>= 1``).
+        detections_per_img: cap on the output (``>= 1``).
+        pre_nms_top_n: per-image cap before NMS, over all classes (``>= 1`` or ``None``).
+
+    Returns:
+        ``boxes float32[D, 4]``, ``labels int64[D]`` (0-based), ``scores float32[D]`` sorted
+        decreasing, ``D <= detections_per_img``; scores strictly above ``score_thresh``.
+    """
+    check_postprocess_caps(topk_candidates, detections_per_img, pre_nms_top_n)
+    c = scores.shape[1]
+    all_boxes, all_scores, all_labels = [], [], []
+    for k in range(c):
+        s = scores[:, k]
+        keep = torch.nonzero(s > score_thresh).flatten()
+        if keep.numel() > topk_candidates:
+            keep = keep[s[keep].topk(topk_candidates).indices]
+        b = boxes[keep] if boxes.dim() == 2 else boxes[keep, k]
+        all_boxes.append(b)
+        all_scores.append(s[keep])
+        all_labels.append(torch.full_like(keep, k))
+    b = torch.cat(all_boxes).float()
+    s = torch.cat(all_scores).float()
+    lab = torch.cat(all_labels)
+    if pre_nms_top_n is not None and s.numel() > pre_nms_top_n:
+        top = s.topk(pre_nms_top_n).indices
+        b, s, lab = b[top], s[top], lab[top]
+    keep = batched_nms(b, s, lab, nms_thresh)[:detections_per_img]
+    return {"boxes": b[keep].contiguous(), "labels": lab[keep], "scores": s[keep]}
