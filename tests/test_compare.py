@@ -632,3 +632,15 @@ def test_per_channel_lbw_row_is_opt_in() -> None:
     m = METHODS["lbw-exact-ch"]
     assert "lbw-exact-ch" not in DEFAULT_METHODS and m.kind == "qat"
     assert m.recipe(5) == {"method": "lbw-exact", "bits": 5, "params": {"per_channel": True}}
+
+
+def test_datafree_bits_follow_the_schemes_registry_ranges(tmp_path: Path) -> None:
+    from lowbit.studies.datafree import datafree
+
+    # uniform/log/pot accept 2..8 (lowbit.quant's registry), so 1 is refused with them...
+    for bad, schemes in ((1, ("uniform", "kmeans")), (9, ("kmeans",)), (0, ("pot",))):
+        with pytest.raises(ValueError, match=rf"data-free bits .*got {bad}"):
+            datafree(tmp_path / "no-run", tmp_path / "o", schemes=schemes, bits=[bad])
+    # ...while k-means alone accepts 1 bit: the check passes and the missing run is named next
+    with pytest.raises(ValueError, match="no-run: datafree needs a trained FP32 run folder"):
+        datafree(tmp_path / "no-run", tmp_path / "o", schemes=("kmeans",), bits=[1])

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lowbit.quant._common import check_float, compute_dtype
+from lowbit.quant._common import check_bits, check_float, compute_dtype
 from lowbit.quant.cluster import kmeans_1d
 
 __all__ = [
@@ -49,8 +49,7 @@ __all__ = [
 def levels_for_bits(bits: int, signed: bool = True) -> Tensor:
     """Integer levels used by the paper's code: signed ``{-(2**(b-1)-1), ..., 2**(b-1)-1}``
     (b = 2: ternary ``{-1, 0, 1}``); unsigned ``{0, ..., 2**b - 1}``."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in [1, 8], got {bits}")
+    check_bits(bits, 1, 8)
     if signed:
         if bits == 1:
             return torch.tensor([-1.0, 1.0])

@@ -320,9 +320,14 @@ def datafree(run: str | os.PathLike[str], out: str | os.PathLike[str], *,
     bits = sorted(set(int(b) for b in bits))
     if not bits:
         raise ValueError("no bit-width given")
+    import lowbit.quant as Q
+    from lowbit.quant._common import check_bits
+
+    # the widths every chosen scheme's registry entry accepts (uniform, log, pot: 2..8)
+    lo = max(Q.get(SCHEME_QUANTIZERS[s][0]).bit_range[0] for s in schemes)
+    hi = min(Q.get(SCHEME_QUANTIZERS[s][0]).bit_range[1] for s in schemes)
     for b in bits:
-        if not 2 <= b <= 8:
-            raise ValueError(f"data-free bits must be in [2, 8], got {b}")
+        check_bits(b, lo, hi, "data-free bits")
     if cluster_scheme not in SCHEMES:
         raise ValueError(f"cluster scheme must be one of {SCHEMES}, got {cluster_scheme!r}")
     if not 0 <= tolerance < 1:
