@@ -14,10 +14,12 @@ from typing import Any
 
 from torch import nn
 
+from lowbit.registry import Registry
+
 __all__ = ["create_model", "list_models", "model_size_option", "register_model"]
 
 ModelFn = Callable[..., nn.Module]
-_MODELS: dict[str, ModelFn] = {}
+_MODELS: Registry[ModelFn] = Registry("detection model")
 _SIZE_OPTIONS: dict[str, str | None] = {}
 # Modules whose import registers the built-in entries (those present in this checkout).
 _BUILTINS = (
@@ -41,9 +43,7 @@ def register_model(
     """
 
     def deco(fn: ModelFn) -> ModelFn:
-        if name in _MODELS:
-            raise ValueError(f"detection model {name!r} is already registered")
-        _MODELS[name] = fn
+        _MODELS.register(name, fn)  # ValueError on a duplicate or a non-str name
         _SIZE_OPTIONS[name] = size_option
         return fn
 
@@ -54,8 +54,7 @@ def model_size_option(name: str) -> str | None:
     """The keyword of the registered model ``name`` that one input-size number sets (see
     :func:`register_model`); raises ``ValueError`` for an unknown name."""
     _load_builtins()
-    if name not in _MODELS:
-        raise ValueError(f"unknown detection model {name!r}; known: {', '.join(list_models())}")
+    _MODELS.get(name)  # ValueError listing the known names
     return _SIZE_OPTIONS[name]
 
 
@@ -73,12 +72,10 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     ``ValueError`` listing the valid ones.
     """
     _load_builtins()
-    if name not in _MODELS:
-        raise ValueError(f"unknown detection model {name!r}; known: {', '.join(list_models())}")
-    return _MODELS[name](num_classes, **kwargs)
+    return _MODELS.get(name)(num_classes, **kwargs)
 
 
 def list_models() -> list[str]:
     """Registered detector names, sorted."""
     _load_builtins()
-    return sorted(_MODELS)
+    return _MODELS.names()

@@ -38,7 +38,7 @@ def scratch_tasks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def scratch_detectors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Detectors registered in the test land in copies of the detection registry's tables."""
     list_models()  # load the built-in detectors first
-    monkeypatch.setattr(det_registry, "_MODELS", dict(det_registry._MODELS))
+    monkeypatch.setattr(det_registry, "_MODELS", det_registry._MODELS.copy())
     monkeypatch.setattr(det_registry, "_SIZE_OPTIONS", dict(det_registry._SIZE_OPTIONS))
     yield
 

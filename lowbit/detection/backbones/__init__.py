@@ -7,6 +7,7 @@ downloaded.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -29,6 +30,7 @@ from lowbit.detection.backbones.resnet import (
     resnet101,
 )
 from lowbit.detection.backbones.vgg import VGG, vgg16
+from lowbit.registry import unknown_name
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
@@ -41,10 +43,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_backbone(name: str, **kwargs) -> nn.Module:
-    """Build a backbone by name (``list_backbones()``); keywords go to its constructor."""
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build a backbone by name (``list_backbones()``); keywords go to its constructor.
+    ValueError listing the known names for an unknown one."""
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+        raise unknown_name("backbone", name, BACKBONES)
     return BACKBONES[name](**kwargs)
 
 
