@@ -7,6 +7,7 @@ Imports neither torch nor any other verb: the whole command is numpy + the stand
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 from pathlib import Path
@@ -34,10 +35,19 @@ def _run(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     if not (0.0 <= args.iou < 1.0):  # also refuses nan
         raise ValueError(f"voc-eval: --iou must be in [0, 1), got {args.iou}")
-    result = voc_eval_files(
-        root, args.split, args.dets, classes=classes, metric=args.metric, iou_thresh=args.iou,
-        prefix=args.prefix, cache=not args.no_cache, cache_dir=args.cache_dir,
-    )
+    # One short pass that allocates ~10^5 lists, tuples and dicts and frees no cycles: the
+    # cyclic garbage collector would only re-walk them (about a tenth of a cold run's time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = voc_eval_files(
+            root, args.split, args.dets, classes=classes, metric=args.metric,
+            iou_thresh=args.iou, prefix=args.prefix, cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if args.json:
         d = result.to_dict()
         print(json.dumps(d if args.exact else _rounded(d)))

@@ -18,9 +18,8 @@ A *devkit folder* holds ``Annotations/*.xml``, ``JPEGImages/*.jpg`` and
 from __future__ import annotations
 
 import math
+import os
 import re
-import xml.etree.ElementTree as ET
-import xml.parsers.expat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowbit._files import read_input_bytes
-
 if TYPE_CHECKING:  # torch is imported lazily: `lowbit voc-eval` never loads it
+    import xml.etree.ElementTree as ET
+
     from torch import Tensor
 
     from lowbit.data.voc_dataset import VOCDetection
@@ -150,6 +149,8 @@ def _refuse_declarations(data: bytes) -> None:
     """One expat pass that raises :class:`_Unsafe` at the first DOCTYPE, entity declaration or
     external reference (before anything is expanded) and ``ExpatError`` if malformed."""
 
+    import xml.parsers.expat
+
     def refuse(what: str) -> Callable[..., None]:
         def handler(*args: Any) -> None:
             raise _Unsafe(f"{what} {args[0]!r}" if args and isinstance(args[0], str) else what)
@@ -178,6 +179,9 @@ def parse_xml_bytes(data: bytes, path: str | Path) -> ET.Element:
     handlers that refuse declarations before they take effect. (defusedxml's tree builder runs
     in Python: 3-4x slower on VOC files.)
     """
+    import xml.etree.ElementTree as ET  # imported here: plain VOC files never need it
+    import xml.parsers.expat
+
     try:
         if not _markup_declarations_impossible(data):
             _refuse_declarations(data)
@@ -200,8 +204,13 @@ def parse_voc_xml(path: str | Path, check_bounds: bool = True) -> VOCAnnotation:
     malformed XML, missing or non-finite fields, or -- with ``check_bounds`` -- a box not
     inside ``1 <= xmin <= xmax <= width``, ``1 <= ymin <= ymax <= height``.
     """
+    from lowbit._files import read_input_bytes
+
     path = Path(path)
     data = read_input_bytes(path, "annotation file")
+    fast = _fast_voc(data, check_bounds)  # plain VOC files; None: anything else
+    if fast is not None:
+        return _annotation_from_fast(fast, path)
     return _voc_from_root(parse_xml_bytes(data, path), path, check_bounds)
 
 
@@ -228,16 +237,44 @@ _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 _KNOWN = frozenset({"name", "bndbox", "difficult", "truncated"})
 
 
-def _parse_voc_file(spath: str) -> VOCAnnotation:
-    """:func:`parse_voc_xml` with ``check_bounds`` for a ``str`` path that was just stat-ed
-    (the cache's hot loop: no pathlib until an error or the result needs it)."""
+def _stat(spath: str) -> os.stat_result:
+    """``os.stat`` of an annotation file, errors naming it as the cache loop reports them."""
     try:
-        with open(spath, "rb") as f:
-            data = f.read()
+        return os.stat(spath)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{spath}: annotation file not found") from None
+    except OSError as exc:
+        raise ValueError(f"{spath}: cannot read annotation: {exc.strerror or exc}") from None
+
+
+def _parse_entry(spath: str) -> list[Any]:
+    """The cache entry of the annotation file ``spath`` (a ``str``: no pathlib in the hot loop),
+    parsed with ``check_bounds``: one ``open`` + ``fstat`` + ``read`` and :func:`_fast_voc`;
+    a file it cannot read in one go or outside the fast grammar goes through :func:`_stat` and
+    :func:`parse_voc_xml` (the same errors, with the same messages)."""
+    try:
+        fd = os.open(spath, os.O_RDONLY)
     except OSError:
-        return parse_voc_xml(spath)  # the same errors, with the same messages
-    path = Path(spath)
-    return _voc_from_root(parse_xml_bytes(data, path), path, True)
+        fd = -1
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            data = os.read(fd, st.st_size + 1)  # + 1: a file that grew is read the slow way
+        except OSError:  # a folder, an I/O error: reported below
+            data = None
+        finally:
+            os.close(fd)
+        if data is not None and len(data) == st.st_size:
+            fast = _fast_voc(data)
+            if fast is not None:
+                filename, width, height, objs = fast
+                if filename is None:
+                    filename = Path(spath).stem + ".jpg"
+                return [st.st_size, st.st_mtime_ns, filename, width, height, objs]
+            path = Path(spath)
+            return _to_entry(_voc_from_root(parse_xml_bytes(data, path), path, True), st)
+    st = _stat(spath)
+    return _to_entry(parse_voc_xml(spath), st)
 
 
 def _voc_from_root(root: ET.Element, path: Path, check_bounds: bool) -> VOCAnnotation:
@@ -273,6 +310,269 @@ def _voc_from_root(root: ET.Element, path: Path, check_bounds: bool) -> VOCAnnot
     return VOCAnnotation(path, filename, width, height, objects)
 
 
+# ----------------------------------------------------------------------------- fast path
+# Plain VOC files (what the VOC devkit and labelling tools write) are parsed by compiled
+# regular expressions on the decoded text instead of ElementTree + a Python tree walk. The
+# grammar accepted is deliberately narrow, and every document outside it -- or inside it but
+# with anything the ElementTree path would refuse (a missing or non-numeric field, a box out
+# of bounds, duplicated child tags) -- goes to that path, which gives the answer or the error.
+# Inside the grammar the result is exactly the ElementTree path's (tests/data/test_voc_fast.py).
+#
+#   document  := BOM? xmldecl? S "<annotation>" (text top)* text "</annotation>" S
+#   xmldecl   := '<?xml version="1.0"' (encoding="utf-8", any case)? (standalone=yes|no)? '?>'
+#   top       := leaf | container | object        container := <t> (text leaf)+ text </t>
+#   object    := "<object>" (text (leaf | bndbox))* text "</object>"
+#   bndbox    := "<bndbox>" (text leaf)* text "</bndbox>"
+#   leaf      := <t> text </t>
+#
+# Tags are ASCII names without attributes (``<t>``, ``</t>``: nothing else inside the
+# brackets); ``text`` is character data without ``<`` or ``&`` -- so no entity or character
+# reference, comment, CDATA section, processing instruction or DOCTYPE can occur -- and
+# without the characters XML forbids; a ``]]>`` anywhere sends the file to ElementTree. No
+# tag below the root is named ``object`` except the top-level objects, and none inside an
+# object is named ``bndbox`` except its box, so ``root.iter("object")`` is exactly the
+# top-level objects. Line ends are normalised first (``\r\n`` and ``\r`` -> ``\n``), as XML
+# processors do.
+#
+# Two patterns: the *canonical* one (``<filename>`` before ``<size>``, which holds ``width,
+# height, depth?``; objects after every other top-level element, each ``name, pose?,
+# truncated?, difficult?, bndbox(xmin, ymin, xmax, ymax)`` in this order, as the VOC2007
+# devkit and write_voc_xml without ``extra`` write them) captures filename and size in its
+# one match and lets one ``findall`` capture every object's fields; any other document of the
+# grammar takes the general one (one ``findall`` per object part).
+_S = r"[ \t\n]*+"
+_TXT = r"[^<]*+"  # the forbidden characters (and "&") are refused before: see _fast_voc
+_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*+"
+_DECL = (
+    r"<\?xml[ \t\n]++version[ \t\n]*+=[ \t\n]*+(?:\"1\.0\"|'1\.0')"
+    r"(?:[ \t\n]++encoding[ \t\n]*+=[ \t\n]*+(?:\"[Uu][Tt][Ff]-8\"|'[Uu][Tt][Ff]-8'))?"
+    r"(?:[ \t\n]++standalone[ \t\n]*+=[ \t\n]*+(?:\"(?:yes|no)\"|'(?:yes|no)'))?"
+    r"[ \t\n]*+\?>"
+)
+# (Python 3.11's re raises SystemError on possessive repeats of groups holding atomic
+# alternatives: groups repeat greedily; every element is atomic, so failing is linear.)
+
+
+def _leaf(group: str, not_named: str) -> str:
+    """Regex of one leaf element ``<t>text</t>`` whose tag is none of ``not_named`` (``|``)."""
+    return rf"<(?P<{group}>(?!(?:{not_named})>){_NAME})>{_TXT}</(?P={group})>"
+
+
+def _top(suffix: str, not_named: str, objects: bool = True) -> str:
+    """Regex of one child of the root: a leaf, a container of leaves or (``objects``) an
+    object; leaves and containers are named neither ``object`` nor any of ``not_named``."""
+    avoid = f"object|{not_named}" if not_named else "object"
+    cont = (
+        rf"<(?P<c{suffix}>(?!(?:{avoid})>){_NAME})>"
+        rf"(?:{_TXT}{_leaf('k' + suffix, 'object')})+{_TXT}</(?P=c{suffix})>"
+    )
+    if not objects:
+        return rf"(?>{_leaf('t' + suffix, avoid)}|{cont})"
+    bndbox = rf"<bndbox>(?:{_TXT}{_leaf('b' + suffix, 'object|bndbox')})*{_TXT}</bndbox>"
+    obj = (
+        rf"<object>(?:{_TXT}(?>{_leaf('o' + suffix, 'object|bndbox')}|{bndbox}))*"
+        rf"{_TXT}</object>"
+    )
+    return rf"(?>{_leaf('t' + suffix, avoid)}|{cont}|{obj})"
+
+
+def _canonical_object(capture: bool) -> str:
+    """Regex of one canonical object; ``capture``: groups name, pose + ``</pose>`` (never
+    empty when present), truncated, difficult, xmin, ymin, xmax, ymax."""
+    g = f"({_TXT})" if capture else _TXT
+    pose = f"({_TXT}</pose>)" if capture else f"{_TXT}</pose>"
+    return (
+        rf"<object>{_TXT}<name>{g}</name>{_TXT}(?:<pose>{pose}{_TXT})?"
+        rf"(?:<truncated>{g}</truncated>{_TXT})?(?:<difficult>{g}</difficult>{_TXT})?"
+        rf"<bndbox>{_TXT}<xmin>{g}</xmin>{_TXT}<ymin>{g}</ymin>{_TXT}<xmax>{g}</xmax>{_TXT}"
+        rf"<ymax>{g}</ymax>{_TXT}</bndbox>{_TXT}</object>"
+    )
+
+
+_PROLOG = rf"\ufeff?+(?:{_DECL})?{_S}<annotation>"
+#: ``size``: the first top-level ``<size>``, which must be a container of leaves.
+_SIZE = rf"<size>(?P<size>(?:{_TXT}{_leaf('s', 'object')})+{_TXT})</size>"
+_SOURCES: dict[str, str] = {
+    # the first top-level <filename> (a leaf) before the first <size> (width, height, depth?)
+    "canonical": (
+        rf"{_PROLOG}(?:{_TXT}{_top('1', 'filename|size', False)})*{_TXT}"
+        rf"<filename>(?P<f>{_TXT})</filename>(?:{_TXT}{_top('2', 'size', False)})*{_TXT}"
+        rf"<size>{_TXT}<width>(?P<w>{_TXT})</width>{_TXT}<height>(?P<h>{_TXT})</height>{_TXT}"
+        rf"(?:<depth>{_TXT}</depth>{_TXT})?</size>(?:{_TXT}{_top('3', '', False)})*"
+        rf"(?P<objs>(?:{_TXT}{_canonical_object(False)})*){_TXT}</annotation>{_S}"
+    ),
+    "general": (
+        rf"{_PROLOG}(?P<pre>(?:{_TXT}{_top('1', 'size')})*{_TXT}){_SIZE}"
+        rf"(?:{_TXT}{_top('2', '')})*{_TXT}</annotation>{_S}"
+    ),
+    # from the start of the root's content: the first top-level <filename>, a leaf
+    "filename": rf"(?:{_TXT}{_top('3', 'filename')})*{_TXT}<filename>(?P<f>{_TXT})</filename>",
+    "objects": _canonical_object(True),
+    "leaf": rf"<({_NAME})>({_TXT})</\1>",
+}
+_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+def _rx(name: str) -> re.Pattern[str]:
+    """The fast-path pattern ``name``, compiled on first use (a run that only reads the
+    annotation cache never pays for it)."""
+    rx = _COMPILED.get(name)
+    if rx is None:
+        rx = _COMPILED[name] = re.compile(_SOURCES[name])
+    return rx
+
+
+#: Bytes XML forbids in a document (``\r`` is normalised before), deleted by ``translate``.
+_FORBIDDEN = bytes(range(0x09)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20))
+_SPECIAL = _FORBIDDEN + b"\r&]"  # one C pass: most files hold none of these bytes
+_FALSE = ("0", "false", "False")
+_FLAGS = {"0": False, "1": True, "": False}  # the usual texts of <difficult>, <truncated>
+
+#: ``(filename or None, width, height, objects)``, objects as cache entries
+#: ``[name, xmin, ymin, xmax, ymax, difficult, truncated, extra]``.
+FastVOC = tuple[str | None, int, int, list[list[Any]]]
+
+
+def _fast_voc(data: bytes, check_bounds: bool = True) -> FastVOC | None:
+    """Parse a plain VOC file (the grammar above) without building a tree.
+
+    Returns ``(filename, width, height, objects)`` -- ``filename`` ``None`` when the file has
+    none (the caller substitutes ``<stem>.jpg``), ``objects`` as cache entries -- exactly what
+    :func:`_voc_from_root` gives after :func:`parse_xml_bytes`, or ``None`` when ``data`` is
+    outside the grammar or would be an error there: the caller then takes that path, which
+    raises the error (unsafe XML, malformed XML or VOC content, a box out of bounds).
+    """
+    if len(data.translate(None, _SPECIAL)) != len(data):
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"&" in data or b"]]>" in data or len(data.translate(None, _FORBIDDEN)) != len(data):
+            return None
+    if not data.isascii() and (b"\xef\xbf\xbe" in data or b"\xef\xbf\xbf" in data):
+        return None  # U+FFFE, U+FFFF: not XML characters
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    doc = _rx("canonical").fullmatch(text)
+    general = doc is None
+    if not general:
+        filename: str | None = doc["f"].strip() or None
+        wh: tuple[str | None, str | None] = (doc["w"], doc["h"])
+    else:
+        doc = _rx("general").fullmatch(text)
+        if doc is None:
+            return None
+        sizes = _rx("leaf").findall(doc["size"])
+        size = dict(sizes)
+        if len(size) != len(sizes):  # duplicated tags: ElementTree's path takes the first
+            return None
+        wh = (size.get("width"), size.get("height"))
+        filename = None
+        if "<filename>" in text:
+            fm = _rx("filename").match(text, doc.start("pre"))
+            if fm is None:  # <filename> nested only, or a container: ElementTree's path
+                return None
+            filename = fm["f"].strip() or None
+    try:
+        w, h = float(wh[0]), float(wh[1])  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # missing (None) or not a number
+        return None
+    if not (math.isfinite(w) and math.isfinite(h)):
+        return None
+    width, height = int(w), int(h)
+    if general:
+        objects = _general_objects(text.split("<object>")[1:], width, height, check_bounds)
+    else:
+        objects = _canonical_objects(text, doc.start("objs"), doc.end("objs"), width, height,
+                                     check_bounds)  # fmt: skip
+    return None if objects is None else (filename, width, height, objects)
+
+
+def _box_ok(
+    box: tuple[float, float, float, float], width: int, height: int, check_bounds: bool
+) -> bool:
+    """The ElementTree path's box checks: inside the image, or (no bounds) finite."""
+    x1, y1, x2, y2 = box
+    if check_bounds:
+        return 1 <= x1 <= x2 <= width and 1 <= y1 <= y2 <= height
+    return all(map(math.isfinite, box))
+
+
+def _canonical_objects(
+    text: str, start: int, end: int, width: int, height: int, check_bounds: bool
+) -> list[list[Any]] | None:
+    """The objects of a document matched by ``_rx("canonical")`` (``text[start:end]`` holds
+    them all), or ``None`` if ElementTree's path must decide."""
+    flags = _FLAGS
+    objects: list[list[Any]] = []
+    for name, pose, trunc, diff, a, b, c, d in _rx("objects").findall(text, start, end):
+        name = name.strip()
+        try:
+            x1, y1, x2, y2 = float(a), float(b), float(c), float(d)
+        except ValueError:
+            return None
+        if not name:
+            return None
+        if check_bounds:
+            if not (1 <= x1 <= x2 <= width and 1 <= y1 <= y2 <= height):
+                return None
+        elif not _box_ok((x1, y1, x2, y2), width, height, False):
+            return None
+        difficult = flags.get(diff)
+        if difficult is None:
+            difficult = (diff.strip() or "0") not in _FALSE
+        truncated = flags.get(trunc)
+        if truncated is None:
+            truncated = (trunc.strip() or "0") not in _FALSE
+        extra = {"pose": pose[:-7].strip()} if pose else {}
+        objects.append([name, x1, y1, x2, y2, difficult, truncated, extra])
+    return objects
+
+
+def _general_objects(
+    bodies: list[str], width: int, height: int, check_bounds: bool
+) -> list[list[Any]] | None:
+    """The objects of a document matched by ``_rx("general")``: ``bodies`` are the texts
+    after each ``<object>`` (each runs to its ``</object>``); ``None`` if ElementTree's path
+    must decide (no or two ``<bndbox>``, duplicated tags, a missing or bad field)."""
+    leaf = _rx("leaf")
+    objects: list[list[Any]] = []
+    for body in bodies:
+        i = body.find("<bndbox>")
+        if i < 0:
+            return None
+        j = body.find("</bndbox>", i)
+        end = body.find("</object>", j)
+        if body.find("<bndbox>", j, end) >= 0:
+            return None
+        leaves = leaf.findall(body, 0, i)
+        leaves += leaf.findall(body, j + 9, end)
+        fields = dict(leaves)
+        corners = leaf.findall(body, i + 8, j)
+        coords = dict(corners)
+        if len(fields) != len(leaves) or len(coords) != len(corners):
+            return None
+        name = (fields.get("name") or "").strip()
+        try:
+            box = tuple(float(coords[t]) for t in _BOX_TAGS)
+        except (KeyError, ValueError):
+            return None
+        if not name or not _box_ok(box, width, height, check_bounds):  # type: ignore[arg-type]
+            return None
+        difficult = ((fields.get("difficult") or "").strip() or "0") not in _FALSE
+        truncated = ((fields.get("truncated") or "").strip() or "0") not in _FALSE
+        extra = {k: v.strip() for k, v in leaves if k not in _KNOWN}
+        objects.append([name, *box, difficult, truncated, extra])
+    return objects
+
+
+def _annotation_from_fast(fast: FastVOC, path: Path) -> VOCAnnotation:
+    """The :class:`VOCAnnotation` of a :func:`_fast_voc` result for the file ``path``."""
+    filename, width, height, objs = fast
+    objects = [VOCObject(o[0], (o[1], o[2], o[3], o[4]), o[5], o[6], o[7]) for o in objs]
+    return VOCAnnotation(path, filename or path.stem + ".jpg", width, height, objects)
+
+
 def write_voc_xml(
     path: str | Path,
     filename: str,
@@ -292,6 +592,8 @@ def write_voc_xml(
     and written 1-based inclusive (``xmin = round(x1) + 1``, ``xmax = round(x2)``), so integer
     boxes round-trip exactly through :func:`parse_voc_xml`.
     """
+    import xml.etree.ElementTree as ET
+
     vb = np.rint(internal_to_voc(boxes)).astype(np.int64)
     k = len(names)
     if vb.shape[0] != k:
@@ -394,7 +696,6 @@ def annotation_cache_path(folder: str | Path, cache_dir: str | Path | None = Non
     one file per devkit folder (all splits), never inside the (possibly read-only) devkit.
     """
     import hashlib
-    import os
 
     if cache_dir is None:
         env = os.environ.get("LOWBIT_CACHE_DIR")
@@ -467,11 +768,27 @@ def annotation_entries(
     ``[size, mtime_ns, filename, width, height, objects]`` per id with ``objects`` a list of
     ``[name, xmin, ymin, xmax, ymax, difficult, truncated, extra]`` (VOC 1-based pixels).
     Entries read from the cache file are only shape-checked: a consumer that meets a malformed
-    one must fall back to ``cache=False``."""
-    import json
-    import os
+    one must fall back to ``cache=False``.
 
-    folder = Path(folder)
+    Python's cyclic garbage collector is paused meanwhile (the entries are tens of thousands
+    of new lists and dicts, none cyclic: each collection would only re-walk them)."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _annotation_entries(Path(folder), image_ids, cache, cache_dir)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _annotation_entries(
+    folder: Path, image_ids: Sequence[str], cache: bool, cache_dir: str | Path | None
+) -> list[list[Any]]:
+    """:func:`annotation_entries` (with the garbage collector paused)."""
+    import json
+
     ann_dir = folder / "Annotations"
     cpath = None
     if cache:
@@ -492,24 +809,24 @@ def annotation_entries(
     fresh: dict[str, Any] = {}
     ann_str = str(ann_dir)
     for image_id in image_ids:
-        spath = f"{ann_str}/{image_id}.xml"  # str, not Path: 5,000 stats per run
-        try:
-            st = os.stat(spath)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{spath}: annotation file not found") from None
-        except OSError as exc:
-            raise ValueError(f"{spath}: cannot read annotation: {exc.strerror or exc}") from None
-        entry = old.get(image_id)
-        if not (
-            type(entry) is list and len(entry) == 6 and entry[0] == st.st_size
-            and entry[1] == st.st_mtime_ns and type(entry[5]) is list
-        ):  # fmt: skip
-            entry = _to_entry(_parse_voc_file(spath), st)
-            fresh[image_id] = entry
+        spath = f"{ann_str}/{image_id}.xml"  # str, not Path: 5,000 files per run
+        entry = old.get(image_id) if old else None
+        if entry is not None:
+            st = _stat(spath)
+            if (
+                type(entry) is list and len(entry) == 6 and entry[0] == st.st_size
+                and entry[1] == st.st_mtime_ns and type(entry[5]) is list
+            ):  # fmt: skip
+                out.append(entry)
+                continue
+        entry = _parse_entry(spath)  # new, changed or malformed entry: parse the file
+        fresh[image_id] = entry
         out.append(entry)
     if cpath is not None and fresh:
-        text = json.dumps({"format": _CACHE_FORMAT, "folder": str(folder.resolve()),
-                           "entries": {**old, **fresh}})  # fmt: skip
+        text = json.dumps(
+            {"format": _CACHE_FORMAT, "folder": str(folder.resolve()), "entries": {**old, **fresh}},
+            check_circular=False, separators=(",", ":"),  # plain lists and dicts: no cycles
+        )  # fmt: skip
         tmp = cpath.with_name(f"{cpath.name}.{os.getpid()}.tmp")
         try:
             cpath.parent.mkdir(parents=True, exist_ok=True)
