@@ -434,7 +434,16 @@ class Trainer:
 
         task = self.task = task_for_model(cfg.model)
         seed_everything(tc.seed)
-        train_ds, test_ds = self._datasets(task, ctx)
+        # building the data sets must not move the RNG streams the model and the training
+        # draw from: neither the task's own draws nor import side effects of what it loads
+        # (scikit-learn imports rich when it is installed, whose import draws from Python's
+        # global `random`: only in a process's first run, so a run resumed in a fresh process
+        # would diverge from one that ran on)
+        rng = capture_rng_state()
+        try:
+            train_ds, test_ds = self._datasets(task, ctx)
+        finally:
+            restore_rng_state(rng)
         float_model = task.build_model(cfg)
         init_report = None
         if cfg.init and latest is None:

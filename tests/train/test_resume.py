@@ -105,3 +105,34 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, one_thread: None) -> N
               if e["event"] != "resume"]
     ref_events = [{k: v for k, v in e.items() if k not in strip} for e in read_metrics(ref.run_dir)]
     assert events == ref_events
+
+
+def test_building_the_datasets_does_not_move_the_rng_streams(tmp_path: Path, one_thread: None,
+                                                              monkeypatch) -> None:
+    """A task's build_datasets that draws from the global RNGs (its own draws, or an import
+    side effect such as scikit-learn importing rich, whose import calls random.getrandbits)
+    leaves the run's model, optimizer and RNG states as if it had drawn nothing."""
+    import random
+
+    import numpy as np
+
+    import lowbit.tasks.digits as digits_task
+
+    cfg = config_from_dict(small_config(train={"epochs": 1, "checkpoint_every": 0}))
+    plain = fit(cfg, tmp_path / "plain", progress=False)
+
+    real = digits_task.load_sklearn_digits
+
+    def drawing(*args, **kwargs):
+        random.getrandbits(24)
+        np.random.rand()  # noqa: NPY002 - the global stream is the point
+        torch.rand(3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(digits_task, "load_sklearn_digits", drawing)
+    drawn = fit(cfg, tmp_path / "drawn", progress=False)
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(drawn.checkpoint)
+    for key, value in a.model_state.items():
+        assert torch.equal(value, b.model_state[key]), key
+    assert a.state["rng"] == b.state["rng"]
+    assert plain.metrics == drawn.metrics
