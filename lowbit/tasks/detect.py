@@ -34,6 +34,7 @@ registry imports that package before its first lookup).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,16 @@ class DetectTask:
             if kw:
                 raise ValueError(f"data.kwargs.{sorted(kw)[0]}: unknown for data.kind=digits")
             root = Path(str(d.root))
-            if not _has_devkit(root, ("trainval", "test")):
-                from lowbit.data.digits import generate_digits
+            from lowbit.data.digits import generate_digits, is_current_devkit
 
+            args = {k: gen[k] for k in ("train", "test", "size", "seed") if k in gen}
+            if not _has_devkit(root, ("trainval", "test")):
+                generate_digits(root, workers=1, **gen)
+            elif not is_current_devkit(root, **args):
+                # written by an older generator version, or with other sizes than this config
+                # asks for: a cached devkit must not silently stand in for the data asked for
+                print(f"note: {root}: the digits devkit there is from another generator version "
+                      "or other arguments; writing it anew", file=sys.stderr)
                 generate_digits(root, workers=1, **gen)
             train_args: dict[str, Any] = {"root": root, "split": train_split}
             test_args: dict[str, Any] = {"root": root, "split": test_split}

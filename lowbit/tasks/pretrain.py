@@ -88,9 +88,12 @@ class PretrainConfig:
 
     def key(self) -> str:
         """Short hash of everything that changes the weights (the cache key)."""
+        from lowbit.data.digits import GENERATOR_VERSION
+
         d = dataclasses.asdict(self)
         d["model_kwargs"] = {k: v for k, v in sorted(self.model_kwargs.items())
                              if k != "backbone_weights"}
+        d["crops_version"] = GENERATOR_VERSION  # render_crop changes with the generator
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

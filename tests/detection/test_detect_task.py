@@ -152,3 +152,27 @@ def test_shipped_configs_are_valid():
 
             r = Recipe.from_dict(cfg.quant)
             assert r.method == "lbw-approx" and r.bits in (4, 5, 6), f
+
+
+def test_a_stale_digits_devkit_is_written_anew(tmp_path, capsys):
+    import json
+
+    from lowbit.data.digits import GENERATOR_VERSION, devkit_version
+
+    root = tmp_path / "digits"
+    cfg = make_cfg(root)
+    DetectTask().build_datasets(cfg)  # writes the devkit
+    assert devkit_version(root) == GENERATOR_VERSION
+    meta = json.loads((root / "digits.json").read_text())
+    meta["version"] = GENERATOR_VERSION - 1  # as an older generator left it
+    (root / "digits.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    train, test = DetectTask().build_datasets(cfg)
+    assert devkit_version(root) == GENERATOR_VERSION
+    assert "writing it anew" in capsys.readouterr().err
+    assert len(train) == 6 and len(test) == 4
+    # a current devkit is reused as it is (no rewrite, no note)
+    stamp = (root / "digits.json").stat().st_mtime_ns
+    DetectTask().build_datasets(cfg)
+    assert (root / "digits.json").stat().st_mtime_ns == stamp
+    assert "writing it anew" not in capsys.readouterr().err
