@@ -50,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training images of the generated digits devkit (default 1500; "
                    "--quick 300)")
     g.add_argument("--test-images", type=int, metavar="N",
-                   help="test images the mAP and its interval are measured on (default 300; "
+                   help="test images the mAP and its interval are measured on (default 500; "
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
-    g.add_argument("--epochs", type=int, help="FP32 epochs")
+    g.add_argument("--epochs", type=int, help="FP32 epochs (default 4; --quick 4)")
     g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run")
     g.add_argument("--batch-size", type=int, metavar="N",
                    help="images per training step of every phase (default 4)")

@@ -50,9 +50,9 @@ class DemoSettings:
     """Sizes of one demo run (data, schedule, model)."""
 
     train_images: int = 1500
-    test_images: int = 300
+    test_images: int = 500
     image_size: int = 256
-    fp32_epochs: int = 6
+    fp32_epochs: int = 4
     qat_epochs: int = 1
     batch_size: int = 4
     lr: float = 0.1
