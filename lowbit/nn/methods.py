@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lowbit.quant.registry as _quant
-from lowbit.quant._common import bit_range, default_bits
+from lowbit.quant._common import ParamsBits
 from lowbit.registry import Registry
 
 __all__ = ["NNMethod", "METHODS", "register", "get", "names", "nn_only_names", "check_method",
@@ -45,7 +45,7 @@ def _construct(cls: type, bits: int | None, params: dict[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
-class NNMethod:
+class NNMethod(ParamsBits):
     """One weight method of the nn level.
 
     Attributes:
@@ -72,16 +72,6 @@ class NNMethod:
     overhead: Callable[[Any, int], int]
     factory: Callable[[int | None, dict[str, Any]], Any] | None = None
     nn_only: bool = True
-
-    @property
-    def default_bits(self) -> int:
-        """The bit-width used when a recipe gives none (``params_cls``'s ``bits`` default)."""
-        return default_bits(self.params_cls)
-
-    @property
-    def bit_range(self) -> tuple[int, int]:
-        """``(lo, hi)``: the accepted bit-widths (``params_cls.BITS``)."""
-        return bit_range(self.params_cls)
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -108,3 +108,20 @@ def as_rows(
     shape = moved.shape
     rows = moved.reshape(shape[0], math.prod(shape[1:]))
     return rows, lambda t: t.reshape(shape).movedim(0, ax)
+
+
+class ParamsBits:
+    """Mixin for catalogue entries that carry a parameter dataclass ``params_cls``: their
+    default bit-width and accepted range are read from it (the one place they are decided)."""
+
+    params_cls: type
+
+    @property
+    def default_bits(self) -> int:
+        """The bit-width used when none is given (``params_cls``'s ``bits`` default)."""
+        return default_bits(self.params_cls)
+
+    @property
+    def bit_range(self) -> tuple[int, int]:
+        """``(lo, hi)``: the accepted bit-widths (``params_cls.BITS``)."""
+        return bit_range(self.params_cls)

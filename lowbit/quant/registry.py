@@ -26,11 +26,10 @@ from torch import Tensor
 
 from lowbit.quant import cluster, pot, ternary, uniform
 from lowbit.quant._common import (
+    ParamsBits,
     as_rows,
-    bit_range,
     broadcast_channel,
     check_params_bits,
-    default_bits,
 )
 from lowbit.quant.uniform import CALIBRATORS
 from lowbit.registry import Registry
@@ -292,7 +291,7 @@ class LogParams:
 
 
 @dataclass
-class QuantizerEntry:
+class QuantizerEntry(ParamsBits):
     """A named quantizer: ``entry(w, **params) -> QuantResult``.
 
     ``params_cls`` is its parameter dataclass: :attr:`default_bits` and :attr:`bit_range` are
@@ -306,16 +305,6 @@ class QuantizerEntry:
     description: str
     family: str = field(default="")
     paper: str = field(default="")
-
-    @property
-    def default_bits(self) -> int:
-        """Bit-width used when none is given."""
-        return default_bits(self.params_cls)
-
-    @property
-    def bit_range(self) -> tuple[int, int]:
-        """``(lo, hi)``: the bit-widths this quantizer accepts."""
-        return bit_range(self.params_cls)
 
     def params(self, **kw: Any) -> Any:
         """Build and validate this quantizer's parameter dataclass."""

@@ -70,8 +70,7 @@ class Method:
         # (lowbit.nn.methods: the one place a method's bits are decided and validated), unless
         # this study row sets its own
         if self.bits is None or self.bit_range is None:
-            import lowbit.nn  # noqa: F401  (the quantizer modules register their methods)
-            from lowbit.nn import methods as nn_methods
+            from lowbit.nn import methods as nn_methods  # lowbit.nn registers every method
 
             entry = nn_methods.get(self.recipe(self.bits or 4)["method"])
             if self.bit_range is None:

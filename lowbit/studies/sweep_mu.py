@@ -41,7 +41,6 @@ def sweep_mu(source: str | os.PathLike[str], out: str | os.PathLike[str], *, bit
     ratios = [float(r) for r in mu]
     if not ratios or any(not (r > 0 and math.isfinite(r)) for r in ratios):
         raise ValueError(f"mu ratios must be finite and > 0, got {list(mu)}")
-    import lowbit.nn  # noqa: F401  (registers the methods)
     from lowbit.nn import methods as nn_methods
     from lowbit.quant._common import check_bits
 
