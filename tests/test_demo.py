@@ -27,7 +27,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_results_json_has_every_run(demo_out: Path) -> None:
     res = json.loads((demo_out / "results.json").read_text())
-    assert set(res["runs"]) == {"fp32", "lbw4", "lbw5", "lbw6", "lbw6_mu"}
+    assert set(res["runs"]) == {"fp32", "fp32_ft", "lbw4", "lbw5", "lbw6", "lbw6_mu"}
     for name, r in res["runs"].items():
         assert 0.0 <= r["mAP"] <= 1.0 + 1e-9, name
         assert math.isfinite(r["drop"])
@@ -219,3 +219,83 @@ def test_claim_verdicts() -> None:
     assert _verdict(0.001, 0.02, 0.0, above_holds=True) == "holds"
     assert _verdict(-0.02, -0.001, 0.0, above_holds=True) == "does not hold"
     assert _verdict(-0.01, 0.01, 0.0, above_holds=True).startswith("not resolved")
+
+
+def test_fp32_control_is_fine_tuned_like_the_lbw_phases(demo_out: Path) -> None:
+    """The control differs from an LBW phase only by having no quantizer, and every LBW
+    drop against it is the paired bootstrap of the two phases' detection files."""
+    import yaml
+
+    from lowbit.eval.intervals import match_results_dir, paired_bootstrap
+    from lowbit.eval.voc import load_voc_ground_truth
+
+    runs_dir = demo_out / "runs"
+    ctrl = yaml.safe_load((runs_dir / "fp32_ft" / "config.yaml").read_text())
+    q4 = yaml.safe_load((runs_dir / "lbw4" / "config.yaml").read_text())
+    assert ctrl["quant"] is None and q4["quant"] is not None
+    assert ctrl["init"] == q4["init"] == str(runs_dir / "fp32")
+    for section in ("optim", "train", "data", "model"):
+        assert ctrl[section] == q4[section], section
+    res = json.loads((demo_out / "results.json").read_text())
+    runs = res["runs"]
+    assert runs["fp32_ft"]["iterations"] == runs["lbw4"]["iterations"] > 0
+    # the control's weights moved away from the FP32 run's (it was really fine-tuned)
+    a = load_checkpoint(resolve_checkpoint(runs_dir / "fp32")).model_state
+    b = load_checkpoint(resolve_checkpoint(runs_dir / "fp32_ft")).model_state
+    moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert moved
+    gt = load_voc_ground_truth(demo_out / "digits", "test")
+    ref = match_results_dir(gt, runs_dir / "fp32_ft")
+    for name in ("lbw4", "lbw5", "lbw6", "lbw6_mu"):
+        d = paired_bootstrap(ref, match_results_dir(gt, runs_dir / name))
+        r = runs[name]
+        assert r["drop_vs_control"] == pytest.approx(runs["fp32_ft"]["mAP"] - r["mAP"],
+                                                     abs=1e-9)
+        assert r["drop_vs_control_ci"] == pytest.approx([d.lo, d.hi], abs=1e-12)
+        assert r["drop_vs_control_excludes_zero"] == (d.lo > 0 or d.hi < 0)
+    assert "drop_vs_control" not in runs["fp32"] and "drop_vs_control" not in runs["fp32_ft"]
+    report = (demo_out / "report.md").read_text()
+    assert "FP32 control" in report and "drop vs FP32 control" in report
+    claims = [c["claim"] for c in res["claims"]]
+    assert any("FP32 control" in c for c in claims)
+
+
+def test_frozen_stages_keep_the_pretrained_values(demo_out: Path) -> None:
+    """With the pretrained backbone the stem and layer1 stay frozen (freeze_at = 2, the
+    paper's R-FCN): after FP32 training they still hold the file's values, layer2 moved."""
+    from safetensors.torch import load_file
+
+    res = json.loads((demo_out / "results.json").read_text())
+    sd = load_file(res["pretrain"]["path"])
+    state = load_checkpoint(resolve_checkpoint(demo_out / "runs" / "fp32")).model_state
+    frozen = [k for k in sd if k.startswith(("conv1.", "bn1.", "layer1."))
+              and "backbone." + k in state]
+    assert frozen
+    for k in frozen:
+        assert torch.equal(state["backbone." + k], sd[k]), k
+    moving = [k for k in sd if k.startswith("layer2.") and k.endswith("conv1.weight")]
+    assert moving and not all(torch.equal(state["backbone." + k], sd[k]) for k in moving)
+
+
+def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
+    from lowbit.studies.demo import CONTROL, DEFAULT, RUNS, DemoSettings, _config, qat_iterations
+
+    s = DemoSettings(qat_iters=7, train_images=100, batch_size=4)
+    assert qat_iterations(s) == 7
+    assert qat_iterations(DemoSettings(train_images=101, batch_size=4, qat_epochs=2)) == 52
+    for run, spec in RUNS.items():
+        cfg = _config(s, tmp_path, run, tmp_path / "fp32", backbone_weights="w.safetensors")
+        if spec is None:
+            assert "iterations" not in cfg["train"] and cfg["init"] is None
+        else:
+            assert cfg["train"]["iterations"] == 7 and cfg["init"] == str(tmp_path / "fp32")
+            assert 1 <= cfg["optim"]["warmup_iters"] <= 7
+            assert (cfg["quant"] is None) == (run == CONTROL)
+        assert cfg["model"]["kwargs"]["freeze_at"] == DEFAULT.freeze_at
+    # from scratch nothing is frozen
+    cfg = _config(s, tmp_path, "fp32", None, backbone_weights=None)
+    assert "freeze_at" not in cfg["model"]["kwargs"]
+    with pytest.raises(ValueError, match="qat_iters"):
+        DemoSettings(qat_iters=0)
+    with pytest.raises(ValueError, match="freeze_at"):
+        DemoSettings(freeze_at=6)

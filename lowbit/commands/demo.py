@@ -14,6 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     over = {k: v for k, v in {
         "train_images": args.train_images, "test_images": args.test_images,
         "image_size": args.size, "fp32_epochs": args.epochs, "qat_epochs": args.qat_epochs,
+        "qat_iters": args.qat_iters, "freeze_at": args.freeze_at,
         "width": args.width, "batch_size": args.batch_size, "seeds": args.seeds,
         "pretrain_steps": args.pretrain_steps, "pretrain_crops": args.pretrain_crops,
     }.items() if v is not None}
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "paper's ImageNet initialisation, made from the built-in sources; reused by a rerun), "
         "train the CPU-sized R-FCN in FP32 from it on the built-in digits devkit (generated "
         "into OUT/digits if missing), then LBW QAT at 4/5/6 bits (exact quantizer) and 6 bits "
-        "with the paper's mu scheme from that warm start; evaluate with the VOC07 metric; write "
+        "with the paper's mu scheme from that warm start, and an FP32 control fine-tuned the "
+        "same way without a quantizer; evaluate with the VOC07 metric; write "
         "OUT/results.json, OUT/report.md (Table 3.1, weight statistics), histograms and "
         "detection pictures. Every mAP is printed with its 95% bootstrap interval over the test "
         "images and every drop with its paired interval against FP32 ('*': the interval "
@@ -54,7 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
     g.add_argument("--epochs", type=int, help="FP32 epochs (default 4; --quick 4)")
-    g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run")
+    g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run and of the FP32 "
+                   "control (default 1; ignored with --qat-iters)")
+    g.add_argument("--qat-iters", type=int, metavar="N",
+                   help="iterations of each LBW QAT run and of the FP32 control (default: "
+                   "--qat-epochs whole epochs)")
+    g.add_argument("--freeze-at", type=int, metavar="N",
+                   help="backbone stages kept frozen when it is pretrained: 0 none, 1 the stem, "
+                   "2 the stem and layer1 (default, as the paper's R-FCN), ... 5 all")
     g.add_argument("--batch-size", type=int, metavar="N",
                    help="images per training step of every phase (default 4)")
     g.add_argument("--seeds", type=int, metavar="N",

@@ -3,9 +3,14 @@
 1. pretrain the R-FCN's ResNet-18 backbone offline on digit/background crops
    (:mod:`lowbit.tasks.pretrain`; the paper starts from ImageNet-pretrained ResNets), unless
    ``pretrain_steps`` = 0; the weights file is keyed by its settings and reused by a rerun;
-2. train the CPU-sized R-FCN in FP32 from that backbone (detection layers random);
-3. from that warm start, LBW QAT (projected SGD, every conv, ``lbw-exact``) at 4, 5 and 6 bits,
-   and the paper's ``lbw-approx`` (mu = 3/4 max|W|, partial sums t = 0..3) at 6 bits;
+2. train the CPU-sized R-FCN in FP32 from that backbone (detection layers random; the stem
+   and layer1 frozen, ``freeze_at`` = 2, as the paper's R-FCN fixes conv1 and res2);
+3. from that warm start, an FP32 control fine-tuned without a quantizer, and LBW QAT
+   (projected SGD, every conv, ``lbw-exact``) at 4, 5 and 6 bits and the paper's
+   ``lbw-approx`` (mu = 3/4 max|W|, partial sums t = 0..3) at 6 bits, all with the same
+   iterations, learning rate, schedule and seed (``qat_iters`` or ``qat_epochs``); each drop
+   is reported against FP32 (the paper's comparison) and against the control (the quantizer's
+   effect alone);
 4. evaluate each with the VOC07 metric; print the paper's Table 3.1 (mAP, drop vs FP32, weight
    memory, share of zero weights);
 5. write ``OUT/results.json``, ``OUT/report.md``, the weight-statistics tables of one residual
@@ -41,8 +46,8 @@ import torch
 from lowbit.analysis.pictures import save_histogram
 from lowbit.runs import conv_memory, effective_weights, load_run
 
-__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "PHASES", "format_table_3_1",
-           "paper_claims", "format_claims"]
+__all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "RUNS", "CONTROL", "PHASES",
+           "qat_iterations", "format_table_3_1", "paper_claims", "format_claims"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,12 @@ class DemoSettings:
     image_size: int = 256
     fp32_epochs: int = 4
     qat_epochs: int = 1
+    #: iterations of each fine-tuning phase (LBW QAT and the FP32 control); None: ``qat_epochs``
+    #: whole epochs
+    qat_iters: int | None = None
+    #: backbone stages kept frozen when the backbone is pretrained (the paper's R-FCN: conv1
+    #: and res2 fixed, as ``freeze_at`` = 2 here; 0 = train everything); ignored from scratch
+    freeze_at: int = 2
     batch_size: int = 4
     lr: float = 0.1
     qat_lr: float = 0.01
@@ -76,6 +87,11 @@ class DemoSettings:
                      "seeds", "pretrain_crops", "pretrain_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.qat_iters is not None and self.qat_iters < 1:
+            raise ValueError(f"demo setting qat_iters must be >= 1 (or None: qat_epochs "
+                             f"epochs), got {self.qat_iters}")
+        if not 0 <= self.freeze_at <= 5:
+            raise ValueError(f"demo setting freeze_at must be in 0..5, got {self.freeze_at}")
         if self.pretrain_steps < 0:
             raise ValueError(f"demo setting pretrain_steps must be >= 0 (0: no pretraining), "
                              f"got {self.pretrain_steps}")
@@ -104,10 +120,16 @@ QUICK = DemoSettings(
     width=0.25, warmup_iters=100, pictures=2, pretrain_steps=60, pretrain_crops=660,
 )
 
+#: The FP32 control: the FP32 weights fine-tuned exactly like the LBW phases (same
+#: iterations, learning rate, schedule, seed) but without a quantizer, so a drop against it is
+#: the quantizer's effect alone and not that of the extra fine-tuning.
+CONTROL = "fp32_ft"
+
 #: run name -> (method of the study catalogue :data:`lowbit.studies.methods.METHODS`, bits);
-#: None = FP32
+#: None = FP32 from the (pretrained) backbone; (``"fp32"``, 32) = the FP32 control
 RUNS: dict[str, tuple[str, int] | None] = {
     "fp32": None,
+    CONTROL: ("fp32", 32),
     "lbw4": ("lbw-exact", 4),
     "lbw5": ("lbw-exact", 5),
     "lbw6": ("lbw-exact", 6),
@@ -118,6 +140,7 @@ RUNS: dict[str, tuple[str, int] | None] = {
 PHASES: dict[str, str] = {
     "pretrain": "backbone pretrained on digit/background crops (offline ImageNet stand-in)",
     "fp32": "FP32 R-FCN from the pretrained backbone (detection layers random)",
+    CONTROL: "FP32 control: the FP32 weights fine-tuned like the LBW phases, no quantizer",
     "lbw4": "4-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
     "lbw5": "5-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
     "lbw6": "6-bit LBW weights (exact quantizer), fine-tuned from the FP32 weights",
@@ -134,20 +157,32 @@ PAPER_TABLE_3_1 = {
 }
 
 
+def qat_iterations(s: DemoSettings) -> int:
+    """Iterations of each fine-tuning phase (``qat_iters``, or ``qat_epochs`` epochs of
+    ``train_images / batch_size`` steps, the last batch kept)."""
+    if s.qat_iters is not None:
+        return s.qat_iters
+    return s.qat_epochs * math.ceil(s.train_images / s.batch_size)
+
+
 def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
             seed_offset: int = 0, backbone_weights: str | None = None) -> dict[str, Any]:
     spec = RUNS[run]
-    qat = spec is not None
+    qat = spec is not None  # a fine-tuning from the FP32 run: an LBW phase or the control
+    kwargs: dict[str, Any] = {"width": s.width, "k": s.k}
+    if backbone_weights is not None and s.freeze_at:
+        kwargs["freeze_at"] = s.freeze_at
     cfg: dict[str, Any] = {
         "model": {"name": "rfcn_resnet18", "task": "detect", "num_classes": 10,
-                  "kwargs": {"width": s.width, "k": s.k}},
+                  "kwargs": kwargs},
         "data": {"kind": "digits", "root": str(data_root), "train_split": "trainval",
                  "test_split": "test",
                  "kwargs": {"hflip": False, "train": s.train_images, "test": s.test_images,
                             "size": s.image_size, "seed": s.seed}},
         "optim": {"lr": s.qat_lr if qat else s.lr, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 1e-4,
-                  "warmup_iters": max(1, s.warmup_iters // 6) if qat else s.warmup_iters,
+                  "warmup_iters": max(1, min(s.warmup_iters // 6, qat_iterations(s) // 8))
+                  if qat else s.warmup_iters,
                   "warmup_factor": 0.001, "schedule": "cosine"},
         "train": {"epochs": s.qat_epochs if qat else s.fp32_epochs, "batch_size": s.batch_size,
                   "eval_interval": 0, "seed": s.seed, "device": "auto", "num_workers": 0,
@@ -157,12 +192,15 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
     }
     if spec is None and backbone_weights is not None:
         cfg["model"]["kwargs"]["backbone_weights"] = backbone_weights
-    if spec is not None:
+    if qat:
+        cfg["init"] = str(fp32_dir)
+        if s.qat_iters is not None:
+            cfg["train"]["iterations"] = s.qat_iters
+    if spec is not None and run != CONTROL:
         from lowbit.studies.methods import METHODS
 
         name, bits = spec
         cfg["quant"] = {"params": {}, **METHODS[name].recipe(bits)}
-        cfg["init"] = str(fp32_dir)
     cfg["train"]["seed"] = s.seed + seed_offset
     return cfg
 
@@ -292,6 +330,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
                                  "drop_excludes_zero", "interval_note") if k in row})
     for k in ("drop_ci", "drop_half_width", "drop_excludes_zero"):
         results["runs"]["fp32"].pop(k, None)
+    _add_control_drops(results, test_ds, results["bootstrap"])
     # weight statistics of two layers (Tables 3.2-3.3, Fig. 3.2)
     models = {run: load_run(out / "runs" / run) for run in ("fp32", "lbw4", "lbw5", "lbw6")}
     weights = {run: effective_weights(m) for run, (_, _, m) in models.items()}
@@ -349,8 +388,11 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         "# lowbit demo: LBW-Net on the built-in digits devkit", "",
         f"R-FCN (ResNet-18 width {s.width}, k = {s.k}), {s.train_images} training and "
         f"{s.test_images} test images at {s.image_size} px. {_start_text(s, results)}"
-        f"The FP32 model trains {s.fp32_epochs} epochs; each LBW model is fine-tuned from "
-        f"the FP32 weights for {s.qat_epochs} epoch(s).{seed_text} {timing}", "",
+        f"The FP32 model trains {s.fp32_epochs} epochs"
+        f"{_freeze_text(s, results)}; each LBW model is fine-tuned from the FP32 weights for "
+        f"{qat_iterations(s)} iterations of {s.batch_size} images, and so is the FP32 control "
+        f"without a quantizer (its drop column separates the quantizer's effect from that of "
+        f"the extra fine-tuning).{seed_text} {timing}", "",
         run_info_line(results.get("run_info")), "",
         "## Table 3.1 (VOC07 mAP, with 95% bootstrap intervals)", "", table, "",
         interval_note(results.get("bootstrap")), "",
@@ -367,6 +409,33 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         print("\n" + table + "\n\n" + interval_note(results.get("bootstrap")))
         print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'detections.png'}")
     return results
+
+
+def _add_control_drops(results: dict[str, Any], test_ds: Any, boot: dict[str, Any]) -> None:
+    """Every LBW row's drop against the FP32 control (:data:`CONTROL`, fine-tuned the same way
+    without a quantizer) with its paired interval on the table's resamples (same ``n_boot`` and
+    seed): ``drop_vs_control``, ``drop_vs_control_ci``, ``drop_vs_control_half_width``,
+    ``drop_vs_control_excludes_zero`` (fractions; positive = worse than the control)."""
+    from lowbit.eval.intervals import ground_truth_arrays, match_results_dir, paired_bootstrap
+
+    runs = results["runs"]
+    ctrl = runs.get(CONTROL, {})
+    if not ctrl.get("dets_dir"):
+        return
+    gt = ground_truth_arrays(test_ds)
+    ref = match_results_dir(gt, ctrl["dets_dir"])
+    for key, r in runs.items():
+        if key in ("fp32", CONTROL) or r.get("phase") or not r.get("dets_dir"):
+            continue
+        try:
+            iv = paired_bootstrap(ref, match_results_dir(gt, r["dets_dir"]),
+                                  int(boot["n_boot"]), int(boot["seed"]))
+        except ValueError as exc:  # e.g. no positive box in the test set
+            r["interval_note"] = str(exc)
+            continue
+        r.update({"drop_vs_control": iv.estimate, "drop_vs_control_ci": [iv.lo, iv.hi],
+                  "drop_vs_control_half_width": iv.half_width,
+                  "drop_vs_control_excludes_zero": iv.excludes_zero})
 
 
 #: The paper's 4-bit zero shares (Tables 3.2-3.3, R-FCN + ResNet-50), by the demo's layer label
@@ -405,7 +474,8 @@ def paper_claims(results: dict[str, Any], test_ds: Any, zero_share_4bit: dict[st
     runs = results["runs"]
     gt = ground_truth_arrays(test_ds)
     matched = {k: match_results_dir(gt, runs[k]["dets_dir"])
-               for k in ("fp32", "lbw4", "lbw6", "lbw6_mu") if runs.get(k, {}).get("dets_dir")}
+               for k in ("fp32", CONTROL, "lbw4", "lbw6", "lbw6_mu")
+               if runs.get(k, {}).get("dets_dir")}
     rows: list[dict[str, Any]] = []
 
     def paired(a: str, b: str) -> Any:
@@ -420,6 +490,11 @@ def paper_claims(results: dict[str, Any], test_ds: Any, zero_share_4bit: dict[st
     for a, b, claim, paper, threshold, above in (
             ("fp32", "lbw6", "6-bit drop vs FP32 within 1 mAP point",
              "0.41 (ResNet-50), 0.70 (ResNet-101)", 0.01, False),
+            (CONTROL, "lbw6", "6-bit drop vs the FP32 control (fine-tuned the same way, no "
+             "quantizer) within 1 mAP point", "not measured (the paper compares with its FP32 "
+             "baseline)", 0.01, False),
+            (CONTROL, "lbw4", "4-bit drop vs the FP32 control > 0 (4 bits cost accuracy)",
+             "3.09 (ResNet-50), 2.15 (ResNet-101) vs FP32", 0.0, True),
             ("lbw6", "lbw4", "4-bit drop larger than 6-bit drop: mAP(6-bit) - mAP(4-bit) > 0",
              "+2.68 (ResNet-50), +1.45 (ResNet-101)", 0.0, True)):
         iv = paired(a, b)
@@ -465,6 +540,14 @@ def format_claims(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _freeze_text(s: DemoSettings, results: dict[str, Any]) -> str:
+    if results.get("pretrain") is None or not s.freeze_at:
+        return ""
+    stages = ["the stem", "layer1", "layer2", "layer3", "layer4"][:s.freeze_at]
+    return (f" with {', '.join(stages)} of the pretrained backbone frozen (weights and batch "
+            f"norms; the paper's R-FCN fixes conv1 and res2)")
+
+
 def _start_text(s: DemoSettings, results: dict[str, Any]) -> str:
     pre = results.get("pretrain")
     if pre is None:
@@ -479,21 +562,28 @@ def format_table_3_1(results: dict[str, Any]) -> str:
     """The demo's Table 3.1 as markdown (rows 4/5/6-bit LBW, 6-bit mu, FP32)."""
     rows = [("4-bit LBW (exact)", "lbw4"), ("5-bit LBW (exact)", "lbw5"),
             ("6-bit LBW (exact)", "lbw6"), ("6-bit LBW (paper's mu scheme)", "lbw6_mu"),
+            ("FP32 control (fine-tuned like the LBW rows)", CONTROL),
             ("32-bit full precision", "fp32")]
     from lowbit.studies.report import drop_cell, map_cell
 
     lines = ["| model | mAP [95% CI] | drop vs FP32 [paired 95% CI] | ± drop | "
+             "drop vs FP32 control [paired 95% CI] | ± | "
              "conv weight memory | × smaller | zero weights |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for title, key in rows:
         r = results["runs"].get(key)
         if r is None:
             continue
         hw = r.get("drop_half_width")
         drop = "" if key == "fp32" else drop_cell(r)
+        chw = r.get("drop_vs_control_half_width")
+        cdrop = "" if "drop_vs_control" not in r else drop_cell(
+            {"drop": r["drop_vs_control"], "drop_ci": r.get("drop_vs_control_ci"),
+             "drop_excludes_zero": r.get("drop_vs_control_excludes_zero")})
         lines.append(
             f"| {title} | {map_cell(r)} | {drop} | "
-            f"{'' if hw is None else f'{100 * hw:.2f}'} | "
+            f"{'' if hw is None else f'{100 * hw:.2f}'} | {cdrop} | "
+            f"{'' if chw is None else f'{100 * chw:.2f}'} | "
             f"{r['conv_weight_bytes'] / 1024:.1f} KiB | {r['conv_ratio']:.2f} | "
             f"{100 * r['zero_share']:.1f}% |"
         )
