@@ -77,6 +77,16 @@ def _op_profile(path: str, feed: dict[str, np.ndarray], prefix: str, runs: int =
     return {k: round(v / total, 3) for k, v in sorted(agg.items(), key=lambda kv: -kv[1])}
 
 
+def _float_convs(path: str) -> list[str]:
+    """Names of the Conv nodes of an int8 QDQ file that compute in float (their input is not
+    a DequantizeLinear output; their weight may be, see ``Int8Config.float_conv_weights``)."""
+    import onnx
+
+    g = onnx.load(path).graph
+    dq = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in g.node if n.op_type == "Conv" and n.input[0] not in dq]
+
+
 def _optimized_ops(path: str, out: Path) -> dict[str, int]:
     import onnx
     import onnxruntime as ort
@@ -170,6 +180,7 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
         "exact_pot_weights": f"{sum(v == 'pot-exact' for v in rep['weights'].values())}"
                              f"/{sum(v != 'float' for v in rep['weights'].values())} int8",
         "float_weights": sum(v == "float" for v in rep["weights"].values()),
+        "float_convs": _float_convs(rep["path"]),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if profile:

@@ -154,17 +154,21 @@ def test_int8_onnx_detections_close_to_torch(tmp_path: Path, which: str) -> None
     rep = export_detector_onnx(m, tmp_path / "det8.onnx", calib[0][:1], calibration=calib)
     q = onnx.load(rep["path"])
     onnx.checker.check_model(q, full_check=True)
-    # every conv weight is lowbit's power-of-two value, exactly, in int8 -- except YOLO's stem
-    # conv on the 3 RGB channels, which the default keeps float (with its exact FP32 values)
-    float_w = {k for k, v in rep["weights"].items() if v == "float"}
-    assert rep["weights"] and set(rep["weights"].values()) - {"float"} == {"pot-exact"}
-    inits = {i.name: i for i in q.graph.initializer}
-    assert all(inits[w].dims[1] == 3 for w in float_w)
-    assert len(float_w) == (1 if which == "yolo" else 0)
-    # the biases are int32 (otherwise onnxruntime cannot fuse QLinearConv)
-    convs = [n for n in q.graph.node if n.op_type == "Conv" and n.input[1] not in float_w]
-    assert convs and all(len(n.input) == 3 for n in convs)
+    # every conv weight is lowbit's power-of-two value, exactly, in int8 -- YOLO's stem conv
+    # on the 3 RGB channels too, which the default computes in float on the float input, its
+    # weight read through a DequantizeLinear (float_conv_weights="int8")
+    assert rep["weights"] and set(rep["weights"].values()) == {"pot-exact"}
     dq_out = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    inits = {i.name: i for i in q.graph.initializer}
+    float_convs = [n for n in q.graph.node if n.op_type == "Conv" and n.input[0] not in dq_out]
+    assert len(float_convs) == (1 if which == "yolo" else 0)
+    dq_of = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    for n in float_convs:
+        assert n.input[0] == "input" and n.input[1] in dq_out
+        assert inits[dq_of[n.input[1]].input[0]].dims[1] == 3
+    # the biases are int32 (otherwise onnxruntime cannot fuse QLinearConv)
+    convs = [n for n in q.graph.node if n.op_type == "Conv" and n.input[0] in dq_out]
+    assert convs and all(len(n.input) == 3 for n in convs)
     assert all(all(i in dq_out for i in n.input) for n in convs)
 
     ims = _images(3, 2)
@@ -241,7 +245,8 @@ def test_export_reads_the_detectors_declarations() -> None:
             outs = net(m.transform(_images(1, 6))[0])
         assert len(outs) == len(net.output_names)
         assert default_int8(m) == default_int8(kind) == default_int8(m.detector_spec)
-    assert default_int8("yolov3") == Int8Config(float_below_channels=4)
+    assert default_int8("yolov3") == Int8Config(float_below_channels=4,
+                                                float_conv_weights="int8")
     assert default_int8("rfcn") == Int8Config()
     with pytest.raises(ValueError, match="unknown detector export kind 'ssd'"):
         default_int8("ssd")

@@ -151,28 +151,44 @@ def test_int8_per_channel_pot_conv_and_conv_transpose(tmp_path: Path, source: st
 
 @pytest.mark.parametrize("cfg", [Int8Config(quant_format="qoperator"),
                                  Int8Config(per_channel=False),
-                                 Int8Config(float_below_channels=4)])
+                                 Int8Config(float_below_channels=4),
+                                 Int8Config(float_below_channels=4, float_conv_weights="int8")])
 def test_int8_config_variants_close_to_torch(tmp_path: Path, cfg: Int8Config) -> None:
     m = _model(4)
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(4)]
-    rep = export_onnx_int8(m, calib[0][:1], tmp_path / "v.onnx", calib, config=cfg)
+    rep = export_onnx_int8(m, calib[0][:1], tmp_path / "v.onnx", calib, config=cfg,
+                           fp32_path=tmp_path / "v.fp32.onnx")
     assert rep["config"] == cfg.label
     q = onnx.load(rep["path"])
     ops = {n.op_type for n in q.graph.node}
     if cfg.quant_format == "qoperator":
         assert "QLinearConv" in ops
-    if cfg.float_below_channels:
+    stem = [n for n in q.graph.node if n.op_type == "Conv" and n.input[0] == "input"]
+    if cfg.float_below_channels and cfg.float_conv_weights == "float":
         # the stem conv (3 input channels) reads the float input with a float weight
-        stem = [n for n in q.graph.node if n.op_type == "Conv" and n.input[0] == "input"]
         assert len(stem) == 1 and rep["weights"][stem[0].input[1]] == "float"
         assert list(rep["weights"].values()).count("float") == 1
     else:
         assert "float" not in rep["weights"].values()
+    if cfg.float_below_channels and cfg.float_conv_weights == "int8":
+        # ... or with its int8 weight (exact pot codes) through a DequantizeLinear
+        dq = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+        assert len(stem) == 1 and stem[0].input[1] in dq
+        w = dq[stem[0].input[1]].input[0]
+        assert rep["weights"][w.removesuffix("_quantized")] == "pot-exact"
+        # codes * scale are the FP32 intermediate's weight (BatchNorm folded), exactly
+        from onnx import numpy_helper
+
+        fp = {i.name: numpy_helper.to_array(i)
+              for i in onnx.load(rep["fp32_path"]).graph.initializer}
+        base = w.removesuffix("_quantized")
+        np.testing.assert_array_equal(_dequantized_weights(rep["path"])[base],
+                                      fp[base].astype(np.float64))
     # the int8 convs keep lowbit's exact pot values (the float Linear head is onnxruntime's);
     # BatchNorm is at its initial state, so its folded factor is one for all rows and the
     # per-tensor scale is exact too
-    n_int8_convs = 1 if cfg.float_below_channels else 2
+    n_int8_convs = 1 if cfg.float_below_channels and cfg.float_conv_weights == "float" else 2
     assert list(rep["weights"].values()).count("pot-exact") == n_int8_convs
     x = torch.randn(16, 3, 16, 16, generator=g)
     ref = m(x).detach().numpy()
@@ -199,7 +215,8 @@ def test_int8_fp32_intermediate_is_temporary_unless_asked(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("kw", [{"quant_format": "qdq2"}, {"activations": "u4"},
-                                {"weights": "f8"}, {"float_below_channels": -1}])
+                                {"weights": "f8"}, {"float_below_channels": -1},
+                                {"float_conv_weights": "s8"}])
 def test_int8_config_rejects_bad_values(kw: dict) -> None:
     with pytest.raises(ValueError, match="Int8Config"):
         Int8Config(**kw)
@@ -252,3 +269,36 @@ def test_int8_grouped_conv_transpose(tmp_path: Path) -> None:
     out = run_onnx(ort_session(rep["path"], 1), x)[0]
     assert out.shape == ref.shape == (8, 4, 32, 32)
     assert np.abs(out - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("weights", ["float", "int8"])
+def test_float_conv_int8_weights_stay_out_of_nchwc(tmp_path: Path, weights: str) -> None:
+    """``float_conv_weights="int8"``: onnxruntime's optimized graph runs the float stem conv as
+    a plain (NCHW) conv -- no NCHWc conv, no ReorderInput / ReorderOutput -- where a
+    float weight gets the NCHWc conv and a ReorderOutput before the QuantizeLinear."""
+    import onnxruntime as ort
+
+    m = _model(4)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    cfg = Int8Config(float_below_channels=4, float_conv_weights=weights)
+    rep = export_onnx_int8(m, calib[0][:1], tmp_path / "s.onnx", calib, config=cfg)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "s.opt.onnx")
+    ort.InferenceSession(rep["path"], so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "s.opt.onnx"))
+    nchwc = [n for n in opt.graph.node if n.domain == "com.microsoft.nchwc"]
+    stem = [n for n in opt.graph.node if "input" in n.input and "Conv" in n.op_type]
+    assert len(stem) == 1
+    if weights == "int8":
+        # (a Relu after it is dropped by the QuantizeLinear that clips at zero; a LeakyRelu
+        # would make it a FusedConv)
+        assert nchwc == [] and stem[0].op_type in ("Conv", "FusedConv")
+    else:
+        assert {n.op_type for n in nchwc} >= {"Conv", "ReorderOutput"}
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    ref = m(x).detach().numpy()
+    out = run_onnx(ort_session(rep["path"], 1), x)[0]
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()

@@ -411,7 +411,10 @@ class YOLOv3(nn.Module):
     Detector protocol (:mod:`lowbit.detection.protocol`): the trunk (backbone, neck, head) is
     the whole network and what ``lowbit export`` writes (kind ``"yolov3"``, fixed ``S x S``);
     its int8 export keeps the 3-input-channel stem conv in float
-    (``float_below_channels=4``: 0.44-0.57x FP32 latency instead of 0.67-0.83x at 1 thread).
+    (``float_below_channels=4``: 0.44-0.57x FP32 latency instead of 0.67-0.83x at 1 thread),
+    with its weight stored int8 behind a DequantizeLinear (``float_conv_weights="int8"``), so
+    that onnxruntime runs it as a plain NCHW conv rather than NCHWc-blocked with a
+    ``ReorderOutput`` (see :class:`lowbit.export.onnx.Int8Config`).
     """
 
     detector_spec: ClassVar[DetectorSpec] = DetectorSpec(
@@ -420,7 +423,7 @@ class YOLOv3(nn.Module):
         trunk_outputs=("out_s8", "out_s16", "out_s32"),
         export_kind="yolov3",
         dynamic_hw=False,
-        int8={"float_below_channels": 4},
+        int8={"float_below_channels": 4, "float_conv_weights": "int8"},
     )
 
     def __init__(self, cfg: YOLOv3Config) -> None:
