@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lowbit.quant import _native
 from lowbit.quant._common import as_rows, check_bits, check_float, compute_dtype
 
 __all__ = [
@@ -365,6 +366,10 @@ def _fine_counts(key: Tensor) -> Tensor:
 # a write and several re-reads from memory). Results never depend on the chunking.
 _CHUNK = 1 << 18
 
+# Use the C kernels of :mod:`lowbit.quant._native` for the two float32 passes when they
+# compile and load (the torch code below otherwise; tests switch this off to cover it).
+_NATIVE = True
+
 
 def _chunk_width(xs: Sequence[Tensor]) -> int:
     """Chunk length for flat tensors ``xs`` on one device (whole tensors off the CPU)."""
@@ -379,8 +384,13 @@ def _fine_counts_many(xs: Sequence[Tensor]) -> tuple[Tensor, int]:
     ``[col0 * 2**_FINE, col0 * 2**_FINE + W)`` of ``_fine_counts(_fine_keys(xs[g]))``
     (``W`` a multiple of ``2**_FINE``; the columns left off are zero in every row), as
     :func:`_fast_decide` takes them: a weight's key is the top 16 magnitude bits of its bit
-    pattern, ``(bits >> 15) & 0xFFFF``, counted chunk by chunk.
+    pattern, ``(bits >> 15) & 0xFFFF``, counted chunk by chunk (or by the C kernel of
+    :mod:`lowbit.quant._native` when it is available: same counts, one pass).
     """
+    if _NATIVE and _native.usable(xs):
+        res = _native.count_many(xs)
+        if res is not None:
+            return res
     dev = xs[0].device
     width = _chunk_width(xs)
     buf = torch.empty(width, dtype=torch.int32, device=dev)
@@ -427,8 +437,13 @@ def _lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor]:
     ``xs``: flat contiguous float32 tensors; ``tab``: ``Tensor[G, 1024]`` float32 signed
     tables as :func:`_level_table` makes them for IEEE's 512 magnitude columns (negatives
     first). The key ``(bits >> 22) + 512`` is the sign-folded half-octave key. Chunked on CPU
-    (keys stay in cache); returns new flat float32 tensors.
+    (keys stay in cache), or one pass of the C kernel of :mod:`lowbit.quant._native` when it
+    is available (same bits); returns new flat float32 tensors.
     """
+    if _NATIVE and _native.usable(xs):
+        outs = _native.lookup_many(xs, tab)
+        if outs is not None:
+            return outs
     dev = xs[0].device
     width = _chunk_width(xs)
     buf = torch.empty(width, dtype=torch.int32, device=dev)
@@ -548,7 +563,7 @@ def _quantize_rows(
             and j["x"].numel()]
     for dev in dict.fromkeys(j["x"].device for j in fast):
         grp = [j for j in fast if j["x"].device == dev]
-        flat = [j["x"].reshape(-1) for j in grp]
+        flat = [j["x"].reshape(-1).contiguous() for j in grp]
         fold, col0 = _fine_counts_many(flat)
         caps = torch.tensor([j["cap"] for j in grp], device=dev)
         s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp], col0)

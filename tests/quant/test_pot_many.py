@@ -205,6 +205,7 @@ def test_chunked_float32_path_matches_brute_force(ws: list[torch.Tensor], chunk:
     n = 2 ** (bits - 2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pot, "_CHUNK", chunk)
+        mp.setattr(pot, "_NATIVE", False)  # the torch path chunks (the C kernels do not)
         out = lbw_exact_many(ws32, bits)
     for w, (wq, s) in zip(ws32, out):
         _, s_doc, _ = brute_force_lbw(w.double(), bits)
@@ -231,6 +232,7 @@ def test_chunked_fast_path_on_layer_sized_tensors(monkeypatch: pytest.MonkeyPatc
         return out
 
     monkeypatch.setattr(pot, "_fast_decide", spy)
+    monkeypatch.setattr(pot, "_NATIVE", False)  # the torch path chunks (the C kernels do not)
     for bits in (2, 4, 6):
         monkeypatch.setattr(pot, "_CHUNK", 1 << 40)
         whole = lbw_exact_many(ws, bits)
@@ -244,15 +246,22 @@ def test_chunked_fast_path_on_layer_sized_tensors(monkeypatch: pytest.MonkeyPatc
     assert decided and all(all(d) for d in decided)
 
 
+@pytest.mark.parametrize("use_native", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 128, 1 << 18])
-def test_fine_counts_many_equals_one_histogram_per_tensor(chunk: int,
+def test_fine_counts_many_equals_one_histogram_per_tensor(chunk: int, use_native: bool,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch's narrowed fine counts are the per-tensor histograms (sign folded) at the
     column offset it reports, zero elsewhere: zeros (key 0), subnormals, values whose
-    histogram is shorter than one half-octave block, and negatives of every magnitude."""
+    histogram is shorter than one half-octave block, and negatives of every magnitude
+    (torch path chunked, and the C kernels where they load)."""
+    import lowbit.quant._native as native
     import lowbit.quant.pot as pot
 
+    if use_native and native.lib() is None:
+        pytest.skip(f"C kernels not available: {native.status()}")
     monkeypatch.setattr(pot, "_CHUNK", chunk)
+    monkeypatch.setattr(pot, "_NATIVE", use_native)
+    monkeypatch.setattr(native, "_PER_THREAD", 1 if use_native else native._PER_THREAD)
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(500, generator=g) * 0.05,
           torch.tensor([0.5, -0.25, 1.0, -3.0]),

@@ -1,0 +1,303 @@
+"""Optional C kernels for the float32 fast path of :mod:`lowbit.quant.pot` (private).
+
+The fast path of :func:`lowbit.quant.lbw_exact_many` makes two elementwise passes over the
+weights: a histogram of the top 16 magnitude bits of every float32 (counts only), and a
+lookup of each weight's signed half-octave key in a 1024-entry table. In torch each pass is
+several ops (shift, mask, bincount with its own min/max passes; shift, add, index_select),
+single-threaded where bincount is. The two kernels here do each pass in one loop over the
+bit patterns, split over threads (POSIX threads, one slice of every tensor per thread).
+
+Integer arithmetic only (bit patterns in, counts or table entries out), so the results are
+the torch path's bit for bit; nothing here decides anything.
+
+The C source below is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) on
+first use into a per-user cache directory (``$LOWBIT_NATIVE_CACHE``, else
+``$XDG_CACHE_HOME/lowbit/native`` or ``~/.cache/lowbit/native``), keyed by a hash of the
+source, flags and compiler, written atomically (concurrent first calls are safe), and loaded
+with :mod:`ctypes`. Portable flags (no ``-march=native``), so a cache shared between machines
+stays valid. Anything that fails (no compiler, read-only disk, a compile error, a timeout,
+``LOWBIT_NATIVE=0`` in the environment) leaves :func:`lib` returning ``None`` and the callers
+use their torch code; :func:`status` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SRC = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#define NB 65536   /* fine magnitude keys: (bits >> 15) & 0xFFFF */
+#define NSUB 4     /* interleaved sub-histograms (repeated bins do not serialise) */
+#define BLK 4096   /* elements per block: min/max pass, then counts, from cache */
+#define MAXT 64
+
+typedef struct {
+    const uint32_t *const *xs;
+    uint32_t *const *outs;
+    const int64_t *lens;
+    const uint32_t *tab;
+    uint32_t **parts;   /* [nt * g] counts of keys lo..hi of one slice */
+    int32_t *lohi;      /* [nt * g][2] */
+    int64_t g;
+    int nt, t, err;
+} job_t;
+
+static void *count_worker(void *arg) {
+    job_t *j = (job_t *)arg;
+    uint32_t *h = (uint32_t *)calloc((size_t)NB * NSUB, sizeof(uint32_t));
+    if (!h) { j->err = 1; return NULL; }
+    for (int64_t g = 0; g < j->g; g++) {
+        int64_t a = j->lens[g] * j->t / j->nt, b = j->lens[g] * (j->t + 1) / j->nt;
+        int64_t slot = (int64_t)j->t * j->g + g;
+        int32_t *lh = j->lohi + 2 * slot;
+        if (a >= b) { lh[0] = NB; lh[1] = -1; continue; }
+        const uint32_t *x = j->xs[g];
+        int32_t mn = 0x7FFFFFFF, mx = 0;
+        for (int64_t c = a; c < b; c += BLK) {
+            int64_t e = c + BLK < b ? c + BLK : b;
+            for (int64_t i = c; i < e; i++) {
+                int32_t m = (int32_t)(x[i] & 0x7FFFFFFFu);
+                mn = m < mn ? m : mn;
+                mx = m > mx ? m : mx;
+            }
+            int64_t i = c;
+            for (; i + 4 <= e; i += 4) {
+                h[(x[i] >> 15) & 0xFFFFu]++;
+                h[NB + ((x[i + 1] >> 15) & 0xFFFFu)]++;
+                h[2 * NB + ((x[i + 2] >> 15) & 0xFFFFu)]++;
+                h[3 * NB + ((x[i + 3] >> 15) & 0xFFFFu)]++;
+            }
+            for (; i < e; i++) h[(x[i] >> 15) & 0xFFFFu]++;
+        }
+        uint32_t lo = (uint32_t)mn >> 15, hi = (uint32_t)mx >> 15;
+        uint32_t *p = (uint32_t *)malloc((size_t)(hi - lo + 1) * sizeof(uint32_t));
+        for (uint32_t k = lo; k <= hi; k++) {
+            if (p) p[k - lo] = h[k] + h[NB + k] + h[2 * NB + k] + h[3 * NB + k];
+            h[k] = h[NB + k] = h[2 * NB + k] = h[3 * NB + k] = 0;
+        }
+        if (!p) { j->err = 1; lh[0] = NB; lh[1] = -1; continue; }
+        j->parts[slot] = p;
+        lh[0] = (int32_t)lo; lh[1] = (int32_t)hi;
+    }
+    free(h);
+    return NULL;
+}
+
+static void *lookup_worker(void *arg) {
+    job_t *j = (job_t *)arg;
+    for (int64_t g = 0; g < j->g; g++) {
+        int64_t a = j->lens[g] * j->t / j->nt, b = j->lens[g] * (j->t + 1) / j->nt;
+        const uint32_t *x = j->xs[g];
+        uint32_t *o = j->outs[g];
+        const uint32_t *tb = j->tab + 1024 * g;
+        /* signed key (bits >> 22, arithmetic) + 512 == (bits >> 22, logical) ^ 512 */
+        for (int64_t i = a; i < b; i++) o[i] = tb[(x[i] >> 22) ^ 512u];
+    }
+    return NULL;
+}
+
+static int run(void *(*fn)(void *), const job_t *base, int nt) {
+    job_t jobs[MAXT];
+    pthread_t th[MAXT];
+    int started[MAXT];
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = *base; jobs[t].nt = nt; jobs[t].t = t; jobs[t].err = 0;
+    }
+    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, fn, &jobs[t]) == 0;
+    fn(&jobs[0]);
+    int err = jobs[0].err;
+    for (int t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else fn(&jobs[t]);  /* no thread: run its slice here */
+        err |= jobs[t].err;
+    }
+    return err;
+}
+
+static int clamp_threads(int nt) { return nt < 1 ? 1 : nt > MAXT ? MAXT : nt; }
+
+/* Fine counts of g non-empty float32 tensors, as int64 rows [g][w] covering fine keys
+   [c0 * 128, c0 * 128 + w): c0 the first 128-key block any tensor occupies, w up to the
+   end of the last one. fold: room for g * 65536 int64. Returns 0, or 1 (out of memory). */
+int lb_count_many(const uint32_t *const *xs, const int64_t *lens, int64_t g, int nt,
+                  int64_t *fold, int64_t *c0_w) {
+    nt = clamp_threads(nt);
+    uint32_t **parts = (uint32_t **)calloc((size_t)nt * g, sizeof(uint32_t *));
+    int32_t *lohi = (int32_t *)malloc((size_t)nt * g * 2 * sizeof(int32_t));
+    int err = !parts || !lohi;
+    if (!err) {
+        job_t base = {xs, NULL, lens, NULL, parts, lohi, g, nt, 0, 0};
+        err = run(count_worker, &base, nt);
+    }
+    if (!err) {
+        int64_t lo = NB, hi = -1;
+        for (int64_t i = 0; i < (int64_t)nt * g; i++) {
+            if (lohi[2 * i] < lo) lo = lohi[2 * i];
+            if (lohi[2 * i + 1] > hi) hi = lohi[2 * i + 1];
+        }
+        if (hi < lo) { lo = 0; hi = 0; }
+        int64_t c0 = lo / 128, start = c0 * 128, w = (hi / 128 + 1) * 128 - start;
+        for (int64_t r = 0; r < g; r++) {
+            int64_t *f = fold + r * w;
+            memset(f, 0, (size_t)w * sizeof(int64_t));
+            for (int t = 0; t < nt; t++) {
+                int64_t slot = (int64_t)t * g + r;
+                const uint32_t *p = parts[slot];
+                for (int64_t k = lohi[2 * slot]; k <= lohi[2 * slot + 1]; k++)
+                    f[k - start] += p[k - lohi[2 * slot]];
+            }
+        }
+        c0_w[0] = c0; c0_w[1] = w;
+    }
+    if (parts)
+        for (int64_t i = 0; i < (int64_t)nt * g; i++) free(parts[i]);
+    free(parts);
+    free(lohi);
+    return err;
+}
+
+/* outs[i][k] = tab[i * 1024 + signed half-octave key of xs[i][k]], bit patterns. */
+int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64_t *lens,
+                   int64_t g, const uint32_t *tab, int nt) {
+    job_t base = {xs, outs, lens, tab, NULL, NULL, g, clamp_threads(nt), 0, 0};
+    return run(lookup_worker, &base, clamp_threads(nt));
+}
+"""
+
+_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
+# Below this many elements per thread a thread costs more than it saves.
+_PER_THREAD = 1 << 16
+# Slices are counted in uint32: tensors at or above this size take the torch path.
+_MAX_NUMEL = 1 << 31
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"tried": False, "lib": None, "status": "not loaded yet"}
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("LOWBIT_NATIVE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lowbit" / "native"
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc"):
+        if cc and shutil.which(cc):
+            return shutil.which(cc)
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc)")
+    tag = hashlib.sha256("\0".join([_SRC, cc, *_FLAGS, platform.machine(),
+                                    platform.system()]).encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    so = out_dir / f"pot_{tag}.so"
+    if not so.exists():
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            src = Path(tmp) / "pot.c"
+            src.write_text(_SRC)
+            tmp_so = Path(tmp) / "pot.so"
+            res = subprocess.run([cc, *_FLAGS, "-o", str(tmp_so), str(src)],
+                                 capture_output=True, text=True, timeout=120)
+            if res.returncode != 0 or not tmp_so.exists():
+                raise RuntimeError(f"{cc} failed ({res.returncode}): {res.stderr.strip()[:500]}")
+            os.replace(tmp_so, so)  # atomic: a concurrent build writes the same bytes
+    lib = ctypes.CDLL(str(so))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.lb_count_many.argtypes = [p, p, i64, ctypes.c_int, p, p]
+    lib.lb_count_many.restype = ctypes.c_int
+    lib.lb_lookup_many.argtypes = [p, p, p, i64, p, ctypes.c_int]
+    lib.lb_lookup_many.restype = ctypes.c_int
+    return lib
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernels, compiling them on the first call; ``None`` when unavailable."""
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                if os.environ.get("LOWBIT_NATIVE", "1").strip() in ("0", "false", "no", "off"):
+                    _state["status"] = "disabled by LOWBIT_NATIVE"
+                else:
+                    try:
+                        _state["lib"] = _build()
+                        _state["status"] = "loaded"
+                    except Exception as e:  # noqa: BLE001 -- any failure: the torch path
+                        _state["status"] = f"unavailable: {type(e).__name__}: {e}"
+                _state["tried"] = True
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def status() -> str:
+    """Why :func:`lib` is or is not available ("loaded", "disabled by ...", "unavailable: ...")."""
+    return str(_state["status"])
+
+
+def usable(xs: Sequence[Tensor]) -> bool:
+    """Whether the kernels apply to ``xs`` (flat contiguous CPU float32) and are loaded."""
+    return (all(x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+                and 0 < x.numel() < _MAX_NUMEL for x in xs)
+            and len(xs) > 0 and lib() is not None)
+
+
+def _threads(xs: Sequence[Tensor]) -> int:
+    total = sum(x.numel() for x in xs)
+    return max(1, min(torch.get_num_threads(), total // _PER_THREAD))
+
+
+def _ptrs(ts: Sequence[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+
+
+def count_many(xs: Sequence[Tensor]) -> tuple[Tensor, int] | None:
+    """Fine counts of flat float32 tensors as ``_fine_counts_many`` returns them, or ``None``
+    (kernels unavailable or failed: the caller takes its torch path)."""
+    lb = lib()
+    if lb is None:
+        return None
+    g = len(xs)
+    lens = torch.tensor([x.numel() for x in xs], dtype=torch.int64)
+    fold = torch.empty(g * 65536, dtype=torch.int64)
+    c0_w = torch.zeros(2, dtype=torch.int64)
+    if lb.lb_count_many(_ptrs(xs), lens.data_ptr(), g, _threads(xs), fold.data_ptr(),
+                        c0_w.data_ptr()):
+        return None
+    c0, w = c0_w.tolist()
+    return fold[:g * w].view(g, w), c0
+
+
+def lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor] | None:
+    """``tab[g]`` (float32 ``[G, 1024]``) at each element's signed half-octave key, as
+    ``_lookup_many`` returns it, or ``None`` (kernels unavailable or failed)."""
+    lb = lib()
+    if lb is None:
+        return None
+    tab = tab.to(torch.float32).contiguous()
+    lens = torch.tensor([x.numel() for x in xs], dtype=torch.int64)
+    outs = [torch.empty_like(x) for x in xs]
+    if lb.lb_lookup_many(_ptrs(xs), _ptrs(outs), lens.data_ptr(), len(xs), tab.data_ptr(),
+                         _threads(xs)):
+        return None
+    return outs
