@@ -357,6 +357,7 @@ def quantize_onnx_int8(
         report.update({w: "float" for w in float_weights})
     if cfg.quant_format == "qdq":
         _requantize_biases(q, fp_inits)
+    _shapes_of_quantized(q)
     if metadata:
         _set_metadata(q, metadata)
     onnx.save(q, str(path))
@@ -449,6 +450,28 @@ def _rewrite_pot_weights(q: Any, fp_inits: dict[str, np.ndarray], report: dict[s
                 if bias is not None:
                     bq = _bias_codes(bias, x_scale.reshape(()) * w_scale, node.name)
                     inits[bname].CopyFrom(numpy_helper.from_array(bq, bname))
+
+
+def _shapes_of_quantized(q: Any) -> None:
+    """Let every ``Shape`` node that reads a ``DequantizeLinear`` output read the quantized
+    tensor instead (same dimensions), and drop the ``DequantizeLinear`` nodes left unread.
+
+    The quantizer puts a ``DequantizeLinear`` (one per reader, "duplicated") before the
+    ``Shape`` nodes with which a dynamic-batch export computes ``Resize`` sizes (YOLOv3's
+    upsampling to the skip connection's size); onnxruntime then materialised those float
+    tensors, and ``Transpose`` nodes of their NHWC uint8 sources back to NCHW, only to read the
+    shapes (4 ``DequantizeLinear`` + 4 ``Transpose`` in YOLOv3-tiny). On the quantized tensor
+    onnxruntime reads the shape of the NHWC tensor with a ``Gather`` of its dimensions."""
+    prod = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        src = prod.get(n.input[0]) if n.op_type == "Shape" else None
+        if src is not None and src.op_type == "DequantizeLinear":
+            n.input[0] = src.input[0]
+    used = {i for n in q.graph.node for i in n.input} | {o.name for o in q.graph.output}
+    dead = [n for n in q.graph.node if n.op_type == "DequantizeLinear"
+            and not any(o in used for o in n.output)]
+    for n in dead:
+        q.graph.node.remove(n)
 
 
 def _dequantized_float_weights(q: Any, fp_inits: dict[str, np.ndarray], names: Sequence[str],
