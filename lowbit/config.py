@@ -189,7 +189,13 @@ class TrainConfig:
     temperature slope per epoch and training phases (``[[weights|activations|both, epochs],
     ...]``, fractional epochs allowed; null: one ``both`` phase), applied by the engine to
     every QN quantizer before each step (:class:`lowbit.train.quant_schedule.QuantClock`,
-    which also steps INQ's frozen portions over the run).
+    which also steps INQ's frozen portions over the run). ``channels_last``: keep the
+    model's 4-D parameters in the channels-last memory format (NHWC), for training,
+    evaluation and :func:`lowbit.runs.load_run`; oneDNN's CPU convolutions then skip their
+    layout reorders: an FP32 training step of the demo's R-FCN took 0.53-0.83x the time at 1
+    thread, while an ``lbw-exact`` QAT step did not gain (1.12-1.15x), measured in one process
+    each by ``benchmarks/bench_channels_last.py`` on a loaded machine. Results equal the default
+    layout's up to float rounding; checkpoints are stored contiguous either way.
     """
 
     epochs: int = 1
@@ -208,6 +214,7 @@ class TrainConfig:
     sync_bn: bool = True
     tensorboard: bool = False
     quant_penalty: float = 0.0
+    channels_last: bool = False
     qn_t0: float = 20.0
     qn_phases: list[list[Any]] | None = None
 

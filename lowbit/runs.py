@@ -309,7 +309,8 @@ class LoadedRun(NamedTuple):
 def load_run(path: str | os.PathLike[str]) -> LoadedRun:
     """The one run loader: ``(cfg, task, model)`` of a run folder or of a checkpoint inside one
     (``RUN/checkpoints/ckpt-*.json``); the config is ``RUN/config.yaml``. The model is in eval
-    mode on the CPU with its quantized layers converted (frozen quantized weights), as
+    mode on the CPU with its quantized layers converted (frozen quantized weights), in the
+    channels-last memory format when the run trained so (``train.channels_last``), as
     ``lowbit export``, ``lowbit stats``, the demo and compare use it."""
     from lowbit.config import load_config
     from lowbit.nn import convert, quant_layers
@@ -329,6 +330,8 @@ def load_run(path: str | os.PathLike[str]) -> LoadedRun:
     model.eval()
     if quant_layers(model):
         convert(model)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     return LoadedRun(cfg, task, model)
 
 

@@ -287,6 +287,7 @@ def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
         cfg = _config(s, tmp_path, run, tmp_path / "fp32", backbone_weights="w.safetensors")
         if spec is None:
             assert "iterations" not in cfg["train"] and cfg["init"] is None
+            assert cfg["train"]["channels_last"] is True
         else:
             assert cfg["train"]["iterations"] == 7 and cfg["init"] == str(tmp_path / "fp32")
             assert 1 <= cfg["optim"]["warmup_iters"] <= 7

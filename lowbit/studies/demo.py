@@ -190,8 +190,12 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
         "quant": None,
         "init": None,
     }
-    if spec is None and backbone_weights is not None:
-        cfg["model"]["kwargs"]["backbone_weights"] = backbone_weights
+    if spec is None:
+        # NHWC speeds up the FP32 phase on the CPU (not the QAT steps: see
+        # benchmarks/bench_channels_last.py)
+        cfg["train"]["channels_last"] = True
+        if backbone_weights is not None:
+            cfg["model"]["kwargs"]["backbone_weights"] = backbone_weights
     if qat:
         cfg["init"] = str(fp32_dir)
         if s.qat_iters is not None:

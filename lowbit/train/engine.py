@@ -458,6 +458,8 @@ class Trainer:
         if ctx.distributed and tc.sync_bn and ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(ctx.device)
+        if tc.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.model = model
 
         optimizer = torch.optim.SGD(
@@ -895,6 +897,8 @@ def evaluate_checkpoint(
                 raise
     _, test_ds = task.build_datasets(cfg)
     model.to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     loader = _eval_loader(task, cfg, test_ds, dev)
     metrics = evaluate_model(task, model, loader, device=dev, amp=cfg.train.amp)
     for key in ("main", "loss"):
