@@ -44,7 +44,6 @@ _SRC = r"""
 
 #define NB 65536   /* fine magnitude keys: (bits >> 15) & 0xFFFF */
 #define NSUB 4     /* interleaved sub-histograms (repeated bins do not serialise) */
-#define BLK 4096   /* elements per block: min/max pass, then counts, from cache */
 #define MAXT 64
 
 typedef struct {
@@ -54,9 +53,60 @@ typedef struct {
     const uint32_t *tab;
     uint32_t **parts;   /* [nt * g] counts of keys lo..hi of one slice */
     int32_t *lohi;      /* [nt * g][2] */
-    int64_t g;
+    int64_t g, scan_from;
     int nt, t, err;
 } job_t;
+
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef MULTIVERSION
+#define MULTIVERSION
+#endif
+
+/* Counts of keys a..b-1 of x into the NSUB interleaved sub-histograms h. */
+static void count_slice(const uint32_t *x, int64_t a, int64_t b, uint32_t *h) {
+    int64_t i = a;
+    for (; i + 4 <= b; i += 4) {
+        h[(x[i] >> 15) & 0xFFFFu]++;
+        h[NB + ((x[i + 1] >> 15) & 0xFFFFu)]++;
+        h[2 * NB + ((x[i + 2] >> 15) & 0xFFFFu)]++;
+        h[3 * NB + ((x[i + 3] >> 15) & 0xFFFFu)]++;
+    }
+    for (; i < b; i++) h[(x[i] >> 15) & 0xFFFFu]++;
+}
+
+/* Smallest and largest magnitude bit pattern of x[a..b-1] (short slices: from cache). */
+MULTIVERSION static void minmax_slice(const uint32_t *x, int64_t a, int64_t b,
+                                      int32_t *mn_, int32_t *mx_) {
+    int32_t mn = 0x7FFFFFFF, mx = 0;
+    for (int64_t i = a; i < b; i++) {
+        int32_t m = (int32_t)(x[i] & 0x7FFFFFFFu);
+        mn = m < mn ? m : mn;
+        mx = m > mx ? m : mx;
+    }
+    *mn_ = mn; *mx_ = mx;
+}
+
+/* First and last 128-key block with a count in any sub-histogram (long slices: scanning
+   the histogram costs less than a min/max over the elements). */
+MULTIVERSION static void scan_blocks(const uint32_t *h, int32_t *lo, int32_t *hi) {
+    int32_t l = -1, u = -1;
+    for (int32_t blk = 0; blk < NB / 128; blk++) {
+        uint32_t acc = 0;
+        for (int s = 0; s < NSUB; s++) {
+            const uint32_t *p = h + (int64_t)s * NB + blk * 128;
+            for (int k = 0; k < 128; k++) acc |= p[k];
+        }
+        if (acc) {
+            if (l < 0) l = blk;
+            u = blk;
+        }
+    }
+    *lo = l; *hi = u;
+}
 
 static void *count_worker(void *arg) {
     job_t *j = (job_t *)arg;
@@ -68,24 +118,19 @@ static void *count_worker(void *arg) {
         int32_t *lh = j->lohi + 2 * slot;
         if (a >= b) { lh[0] = NB; lh[1] = -1; continue; }
         const uint32_t *x = j->xs[g];
-        int32_t mn = 0x7FFFFFFF, mx = 0;
-        for (int64_t c = a; c < b; c += BLK) {
-            int64_t e = c + BLK < b ? c + BLK : b;
-            for (int64_t i = c; i < e; i++) {
-                int32_t m = (int32_t)(x[i] & 0x7FFFFFFFu);
-                mn = m < mn ? m : mn;
-                mx = m > mx ? m : mx;
-            }
-            int64_t i = c;
-            for (; i + 4 <= e; i += 4) {
-                h[(x[i] >> 15) & 0xFFFFu]++;
-                h[NB + ((x[i + 1] >> 15) & 0xFFFFu)]++;
-                h[2 * NB + ((x[i + 2] >> 15) & 0xFFFFu)]++;
-                h[3 * NB + ((x[i + 3] >> 15) & 0xFFFFu)]++;
-            }
-            for (; i < e; i++) h[(x[i] >> 15) & 0xFFFFu]++;
+        uint32_t lo, hi;
+        if (b - a < j->scan_from) {
+            int32_t mn, mx;
+            minmax_slice(x, a, b, &mn, &mx);
+            count_slice(x, a, b, h);
+            lo = (uint32_t)mn >> 15; hi = (uint32_t)mx >> 15;
+        } else {
+            int32_t bl, bh;
+            count_slice(x, a, b, h);
+            scan_blocks(h, &bl, &bh);
+            if (bl < 0) { j->err = 1; bl = bh = 0; }  /* cannot happen: b > a counts */
+            lo = (uint32_t)bl * 128; hi = (uint32_t)bh * 128 + 127;
         }
-        uint32_t lo = (uint32_t)mn >> 15, hi = (uint32_t)mx >> 15;
         uint32_t *p = (uint32_t *)malloc((size_t)(hi - lo + 1) * sizeof(uint32_t));
         for (uint32_t k = lo; k <= hi; k++) {
             if (p) p[k - lo] = h[k] + h[NB + k] + h[2 * NB + k] + h[3 * NB + k];
@@ -136,13 +181,13 @@ static int clamp_threads(int nt) { return nt < 1 ? 1 : nt > MAXT ? MAXT : nt; }
    [c0 * 128, c0 * 128 + w): c0 the first 128-key block any tensor occupies, w up to the
    end of the last one. fold: room for g * 65536 int64. Returns 0, or 1 (out of memory). */
 int lb_count_many(const uint32_t *const *xs, const int64_t *lens, int64_t g, int nt,
-                  int64_t *fold, int64_t *c0_w) {
+                  int64_t scan_from, int64_t *fold, int64_t *c0_w) {
     nt = clamp_threads(nt);
     uint32_t **parts = (uint32_t **)calloc((size_t)nt * g, sizeof(uint32_t *));
     int32_t *lohi = (int32_t *)malloc((size_t)nt * g * 2 * sizeof(int32_t));
     int err = !parts || !lohi;
     if (!err) {
-        job_t base = {xs, NULL, lens, NULL, parts, lohi, g, nt, 0, 0};
+        job_t base = {xs, NULL, lens, NULL, parts, lohi, g, scan_from, nt, 0, 0};
         err = run(count_worker, &base, nt);
     }
     if (!err) {
@@ -175,7 +220,7 @@ int lb_count_many(const uint32_t *const *xs, const int64_t *lens, int64_t g, int
 /* outs[i][k] = tab[i * 1024 + signed half-octave key of xs[i][k]], bit patterns. */
 int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64_t *lens,
                    int64_t g, const uint32_t *tab, int nt) {
-    job_t base = {xs, outs, lens, tab, NULL, NULL, g, clamp_threads(nt), 0, 0};
+    job_t base = {xs, outs, lens, tab, NULL, NULL, g, 0, clamp_threads(nt), 0, 0};
     return run(lookup_worker, &base, clamp_threads(nt));
 }
 """
@@ -183,6 +228,9 @@ int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64
 _FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
 # Below this many elements per thread a thread costs more than it saves.
 _PER_THREAD = 1 << 16
+# A slice at least this long finds its key range by scanning its histogram (cheaper than a
+# min/max over its elements); shorter ones take the min/max. Same counts either way.
+_SCAN_FROM = 1 << 15
 # Slices are counted in uint32: tensors at or above this size take the torch path.
 _MAX_NUMEL = 1 << 31
 
@@ -226,7 +274,7 @@ def _build() -> ctypes.CDLL:
             os.replace(tmp_so, so)  # atomic: a concurrent build writes the same bytes
     lib = ctypes.CDLL(str(so))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.lb_count_many.argtypes = [p, p, i64, ctypes.c_int, p, p]
+    lib.lb_count_many.argtypes = [p, p, i64, ctypes.c_int, i64, p, p]
     lib.lb_count_many.restype = ctypes.c_int
     lib.lb_lookup_many.argtypes = [p, p, p, i64, p, ctypes.c_int]
     lib.lb_lookup_many.restype = ctypes.c_int
@@ -281,8 +329,8 @@ def count_many(xs: Sequence[Tensor]) -> tuple[Tensor, int] | None:
     lens = torch.tensor([x.numel() for x in xs], dtype=torch.int64)
     fold = torch.empty(g * 65536, dtype=torch.int64)
     c0_w = torch.zeros(2, dtype=torch.int64)
-    if lb.lb_count_many(_ptrs(xs), lens.data_ptr(), g, _threads(xs), fold.data_ptr(),
-                        c0_w.data_ptr()):
+    if lb.lb_count_many(_ptrs(xs), lens.data_ptr(), g, _threads(xs), _SCAN_FROM,
+                        fold.data_ptr(), c0_w.data_ptr()):
         return None
     c0, w = c0_w.tolist()
     return fold[:g * w].view(g, w), c0

@@ -54,14 +54,17 @@ def _torch_path(monkeypatch: pytest.MonkeyPatch):
 @needs_native
 @settings(max_examples=60, deadline=None)
 @given(xs=st.lists(float32_flat(), min_size=1, max_size=6), threads=st.integers(1, 3),
-       nonfinite=st.booleans(), data=st.data())
+       nonfinite=st.booleans(), scan_from=st.sampled_from([1, 700, 1 << 40]), data=st.data())
 def test_counts_equal_torch_path(xs: list[torch.Tensor], threads: int, nonfinite: bool,
-                                 data) -> None:
+                                 scan_from: int, data) -> None:
+    """Counts from the kernel (key range by min/max or by scanning the histogram, 1-3
+    threads) equal the torch path's, column offset included."""
     if nonfinite:
         xs = xs + [data.draw(float32_flat(nonfinite=True))]
     before = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, "_PER_THREAD", 1)  # split even tiny tensors over the threads
+        mp.setattr(native, "_SCAN_FROM", scan_from)
         torch.set_num_threads(threads)
         try:
             got = native.count_many(xs)
@@ -99,13 +102,15 @@ def test_lookup_equals_torch_path(xs: list[torch.Tensor], threads: int, seed: in
 @needs_native
 @settings(max_examples=50, deadline=None)
 @given(ws=st.lists(tensor_st(), min_size=1, max_size=6), bits=st.integers(2, 8),
-       threads=st.integers(1, 2))
-def test_many_native_equals_torch_path(ws: list[torch.Tensor], bits: int, threads: int) -> None:
+       threads=st.integers(1, 2), scan_from=st.sampled_from([1, 1 << 40]))
+def test_many_native_equals_torch_path(ws: list[torch.Tensor], bits: int, threads: int,
+                                       scan_from: int) -> None:
     """Whole quantizer, every dtype/shape/zeros/subnormals, b = 2..8: the C kernels change
     nothing (values, signs of zero, exponents), threaded or not, and match lbw_exact."""
     before = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, "_PER_THREAD", 1)
+        mp.setattr(native, "_SCAN_FROM", scan_from)
         torch.set_num_threads(threads)
         try:
             fast = lbw_exact_many(ws, bits)
