@@ -225,7 +225,7 @@ int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64
 }
 """
 
-_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
+_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off"]
 # Below this many elements per thread a thread costs more than it saves.
 _PER_THREAD = 1 << 16
 # A slice at least this long finds its key range by scanning its histogram (cheaper than a
@@ -238,12 +238,26 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "lib": None, "status": "not loaded yet"}
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the built library may live: the user's cache directory, else a private
+    per-user folder under the system temp directory."""
     env = os.environ.get("LOWBIT_NATIVE_CACHE")
     if env:
-        return Path(env)
+        return [Path(env)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lowbit" / "native"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return [Path(base) / "lowbit" / "native",
+            Path(tempfile.gettempdir()) / f"lowbit-native-{uid}"]
+
+
+def _private_dir(d: Path) -> Path:
+    """``d`` created if needed; refused unless it is ours and nobody else may write to it
+    (we load code from it)."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = d.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise PermissionError(f"{d} is not a private directory of this user")
+    return d
 
 
 def _compiler() -> str | None:
@@ -253,25 +267,36 @@ def _compiler() -> str | None:
     return None
 
 
+def _compile(cc: str, out_dir: Path, so: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        src = Path(tmp) / "pot.c"
+        src.write_text(_SRC)
+        tmp_so = Path(tmp) / "pot.so"
+        res = subprocess.run([cc, *_FLAGS, "-o", str(tmp_so), str(src)],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0 or not tmp_so.exists():
+            raise OSError(f"{cc} failed ({res.returncode}): {res.stderr.strip()[:500]}")
+        os.replace(tmp_so, so)  # atomic: a concurrent build writes the same bytes
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
     tag = hashlib.sha256("\0".join([_SRC, cc, *_FLAGS, platform.machine(),
                                     platform.system()]).encode()).hexdigest()[:16]
-    out_dir = _cache_dir()
-    so = out_dir / f"pot_{tag}.so"
-    if not so.exists():
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            src = Path(tmp) / "pot.c"
-            src.write_text(_SRC)
-            tmp_so = Path(tmp) / "pot.so"
-            res = subprocess.run([cc, *_FLAGS, "-o", str(tmp_so), str(src)],
-                                 capture_output=True, text=True, timeout=120)
-            if res.returncode != 0 or not tmp_so.exists():
-                raise RuntimeError(f"{cc} failed ({res.returncode}): {res.stderr.strip()[:500]}")
-            os.replace(tmp_so, so)  # atomic: a concurrent build writes the same bytes
+    errors = []
+    for cand in _cache_dirs():
+        try:
+            out_dir = _private_dir(cand)
+            so = out_dir / f"pot_{tag}.so"
+            if not so.exists():
+                _compile(cc, out_dir, so)
+            break
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{cand}: {e}")
+    else:
+        raise RuntimeError("; ".join(errors))
     lib = ctypes.CDLL(str(so))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.lb_count_many.argtypes = [p, p, i64, ctypes.c_int, i64, p, p]

@@ -230,3 +230,18 @@ def test_fresh_build_in_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     _fresh_state(monkeypatch)
     assert native.lib() is not None
     assert sorted(p.name for p in cache.iterdir()) == files
+
+
+def test_shared_cache_directory_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Code is loaded from the cache: a directory others may write to is not used."""
+    if not hasattr(native.os, "getuid"):
+        pytest.skip("no POSIX owners")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _fresh_state(monkeypatch)
+    monkeypatch.setenv("LOWBIT_NATIVE_CACHE", str(shared))
+    assert native.lib() is None and "not a private directory" in native.status()
+    assert list(shared.iterdir()) == []
+    w = torch.randn(50)
+    assert lbw_exact(w, 3)[1] == lbw_exact(w.double(), 3)[1]
