@@ -196,6 +196,9 @@ class TrainConfig:
     thread, while an ``lbw-exact`` QAT step did not gain (1.12-1.15x), measured in one process
     each by ``benchmarks/bench_channels_last.py`` on a loaded machine. Results equal the default
     layout's up to float rounding; checkpoints are stored contiguous either way.
+    ``final_eval``: evaluate on the test set after the last iteration (False: the run ends
+    with its final checkpoint and ``result.json`` holds the last evaluation made, if any; for
+    callers that score the model themselves, as the demo does while writing its detections).
     """
 
     epochs: int = 1
@@ -215,6 +218,7 @@ class TrainConfig:
     tensorboard: bool = False
     quant_penalty: float = 0.0
     channels_last: bool = False
+    final_eval: bool = True
     qn_t0: float = 20.0
     qn_phases: list[list[Any]] | None = None
 

@@ -132,7 +132,8 @@ def test_every_phase_has_intervals_and_rescorable_detections(demo_out: Path) -> 
             r["mAP"], abs=1e-12)
         lo, hi = r["mAP_ci"]
         assert 0.0 <= lo <= hi <= 1.0 and r["mAP_half_width"] == pytest.approx((hi - lo) / 2)
-        assert r["train_final_mAP"] == pytest.approx(r["mAP"], abs=1e-9)
+        # the engine did not evaluate (final_eval false): the demo scored each phase once
+        assert not json.loads((run_dir / "result.json").read_text())["metrics"]
         matched[name] = run_dir
     # the test split's ground truth from the files the demo wrote
     from lowbit.eval.voc import load_voc_ground_truth

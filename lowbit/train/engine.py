@@ -726,8 +726,8 @@ class Trainer:
                 if final:
                     tick(it)  # the run's end state (INQ: every weight quantized) is evaluated
                 n_epochs = it // ipe
-                due = final or bool(epoch_end and tc.eval_interval
-                                    and n_epochs % tc.eval_interval == 0)
+                due = (final and tc.final_eval) or bool(
+                    epoch_end and tc.eval_interval and n_epochs % tc.eval_interval == 0)
                 # the checkpoint first: an evaluation that fails loses no training
                 if (epoch_end or final) and saved_at != it:
                     last_ckpt = self._save(ddp, optimizer, schedule, scaler, it, ipe, logger,

@@ -101,6 +101,28 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_a_noop(
     assert again.resumed_from == 4 and again.metrics == first.metrics
 
 
+def test_final_eval_false_skips_only_the_last_evaluation(tmp_path: Path, one_thread: None
+                                                         ) -> None:
+    import json
+
+    # 22 iterations per epoch: epoch ends evaluate (eval_interval 1), the end does not
+    cfg = make_config(train={"iterations": 30, "eval_interval": 1, "final_eval": False})
+    res = fit(cfg, tmp_path / "r", progress=False)
+    evals = [e["iteration"] for e in read_metrics(tmp_path / "r" / "metrics.jsonl")
+             if e["event"] == "eval"]
+    assert evals == [22] and res.iteration == 30
+    assert res.metrics and json.loads((tmp_path / "r" / "result.json").read_text())[
+        "metrics"] == res.metrics  # the last evaluation made
+    # a rerun of the finished run evaluates nothing either
+    again = fit(cfg, tmp_path / "r", resume=True, progress=False)
+    assert again.resumed_from == 30 and again.metrics == res.metrics
+    assert [e["iteration"] for e in read_metrics(tmp_path / "r" / "metrics.jsonl")
+            if e["event"] == "eval"] == [22]
+    none = fit(make_config(train={"iterations": 4, "eval_interval": 0, "final_eval": False}),
+               tmp_path / "n", progress=False)
+    assert none.metrics == {}
+
+
 def test_step_schedule_and_amp_on_cpu(tmp_path: Path, one_thread: None) -> None:
     cfg = make_config(optim={"schedule": "step", "milestones": [0.5], "gamma": 0.5,
                              "warmup_iters": 0},
