@@ -283,7 +283,8 @@ def export_onnx_int8(
     kept there; otherwise to a temporary folder that is deleted before returning.
 
     Returns ``{"path", "fp32_path" (str or None), "config" (its label), "weights":
-    {initializer: "pot-exact" | "pot-inexact" | "ort"}}``; the file passes ``onnx.checker``
+    {initializer: "pot-exact" | "pot-inexact" | "ort" | "float"}}`` ("float": the FP32 weight
+    of a conv left float, ``float_conv_weights="float"``); the file passes ``onnx.checker``
     and loads in onnxruntime CPU.
     """
     import tempfile
@@ -316,7 +317,7 @@ def quantize_onnx_int8(
     :func:`export_onnx_int8` prepares them) to ``path`` with ``config``, then rewrite every
     int8 weight whose slices along its channel axis are powers of two times a per-slice factor
     as exact codes (see the module doc) and make the int32 biases consistent with the new
-    weight scales. Returns ``{initializer: "pot-exact" | "pot-inexact" | "ort"}``."""
+    weight scales. Returns ``{initializer: "pot-exact" | "pot-inexact" | "ort" | "float"}``."""
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
