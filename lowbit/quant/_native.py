@@ -217,6 +217,24 @@ int lb_count_many(const uint32_t *const *xs, const int64_t *lens, int64_t g, int
     return err;
 }
 
+/* float64 statistics of one float32 tensor over its 1024 signed half-octave keys, exactly
+   as torch.bincount(key, weights=...) makes them: each bin's sums in element order, the
+   square rounded to float64 before it is added (no contraction: -ffp-contract=off). */
+void lb_stats(const uint32_t *xs, int64_t n, int64_t *cnt, double *s1, double *s2) {
+    const float *x = (const float *)xs;
+    memset(cnt, 0, 1024 * sizeof(int64_t));
+    memset(s1, 0, 1024 * sizeof(double));
+    memset(s2, 0, 1024 * sizeof(double));
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = (xs[i] >> 22) ^ 512u;
+        double d = (double)x[i];
+        double q = d * d;
+        cnt[k] += 1;
+        s1[k] += d;
+        s2[k] += q;
+    }
+}
+
 /* outs[i][k] = tab[i * 1024 + signed half-octave key of xs[i][k]], bit patterns. */
 int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64_t *lens,
                    int64_t g, const uint32_t *tab, int nt) {
@@ -303,6 +321,8 @@ def _build() -> ctypes.CDLL:
     lib.lb_count_many.restype = ctypes.c_int
     lib.lb_lookup_many.argtypes = [p, p, p, i64, p, ctypes.c_int]
     lib.lb_lookup_many.restype = ctypes.c_int
+    lib.lb_stats.argtypes = [p, i64, p, p, p]
+    lib.lb_stats.restype = None
     return lib
 
 
@@ -374,3 +394,18 @@ def lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor] | None:
                          _threads(xs)):
         return None
     return outs
+
+
+def stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(cnt int64, s1 float64, s2 float64)``, each ``Tensor[1024]``: ``torch.bincount`` of
+    the signed half-octave keys ``(bits >> 22) + 512`` of flat float32 ``x`` with no weights,
+    weights ``x.double()`` and weights ``x.double() ** 2`` (bit for bit: one sequential pass,
+    as bincount adds), or ``None`` when the kernels are unavailable."""
+    lb = lib()
+    if lb is None:
+        return None
+    cnt = torch.empty(1024, dtype=torch.int64)
+    s1 = torch.empty(1024, dtype=torch.float64)
+    s2 = torch.empty(1024, dtype=torch.float64)
+    lb.lb_stats(x.data_ptr(), x.numel(), cnt.data_ptr(), s1.data_ptr(), s2.data_ptr())
+    return cnt, s1, s2

@@ -304,19 +304,31 @@ def _exact_rows(x: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor, T
     """Half-octave statistics of ``x: Tensor[R, L]`` (float32/float64), one row per segment.
 
     Returns ``(keys, cnt, s1, s2b, hcol)``: ``keys`` int ``Tensor[R*L]`` index the signed
-    tables of :func:`_level_table` flattened (row ``r``'s table at ``r * 2H``); the stats are
+    tables of :func:`_level_table` flattened (row ``r``'s table at ``r * 2H``), or ``None``
+    when the C kernel of :mod:`lowbit.quant._native` made the statistics (a single contiguous
+    float32 CPU row: its keys are IEEE's, :func:`_lookup_many` applies the table); the stats are
     ``Tensor[R, H]`` float64 folded over sign; ``hcol`` as :func:`_solve_rows` wants it.
     A single float32 row keeps IEEE's 512 magnitude columns; otherwise columns are compressed
     to the tensor's occupied exponent range (column 0 collects zeros and subnormals), so that
     per-channel histograms stay small.
     """
     rows = x.shape[0]
-    key, hcol, hh = _row_keys(x, name)
-    xd = x.reshape(-1).to(torch.float64)
-    nb = 2 * hh * rows
-    cnt = torch.bincount(key, minlength=nb).view(rows, 2, hh)
-    s1 = torch.bincount(key, weights=xd, minlength=nb).view(rows, 2, hh)
-    s2b = torch.bincount(key, weights=xd * xd, minlength=nb).view(rows, 2, hh)
+    flat = x.reshape(-1)
+    nat = None
+    if rows == 1 and _NATIVE and _native.usable([flat]):
+        nat = _native.stats(flat)  # the same three bincounts in one pass, bit for bit
+    if nat is not None:
+        key, hh = None, 512
+        km = torch.arange(hh, device=x.device)
+        hcol = torch.where(km >= 2, km - 254, _NOCOL)[None]
+        cnt, s1, s2b = (t.view(1, 2, hh) for t in nat)
+    else:
+        key, hcol, hh = _row_keys(x, name)
+        xd = flat.to(torch.float64)
+        nb = 2 * hh * rows
+        cnt = torch.bincount(key, minlength=nb).view(rows, 2, hh)
+        s1 = torch.bincount(key, weights=xd, minlength=nb).view(rows, 2, hh)
+        s2b = torch.bincount(key, weights=xd * xd, minlength=nb).view(rows, 2, hh)
     cnt = (cnt[:, 0] + cnt[:, 1]).double()
     s1 = s1[:, 1] - s1[:, 0]  # negative bins hold negative sums
     s2b = s2b[:, 0] + s2b[:, 1]
@@ -603,7 +615,10 @@ def _quantize_rows(
             rows = st[1].shape[0]
             sj = sol["s"][row:row + rows]
             tab = _level_table(sj, st[4], n, j["x"].dtype)
-            j["wq"] = torch.index_select(tab.reshape(-1), 0, st[0])
+            if st[0] is None:  # native statistics: 512 IEEE columns, the fast path's lookup
+                j["wq"] = _lookup_many([j["x"].reshape(-1)], tab)[0]
+            else:
+                j["wq"] = torch.index_select(tab.reshape(-1), 0, st[0])
             j["s"] = sj if per_channel else sj[0]
             row += rows
     out = []

@@ -245,3 +245,70 @@ def test_shared_cache_directory_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_
     assert list(shared.iterdir()) == []
     w = torch.randn(50)
     assert lbw_exact(w, 3)[1] == lbw_exact(w.double(), 3)[1]
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(x=float32_flat())
+def test_stats_equal_bincount(x: torch.Tensor) -> None:
+    """The float64 statistics kernel is torch.bincount of the signed half-octave keys, bit
+    for bit (same per-bin summation order, squares rounded before they are added)."""
+    got = native.stats(x)
+    assert got is not None
+    key = torch.bitwise_right_shift(x.view(torch.int32), 22).long() + 512
+    xd = x.double()
+    ref = (torch.bincount(key, minlength=1024), torch.bincount(key, weights=xd, minlength=1024),
+           torch.bincount(key, weights=xd * xd, minlength=1024))
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.int64), b.view(torch.int64))
+
+
+@needs_native
+def test_stats_equal_bincount_long() -> None:
+    """Long inputs too (a parallel torch.bincount would add in another order)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3_000_000, generator=g) * torch.exp2(
+        torch.randint(-30, 5, (3_000_000,), generator=g).float())
+    cnt, s1, s2 = native.stats(x)
+    key = torch.bitwise_right_shift(x.view(torch.int32), 22).long() + 512
+    xd = x.double()
+    assert torch.equal(cnt, torch.bincount(key, minlength=1024))
+    assert torch.equal(s1.view(torch.int64),
+                       torch.bincount(key, weights=xd, minlength=1024).view(torch.int64))
+    assert torch.equal(s2.view(torch.int64),
+                       torch.bincount(key, weights=xd * xd, minlength=1024).view(torch.int64))
+
+
+@needs_native
+@pytest.mark.parametrize("bits", [6, 7, 8])
+def test_undecided_rows_native_statistics(bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 tensors the counts-only decision leaves undecided take the float64 statistics
+    from the C kernel and the lookup from the fast path's kernel: the same bits and exponent
+    as the torch path and as brute force."""
+    from tests.quant._oracles import brute_force_lbw, nearest_pot
+
+    ws = []
+    for seed in range(400):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(int(torch.randint(5, 400, (1,), generator=g)), generator=g)
+        fold, c0 = pot._fine_counts_many([w])
+        _, dec = pot._fast_decide(fold, 2 ** (bits - 2), torch.tensor([127]), ["w"], c0)
+        if not bool(dec[0]):
+            ws.append(w)
+        if len(ws) == 3:
+            break
+    assert ws, "no undecided tensor found"
+    ws.append(torch.randn(50) * 0.1)  # a decided one in the same call
+    calls = []
+    real = native.stats
+    monkeypatch.setattr(native, "stats", lambda x: calls.append(x.numel()) or real(x))
+    fast = lbw_exact_many(ws, bits)
+    assert sorted(calls) == sorted(w.numel() for w in ws[:-1])
+    monkeypatch.setattr(pot, "_NATIVE", False)
+    slow = lbw_exact_many(ws, bits)
+    for w, (a, sa), (b, sb) in zip(ws, fast, slow):
+        assert bits_equal(a, b) and int(sa) == int(sb)
+        _, s_doc, _ = brute_force_lbw(w.double(), bits)
+        assert int(sa) == s_doc
+        ref = nearest_pot(w.double(), s_doc, 2 ** (bits - 2)).float()
+        assert bits_equal(a, torch.where(w < 0, -ref.abs(), ref.abs()))
