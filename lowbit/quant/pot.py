@@ -31,8 +31,9 @@ other rows, so the results are bit-identical to :func:`lbw_exact` on each tensor
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -563,6 +564,29 @@ def _pad_cols(t: Tensor, width: int, value: float | int) -> Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
 
+_SOLVER_ONE_THREAD_ROWS = 1024
+
+
+@contextlib.contextmanager
+def _solver_threads(device: torch.device, rows: int) -> Iterator[None]:
+    """One intra-op thread for the solvers on CPU when they solve at most
+    :data:`_SOLVER_ONE_THREAD_ROWS` rows (tensors, not channels). Their tensors are then small
+    (``[G, J, W]`` candidate x bucket grids, a few hundred thousand elements): splitting each
+    of their ~40 ops over threads saves little, and OpenMP's fork/join and spin-waits cost a
+    lot on a busy machine (measured under load ~4 on 2 cores: 380 ms at 2 threads vs 16 ms at
+    1 for the ResNet-50 decision). The elementwise passes over the weights keep every thread;
+    so do per-channel solves (thousands of rows)."""
+    nt = torch.get_num_threads()
+    if nt > 1 and device.type == "cpu" and rows <= _SOLVER_ONE_THREAD_ROWS:
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(nt)
+    else:
+        yield
+
+
 def _quantize_rows(
     ws: Sequence[Tensor], n: int, per_channel: bool, axis: int, what: str
 ) -> list[tuple[Tensor, Tensor]]:
@@ -578,12 +602,13 @@ def _quantize_rows(
         flat = [j["x"].reshape(-1).contiguous() for j in grp]
         fold, col0 = _fine_counts_many(flat)
         caps = torch.tensor([j["cap"] for j in grp], device=dev)
-        s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp], col0)
-        dec = decided.tolist()
-        if any(dec):
+        with _solver_threads(dev, len(grp)):
+            s, decided = _fast_decide(fold, n, caps, [j["name"] for j in grp], col0)
+            dec = decided.tolist()
             hc = torch.arange(512, device=dev)
             hcol = torch.where(hc >= 2, hc - 254, _NOCOL).expand(len(grp), -1)
             tab = _level_table(s, hcol, n, torch.float32)  # [G, 1024]
+        if any(dec):
             idx = [i for i, d in enumerate(dec) if d]
             outs = _lookup_many([flat[i] for i in idx], tab[idx])
             for i, wq in zip(idx, outs):
@@ -605,7 +630,8 @@ def _quantize_rows(
         hcol = torch.cat([_pad_cols(st[4], hmax, _NOCOL) for st in stats])
         caps = torch.cat([torch.full((st[1].shape[0],), j["cap"], device=cnt.device)
                           for j, st in zip(todo, stats)])
-        sol = _solve_rows(cnt, s1, s2b, hcol, n, caps)
+        with _solver_threads(cnt.device, cnt.shape[0]):
+            sol = _solve_rows(cnt, s1, s2b, hcol, n, caps)
         if bool((sol["has"] & ~torch.isfinite(sol["best"])).any()):
             bad = [j["name"] for j in todo]
             raise ValueError(f"{', '.join(bad)}: magnitudes too large for float64 error sums "

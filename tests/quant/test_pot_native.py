@@ -312,3 +312,33 @@ def test_undecided_rows_native_statistics(bits: int, monkeypatch: pytest.MonkeyP
         assert int(sa) == s_doc
         ref = nearest_pot(w.double(), s_doc, 2 ** (bits - 2)).float()
         assert bits_equal(a, torch.where(w < 0, -ref.abs(), ref.abs()))
+
+
+def test_solver_threads_restored() -> None:
+    """The solvers run on one intra-op thread (few rows) and give the caller's thread count
+    back, also when they raise; results do not depend on the thread count."""
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(8)
+    ws = [torch.randn(64, 32, 3, 3, generator=g) * 0.03, torch.randn(100, generator=g)]
+    try:
+        torch.set_num_threads(2)
+        seen = []
+        real = pot._fast_decide
+
+        def spy(*a, **k):
+            seen.append(torch.get_num_threads())
+            return real(*a, **k)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pot, "_fast_decide", spy)
+            two = lbw_exact_many(ws, 6)
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="NaN"):
+            lbw_exact_many([torch.tensor([1.0, float("nan")])], 4)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = lbw_exact_many(ws, 6)
+        for (a, sa), (b, sb) in zip(two, one):
+            assert bits_equal(a, b) and int(sa) == int(sb)
+    finally:
+        torch.set_num_threads(before)
