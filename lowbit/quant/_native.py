@@ -177,44 +177,68 @@ static int run(void *(*fn)(void *), const job_t *base, int nt) {
 
 static int clamp_threads(int nt) { return nt < 1 ? 1 : nt > MAXT ? MAXT : nt; }
 
-/* Fine counts of g non-empty float32 tensors, as int64 rows [g][w] covering fine keys
-   [c0 * 128, c0 * 128 + w): c0 the first 128-key block any tensor occupies, w up to the
-   end of the last one. fold: room for g * 65536 int64. Returns 0, or 1 (out of memory). */
-int lb_count_many(const uint32_t *const *xs, const int64_t *lens, int64_t g, int nt,
-                  int64_t scan_from, int64_t *fold, int64_t *c0_w) {
+/* Fine counts of g non-empty float32 tensors in two calls. lb_count_begin counts (threads)
+   and returns a handle (NULL: out of memory) and, in c0_w, the column window: fine keys
+   [c0 * 128, c0 * 128 + w), c0 the first 128-key block any tensor occupies, w up to the end
+   of the last one. lb_count_end writes the int64 rows [g][w] into fold (NULL: only frees)
+   and frees the handle. */
+typedef struct {
+    uint32_t **parts;
+    int32_t *lohi;
+    int64_t g, start, w;
+    int nt;
+} counts_t;
+
+static void counts_free(counts_t *c) {
+    if (!c) return;
+    if (c->parts)
+        for (int64_t i = 0; i < (int64_t)c->nt * c->g; i++) free(c->parts[i]);
+    free(c->parts);
+    free(c->lohi);
+    free(c);
+}
+
+void *lb_count_begin(const uint32_t *const *xs, const int64_t *lens, int64_t g, int nt,
+                     int64_t scan_from, int64_t *c0_w) {
     nt = clamp_threads(nt);
-    uint32_t **parts = (uint32_t **)calloc((size_t)nt * g, sizeof(uint32_t *));
-    int32_t *lohi = (int32_t *)malloc((size_t)nt * g * 2 * sizeof(int32_t));
-    int err = !parts || !lohi;
+    counts_t *c = (counts_t *)calloc(1, sizeof(counts_t));
+    if (!c) return NULL;
+    c->g = g; c->nt = nt;
+    c->parts = (uint32_t **)calloc((size_t)nt * g, sizeof(uint32_t *));
+    c->lohi = (int32_t *)malloc((size_t)nt * g * 2 * sizeof(int32_t));
+    int err = !c->parts || !c->lohi;
     if (!err) {
-        job_t base = {xs, NULL, lens, NULL, parts, lohi, g, scan_from, nt, 0, 0};
+        job_t base = {xs, NULL, lens, NULL, c->parts, c->lohi, g, scan_from, nt, 0, 0};
         err = run(count_worker, &base, nt);
     }
-    if (!err) {
-        int64_t lo = NB, hi = -1;
-        for (int64_t i = 0; i < (int64_t)nt * g; i++) {
-            if (lohi[2 * i] < lo) lo = lohi[2 * i];
-            if (lohi[2 * i + 1] > hi) hi = lohi[2 * i + 1];
-        }
-        if (hi < lo) { lo = 0; hi = 0; }
-        int64_t c0 = lo / 128, start = c0 * 128, w = (hi / 128 + 1) * 128 - start;
-        for (int64_t r = 0; r < g; r++) {
-            int64_t *f = fold + r * w;
-            memset(f, 0, (size_t)w * sizeof(int64_t));
-            for (int t = 0; t < nt; t++) {
-                int64_t slot = (int64_t)t * g + r;
-                const uint32_t *p = parts[slot];
-                for (int64_t k = lohi[2 * slot]; k <= lohi[2 * slot + 1]; k++)
-                    f[k - start] += p[k - lohi[2 * slot]];
+    if (err) { counts_free(c); return NULL; }
+    int64_t lo = NB, hi = -1;
+    for (int64_t i = 0; i < (int64_t)nt * g; i++) {
+        if (c->lohi[2 * i] < lo) lo = c->lohi[2 * i];
+        if (c->lohi[2 * i + 1] > hi) hi = c->lohi[2 * i + 1];
+    }
+    if (hi < lo) { lo = 0; hi = 0; }
+    c->start = lo / 128 * 128;
+    c->w = (hi / 128 + 1) * 128 - c->start;
+    c0_w[0] = lo / 128; c0_w[1] = c->w;
+    return c;
+}
+
+void lb_count_end(void *handle, int64_t *fold) {
+    counts_t *c = (counts_t *)handle;
+    if (c && fold) {
+        for (int64_t r = 0; r < c->g; r++) {
+            int64_t *f = fold + r * c->w;
+            memset(f, 0, (size_t)c->w * sizeof(int64_t));
+            for (int t = 0; t < c->nt; t++) {
+                int64_t slot = (int64_t)t * c->g + r;
+                const uint32_t *p = c->parts[slot];
+                int32_t lo = c->lohi[2 * slot], hi = c->lohi[2 * slot + 1];
+                for (int64_t k = lo; k <= hi; k++) f[k - c->start] += p[k - lo];
             }
         }
-        c0_w[0] = c0; c0_w[1] = w;
     }
-    if (parts)
-        for (int64_t i = 0; i < (int64_t)nt * g; i++) free(parts[i]);
-    free(parts);
-    free(lohi);
-    return err;
+    counts_free(c);
 }
 
 /* float64 statistics of one float32 tensor over its 1024 signed half-octave keys, exactly
@@ -317,8 +341,10 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("; ".join(errors))
     lib = ctypes.CDLL(str(so))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.lb_count_many.argtypes = [p, p, i64, ctypes.c_int, i64, p, p]
-    lib.lb_count_many.restype = ctypes.c_int
+    lib.lb_count_begin.argtypes = [p, p, i64, ctypes.c_int, i64, p]
+    lib.lb_count_begin.restype = p
+    lib.lb_count_end.argtypes = [p, p]
+    lib.lb_count_end.restype = None
     lib.lb_lookup_many.argtypes = [p, p, p, i64, p, ctypes.c_int]
     lib.lb_lookup_many.restype = ctypes.c_int
     lib.lb_stats.argtypes = [p, i64, p, p, p]
@@ -372,13 +398,18 @@ def count_many(xs: Sequence[Tensor]) -> tuple[Tensor, int] | None:
         return None
     g = len(xs)
     lens = torch.tensor([x.numel() for x in xs], dtype=torch.int64)
-    fold = torch.empty(g * 65536, dtype=torch.int64)
     c0_w = torch.zeros(2, dtype=torch.int64)
-    if lb.lb_count_many(_ptrs(xs), lens.data_ptr(), g, _threads(xs), _SCAN_FROM,
-                        fold.data_ptr(), c0_w.data_ptr()):
+    handle = lb.lb_count_begin(_ptrs(xs), lens.data_ptr(), g, _threads(xs), _SCAN_FROM,
+                               c0_w.data_ptr())
+    if not handle:
         return None
-    c0, w = c0_w.tolist()
-    return fold[:g * w].view(g, w), c0
+    fold = None
+    try:
+        c0, w = c0_w.tolist()
+        fold = torch.empty(g, w, dtype=torch.int64)
+    finally:  # frees the handle whatever happens; writes the rows if fold was allocated
+        lb.lb_count_end(handle, None if fold is None else fold.data_ptr())
+    return fold, c0
 
 
 def lookup_many(xs: Sequence[Tensor], tab: Tensor) -> list[Tensor] | None:

@@ -342,3 +342,21 @@ def test_solver_threads_restored() -> None:
             assert bits_equal(a, b) and int(sa) == int(sb)
     finally:
         torch.set_num_threads(before)
+
+
+@needs_native
+def test_many_small_tensors() -> None:
+    """Thousands of tensors in one call (the count rows are allocated at their exact width)."""
+    g = torch.Generator().manual_seed(9)
+    ws = [torch.randn(int(k), generator=g) * 2.0 ** int(e)
+          for k, e in zip(torch.randint(1, 40, (3000,), generator=g),
+                          torch.randint(-20, 20, (3000,), generator=g))]
+    got = native.count_many(ws)
+    assert got is not None and got[0].shape[0] == 3000
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pot, "_NATIVE", False)
+        ref = pot._fine_counts_many(ws)
+        slow = lbw_exact_many(ws, 5)
+    assert got[1] == ref[1] and torch.equal(got[0], ref[0])
+    for (a, sa), (b, sb) in zip(lbw_exact_many(ws, 5), slow):
+        assert bits_equal(a, b) and int(sa) == int(sb)
