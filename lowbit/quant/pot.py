@@ -27,6 +27,11 @@ one call. Both put every segment (tensor or channel) in its own row of one histo
 (per-row key offsets) and solve all rows together; a row's arithmetic never depends on the
 other rows, so the results are bit-identical to :func:`lbw_exact` on each tensor or slice --
 :func:`lbw_exact` itself is the one-tensor case.
+
+The float32 fast path's elementwise passes (fine counts, table lookup, and the float64
+statistics of rows it cannot decide) run as small C kernels (:mod:`lowbit.quant._native`,
+compiled with the system C compiler on first use) when they load, else as torch ops; both
+give the same bits (integer work on the bit patterns; sums in bincount's order).
 """
 
 from __future__ import annotations
