@@ -170,8 +170,10 @@ def test_native_nonfinite_and_odd_inputs() -> None:
 
 
 def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels not loaded yet, and not switched off by the environment of this run."""
     monkeypatch.setattr(native, "_state", {"tried": False, "lib": None,
                                            "status": "not loaded yet"})
+    monkeypatch.delenv("LOWBIT_NATIVE", raising=False)
 
 
 def test_disabled_by_environment_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
