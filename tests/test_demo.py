@@ -283,7 +283,8 @@ def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
 
     s = DemoSettings(qat_iters=7, train_images=100, batch_size=4)
     assert qat_iterations(s) == 7
-    assert qat_iterations(DemoSettings(train_images=101, batch_size=4, qat_epochs=2)) == 52
+    assert qat_iterations(DemoSettings(train_images=101, batch_size=4, qat_epochs=2,
+                                       qat_iters=None)) == 52
     for run, spec in RUNS.items():
         cfg = _config(s, tmp_path, run, tmp_path / "fp32", backbone_weights="w.safetensors")
         if spec is None:
@@ -301,3 +302,22 @@ def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
         DemoSettings(qat_iters=0)
     with pytest.raises(ValueError, match="freeze_at"):
         DemoSettings(freeze_at=6)
+
+
+def test_cli_fine_tuning_length_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--qat-epochs alone gives whole epochs (the default's 150 iterations no longer apply);
+    --qat-iters wins when both are given; the defaults are 150 iterations and 3 FP32 epochs."""
+    import lowbit.studies.demo as demo
+
+    seen: list[demo.DemoSettings] = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, settings, progress: seen.append(settings)
+                        or {"runs": {}, "seconds": 0.0})
+    base = ["demo", "--out", str(tmp_path), "--json"]
+    assert main(base) == 0
+    assert main(base + ["--qat-epochs", "2"]) == 0
+    assert main(base + ["--qat-epochs", "2", "--qat-iters", "40"]) == 0
+    assert main(base + ["--quick"]) == 0
+    assert (seen[0].qat_iters, seen[0].fp32_epochs) == (150, 3)
+    assert (seen[1].qat_iters, seen[1].qat_epochs) == (None, 2)
+    assert seen[2].qat_iters == 40
+    assert seen[3].qat_iters is None and demo.qat_iterations(seen[3]) == 75

@@ -18,6 +18,8 @@ def _run(args: argparse.Namespace) -> int:
         "width": args.width, "batch_size": args.batch_size, "seeds": args.seeds,
         "pretrain_steps": args.pretrain_steps, "pretrain_crops": args.pretrain_crops,
     }.items() if v is not None}
+    if args.qat_epochs is not None and args.qat_iters is None:
+        over["qat_iters"] = None  # --qat-epochs alone sets the length in epochs
     settings = dataclasses.replace(base, **over)
     res = run_demo(args.out, settings=settings, progress=not args.json)
     if args.json:
@@ -55,12 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test images the mAP and its interval are measured on (default 500; "
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
-    g.add_argument("--epochs", type=int, help="FP32 epochs (default 4; --quick 4)")
+    g.add_argument("--epochs", type=int, help="FP32 epochs (default 3; --quick 4)")
     g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run and of the FP32 "
-                   "control (default 1; ignored with --qat-iters)")
+                   "control where no iteration count is set (--quick: 1)")
     g.add_argument("--qat-iters", type=int, metavar="N",
-                   help="iterations of each LBW QAT run and of the FP32 control (default: "
-                   "--qat-epochs whole epochs)")
+                   help="iterations of each LBW QAT run and of the FP32 control (default "
+                   "150; --quick: --qat-epochs whole epochs)")
     g.add_argument("--freeze-at", type=int, metavar="N",
                    help="backbone stages kept frozen when it is pretrained: 0 none, 1 the stem, "
                    "2 the stem and layer1 (default, as the paper's R-FCN), ... 5 all")

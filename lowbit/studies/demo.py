@@ -57,11 +57,11 @@ class DemoSettings:
     train_images: int = 1500
     test_images: int = 500
     image_size: int = 256
-    fp32_epochs: int = 4
+    fp32_epochs: int = 3
     qat_epochs: int = 1
     #: iterations of each fine-tuning phase (LBW QAT and the FP32 control); None: ``qat_epochs``
     #: whole epochs
-    qat_iters: int | None = None
+    qat_iters: int | None = 150
     #: backbone stages kept frozen when the backbone is pretrained (the paper's R-FCN: conv1
     #: and res2 fixed, as ``freeze_at`` = 2 here; 0 = train everything); ignored from scratch
     freeze_at: int = 2
@@ -116,7 +116,7 @@ class DemoSettings:
 
 DEFAULT = DemoSettings()
 QUICK = DemoSettings(
-    train_images=300, test_images=60, image_size=192, fp32_epochs=4, qat_epochs=1,
+    train_images=300, test_images=60, image_size=192, fp32_epochs=4, qat_epochs=1, qat_iters=None,
     width=0.25, warmup_iters=100, pictures=2, pretrain_steps=60, pretrain_crops=660,
 )
 
