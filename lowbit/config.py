@@ -192,10 +192,11 @@ class TrainConfig:
     which also steps INQ's frozen portions over the run). ``channels_last``: keep the
     model's 4-D parameters in the channels-last memory format (NHWC), for training,
     evaluation and :func:`lowbit.runs.load_run`; oneDNN's CPU convolutions then skip their
-    layout reorders: an FP32 training step of the demo's R-FCN took 0.53-0.83x the time at 1
-    thread, while an ``lbw-exact`` QAT step did not gain (1.12-1.15x), measured in one process
-    each by ``benchmarks/bench_channels_last.py`` on a loaded machine. Results equal the default
-    layout's up to float rounding; checkpoints are stored contiguous either way.
+    layout reorders: an FP32 training step of the demo's R-FCN took 0.70x the time at 1
+    thread on the idle machine, while an ``lbw-exact`` QAT step did not gain (1.03x), measured
+    in one process by ``benchmarks/bench_channels_last.py`` (docs/benchmarks.md). Results
+    equal the default layout's up to float rounding; checkpoints are stored contiguous either
+    way.
     ``final_eval``: evaluate on the test set after the last iteration (False: the run ends
     with its final checkpoint and ``result.json`` holds the last evaluation made, if any; for
     callers that score the model themselves, as the demo does while writing its detections).
