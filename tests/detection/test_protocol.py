@@ -133,7 +133,8 @@ def test_declared_kinds() -> None:
     assert {n for n, s in kinds.items() if not s.has_trunk} == {"ssd300_vgg16", "ssd_lite_vgg"}
     assert set(export_kinds()) == {"rfcn", "yolov3"}
     assert export_kinds()["rfcn"].dynamic_hw and not export_kinds()["yolov3"].dynamic_hw
-    assert dict(export_kinds()["yolov3"].int8) == {"float_below_channels": 4}
+    assert dict(export_kinds()["yolov3"].int8) == {"float_below_channels": 4,
+                                                   "float_conv_weights": "int8"}
     assert dict(export_kinds()["rfcn"].int8) == {}
     with pytest.raises(ValueError, match="known: rfcn, yolov3"):
         export_spec("ssd")
