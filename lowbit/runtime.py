@@ -20,12 +20,15 @@ name). This module imports torch only when a thread count is applied or read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["set_threads", "get_threads", "run_info", "start_line", "parse_threads"]
+__all__ = ["set_threads", "get_threads", "at_most_threads", "run_info", "start_line",
+           "parse_threads"]
 
 _STATE: dict[str, Any] = {"threads": None, "load_average": None}
 
@@ -72,6 +75,26 @@ def set_threads(threads: int | None) -> int:
         except RuntimeError:  # only allowed once, before any inter-op parallel work
             pass
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def at_most_threads(limit: int | None, device: Any = None) -> Iterator[None]:
+    """Run the block with at most ``limit`` torch intra-op threads on the CPU (``None``, a CUDA
+    ``device`` or a count already at or below the limit: nothing changes); the thread count
+    is restored afterwards, also on errors. For short sequences of small ops, where OpenMP's
+    fork/join and spin-waits cost more than the split gains (the quantizers)."""
+    import torch
+
+    nt = torch.get_num_threads()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if limit is None or not on_cpu or nt <= limit:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(nt)
 
 
 def get_threads() -> int:

@@ -149,3 +149,26 @@ def test_busy_machine_note_only_without_threads_flag() -> None:
     assert "\n" not in runtime.start_line({**info, "load_average_start": [1.5, 1.0, 1.0]})
     assert "\n" not in runtime.start_line({**info, "threads_source": "--threads"})
     assert "\n" not in runtime.start_line({**info, "threads": 1, "torch_threads": 1})
+
+
+def test_at_most_threads_limits_and_restores() -> None:
+    import pytest
+    import torch
+
+    from lowbit.runtime import at_most_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with at_most_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), at_most_threads(1, "cpu"):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2  # restored on errors
+        for limit, device in ((None, "cpu"), (1, "cuda"), (3, None)):
+            with at_most_threads(limit, device):  # no limit, not the CPU, already below
+                assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

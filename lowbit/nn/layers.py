@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lowbit.nn.quantizers import RegistryWeightQuant, WeightQuantizer, ste
 from lowbit.quant.registry import QuantResult
+from lowbit.runtime import at_most_threads
 
 __all__ = [
     "QuantMixin",
@@ -88,17 +89,11 @@ class QuantMixin:
         self._step = None
 
     def _run_quantizer(self) -> Tensor:
-        nt = torch.get_num_threads()
-        limit = _QUANT_THREADS is not None and nt > _QUANT_THREADS and not self.weight.is_cuda
-        if limit:
-            torch.set_num_threads(_QUANT_THREADS)
         try:
-            return self.weight_quant(self.weight)
+            with at_most_threads(_QUANT_THREADS, self.weight.device):
+                return self.weight_quant(self.weight)
         except ValueError as e:
             raise ValueError(f"layer {self.qname or type(self).__name__!r}: {e}") from e
-        finally:
-            if limit:
-                torch.set_num_threads(nt)
 
     def _key(self) -> tuple:
         w = self.weight
@@ -375,11 +370,7 @@ def quantize_step(model: nn.Module) -> int:
         groups.setdefault(key, []).append(m)
     done = 0
     for (bits, per_channel, device), layers in groups.items():
-        nt = torch.get_num_threads()
-        limit = _QUANT_THREADS is not None and nt > _QUANT_THREADS and device.type == "cpu"
-        if limit:
-            torch.set_num_threads(_QUANT_THREADS)
-        try:
+        with at_most_threads(_QUANT_THREADS, device):
             ws = [m.weight.detach() for m in layers]
             try:
                 outs = Q.lbw_exact_many(ws, bits, per_channel=per_channel)
@@ -387,9 +378,6 @@ def quantize_step(model: nn.Module) -> int:
                 for m in layers:
                     m._run_quantizer()
                 raise
-        finally:
-            if limit:
-                torch.set_num_threads(nt)
         for m, (wq, s) in zip(layers, outs):
             # the registry's own result builder: the same QuantResult a layer would make
             res = _pot_result(wq, s if per_channel else int(s), bits, 0 if per_channel else None)

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from lowbit.quant import _native
 from lowbit.quant._common import as_rows, check_bits, check_float, compute_dtype
+from lowbit.runtime import at_most_threads
 
 __all__ = [
     "lbw_exact",
@@ -572,8 +573,7 @@ def _pad_cols(t: Tensor, width: int, value: float | int) -> Tensor:
 _SOLVER_ONE_THREAD_ROWS = 1024
 
 
-@contextlib.contextmanager
-def _solver_threads(device: torch.device, rows: int) -> Iterator[None]:
+def _solver_threads(device: torch.device, rows: int) -> contextlib.AbstractContextManager:
     """One intra-op thread for the solvers on CPU when they solve at most
     :data:`_SOLVER_ONE_THREAD_ROWS` rows (tensors, not channels). Their tensors are then small
     (``[G, J, W]`` candidate x bucket grids, a few hundred thousand elements): splitting each
@@ -581,15 +581,7 @@ def _solver_threads(device: torch.device, rows: int) -> Iterator[None]:
     lot on a busy machine (measured under load ~4 on 2 cores: 380 ms at 2 threads vs 16 ms at
     1 for the ResNet-50 decision). The elementwise passes over the weights keep every thread;
     so do per-channel solves (thousands of rows)."""
-    nt = torch.get_num_threads()
-    if nt > 1 and device.type == "cpu" and rows <= _SOLVER_ONE_THREAD_ROWS:
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(nt)
-    else:
-        yield
+    return at_most_threads(1 if rows <= _SOLVER_ONE_THREAD_ROWS else None, device)
 
 
 def _quantize_rows(
