@@ -284,7 +284,7 @@ def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
     s = DemoSettings(qat_iters=7, train_images=100, batch_size=4)
     assert qat_iterations(s) == 7
     assert qat_iterations(DemoSettings(train_images=101, batch_size=4, qat_epochs=2,
-                                       qat_iters=None)) == 52
+                                       qat_iters=None)) == 50  # 2 x (101 // 4)
     for run, spec in RUNS.items():
         cfg = _config(s, tmp_path, run, tmp_path / "fp32", backbone_weights="w.safetensors")
         if spec is None:

@@ -158,11 +158,13 @@ PAPER_TABLE_3_1 = {
 
 
 def qat_iterations(s: DemoSettings) -> int:
-    """Iterations of each fine-tuning phase (``qat_iters``, or ``qat_epochs`` epochs of
-    ``train_images / batch_size`` steps, the last batch kept)."""
+    """Iterations of each fine-tuning phase: ``qat_iters``, or ``qat_epochs`` epochs of the
+    engine's sampler (full batches only)."""
     if s.qat_iters is not None:
         return s.qat_iters
-    return s.qat_epochs * math.ceil(s.train_images / s.batch_size)
+    from lowbit.train.sampler import ResumableShardedSampler
+
+    return s.qat_epochs * ResumableShardedSampler(s.train_images, s.batch_size).batches_per_epoch
 
 
 def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
