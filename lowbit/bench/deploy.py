@@ -6,11 +6,15 @@ then PyTorch FP32 eager of the same network, the float post-processing time, and
 (FP32 safetensors / packed raw, radix, zlib / ONNX FP32 / ONNX int8).
 
 Models: a trained run (``runs=[RUN]``, matched by model name; its training images calibrate
-int8) or, without one, the registered model with its initial weights (10 classes) calibrated
-on uniform-noise images of the model's input size. Weights are post-training quantized
-(``lbw-exact``, ``bits``) unless the run already is. With ``profile=True`` the int8 and FP32
-sessions are also run under onnxruntime's profiler and the time per operator type is returned,
-with the operator types that stay float in the optimized int8 graph.
+int8) or, without one, the registered model with its initial weights (10 classes; constructor
+keywords from ``model_kwargs``, e.g. ``{"yolov3_tiny_darknet": {"width": 0.5, "image_size":
+416}}``, which a matching run overrides: the run's config wins) calibrated on uniform-noise
+images ``Tensor[3, S, S]`` in ``[0, 1]`` with ``S`` the model's configured input size (its
+registered size keyword, ``image_size`` / ``min_size``; 256 when that is unset). Weights are
+post-training quantized (``lbw-exact``, ``bits``) unless the run already is. With
+``profile=True`` the int8 and FP32 sessions are also run under onnxruntime's profiler and the
+time per operator type is returned, with the operator types that stay float in the optimized
+int8 graph.
 """
 
 from __future__ import annotations
@@ -46,8 +50,62 @@ DEFAULT_MODELS = ("rfcn_resnet18", "yolov3_tiny_darknet")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
-def _model_and_images(name: str, runs: Sequence[str], n_images: int
+def parse_model_kwargs(text: str) -> tuple[str, dict[str, Any]]:
+    """``"MODEL:K=V[,K=V...]"`` -> ``(MODEL, {K: V})``. Each value is read as an int, else a
+    float, else a bool (``true`` / ``false``, any case), else ``None`` (``none``), else kept as
+    a string. Raises ``ValueError`` naming the offending text for an empty model name, an item
+    without ``=``, an empty key or a key given twice (the model name is not checked here)."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not sep or not name or not rest.strip():
+        raise ValueError(f"expected MODEL:KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    kwargs: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise ValueError(f"expected KEY=VALUE with KEY a Python name, got {item!r} "
+                             f"in {text!r}")
+        if key in kwargs:
+            raise ValueError(f"{key!r} given twice in {text!r}")
+        kwargs[key] = _parse_value(val.strip())
+    return name, kwargs
+
+
+def _parse_value(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    return v
+
+
+def input_side(name: str, model: torch.nn.Module, default: int = 256) -> int:
+    """The square input side ``S`` of the registered model ``name`` as built: the value of its
+    size keyword (:func:`lowbit.detection.registry.model_size_option`: ``image_size`` for
+    YOLO / SSD, ``min_size`` for the two-stage detectors) in ``model.config``; ``default``
+    when the model has none or it is unset (``min_size=None``: images keep their size)."""
+    from lowbit.detection.registry import model_size_option
+
+    opt = model_size_option(name)
+    cfg = getattr(model, "config", None)
+    val = cfg.get(opt) if opt and isinstance(cfg, dict) else None
+    return int(val) if val else default
+
+
+def _model_and_images(name: str, runs: Sequence[str], n_images: int,
+                      model_kwargs: dict[str, Any] | None = None
                       ) -> tuple[torch.nn.Module, list[torch.Tensor], str]:
+    """(model, ``n_images`` images ``Tensor[3, H, W]`` in [0, 1], description). A run of
+    ``runs`` whose model is ``name`` wins (its config, its training images; ``model_kwargs``
+    unused); else ``create_model(name, 10, **model_kwargs)`` with seed 0 and noise images of
+    the model's input side (:func:`input_side`)."""
     for run in runs:
         cfg, task, model = load_run(run)
         if cfg.model.name == name:
@@ -57,10 +115,17 @@ def _model_and_images(name: str, runs: Sequence[str], n_images: int
     from lowbit.detection.registry import create_model
 
     torch.manual_seed(0)
-    model = create_model(name, 10).eval()
+    kw = dict(model_kwargs or {})
+    model = create_model(name, 10, **kw).eval()
+    side = input_side(name, model)
     g = torch.Generator().manual_seed(0)
-    ims = [torch.rand(3, 256, 256, generator=g) for _ in range(n_images)]
-    return model, ims, "initial weights, noise images"
+    ims = [torch.rand(3, side, side, generator=g) for _ in range(n_images)]
+    how = f"initial weights{', ' + _kwargs_text(kw) if kw else ''}, noise images"
+    return model, ims, how
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in kwargs.items())
 
 
 def _op_profile(path: str, feed: dict[str, np.ndarray], prefix: str, runs: int = 10
@@ -101,15 +166,19 @@ def _optimized_ops(path: str, out: Path) -> dict[str, int]:
 
 
 def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 20,
-              out: Path | None = None, profile: bool = False, threads: int = 2
-              ) -> dict[str, Any]:
+              out: Path | None = None, profile: bool = False, threads: int = 2,
+              model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure one detector (see the module doc) with ``threads`` onnxruntime intra-op and
-    PyTorch threads. Latencies are medians in ms; ``int8_over_fp32`` is the median of the
+    PyTorch threads; ``model_kwargs``: constructor keywords when no run of ``runs`` is the
+    model. Latencies are medians in ms; ``int8_over_fp32`` is the median of the
     per-round ratios (``int8_over_fp32_quartiles`` their quartiles), ``int8_over_fp32_of_medians``
-    the ratio of the two overall medians."""
+    the ratio of the two overall medians. ``model_kwargs`` in the result: the keywords the
+    model was built with (``{}`` for a run's model; those given are then under
+    ``model_kwargs_ignored``)."""
     out = Path(out or tempfile.mkdtemp(prefix="lowbit-deploy-"))
     out.mkdir(parents=True, exist_ok=True)
-    model, ims, source = _model_and_images(name, runs, 16)
+    model, ims, source = _model_and_images(name, runs, 16, model_kwargs)
+    from_run = source.startswith("run ")
     float_model = copy.deepcopy(model).eval() if not quant_layers(model) else None
     if float_model is not None:
         prepare(model, {"method": "lbw-exact", "bits": bits}).eval()
@@ -176,6 +245,8 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
     res: dict[str, Any] = {
         "model": f"{name} ({source}), input {hw[0]}x{hw[1]}, lbw-exact {bits}-bit, "
                  f"{threads} thread(s)",
+        "model_kwargs": {} if from_run else dict(model_kwargs or {}),
+        "input_hw": list(hw),
         "bytes_fp32_safetensors": (out / "fp32.safetensors").stat().st_size
         if float_model is not None else None,
         "bytes_packed_raw": sizes["raw"]["bytes"], "bytes_packed_radix": sizes["radix"]["bytes"],
@@ -199,6 +270,8 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
         "float_convs": _float_convs(rep["path"]),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    if from_run and model_kwargs:
+        res["model_kwargs_ignored"] = dict(model_kwargs)
     if profile:
         ops = _optimized_ops(rep["path"], out / "model.int8.optimized.onnx")
         res["int8_optimized_ops"] = ops
@@ -212,8 +285,17 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
 
 def run_deploy_bench(bits: int = 4, iters: int = 20, out_dir: str | None = None,
                      models: Sequence[str] = DEFAULT_MODELS, runs: Sequence[str] = (),
-                     profile: bool = False, threads: int = 2) -> dict[str, Any]:
-    """:func:`bench_one` for each model; ``{model name: results}``."""
+                     profile: bool = False, threads: int = 2,
+                     model_kwargs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """:func:`bench_one` for each model; ``{model name: results}``. ``model_kwargs``:
+    ``{model name: constructor keywords}``; a name that is not in ``models`` raises
+    ``ValueError``."""
+    model_kwargs = dict(model_kwargs or {})
+    stray = sorted(set(model_kwargs) - set(models))
+    if stray:
+        raise ValueError(f"model keywords given for {', '.join(stray)}, not among the models "
+                         f"timed ({', '.join(models)})")
     root = Path(out_dir or tempfile.mkdtemp(prefix="lowbit-deploy-"))
-    return {name: bench_one(name, runs, bits, iters, root / name, profile, threads)
+    return {name: bench_one(name, runs, bits, iters, root / name, profile, threads,
+                            model_kwargs.get(name))
             for name in models}

@@ -73,12 +73,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_deploy_bench(bsub)
 
 
+def _model_kwargs_arg(text: str) -> tuple[str, dict]:
+    """``--model-kwargs MODEL:K=V[,K=V...]``: parsed (:func:`lowbit.bench.deploy.
+    parse_model_kwargs`), the model name checked against the registry and the keywords against
+    its constructor (the model is built on the ``meta`` device: no memory, no weights)."""
+    import torch
+
+    from lowbit.bench.deploy import parse_model_kwargs
+    from lowbit.detection.registry import create_model, list_models
+
+    try:
+        name, kwargs = parse_model_kwargs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if name not in list_models():
+        raise argparse.ArgumentTypeError(
+            f"unknown model {name!r} in {text!r}; known: {', '.join(list_models())}")
+    try:
+        with torch.device("meta"):
+            create_model(name, 10, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return name, kwargs
+
+
 def _bench(args: argparse.Namespace) -> int:
     from lowbit.bench.deploy import run_deploy_bench
 
+    kwargs: dict[str, dict] = {}
+    for name, kw in args.model_kwargs:
+        kwargs.setdefault(name, {}).update(kw)
     res = run_deploy_bench(bits=args.bits, iters=args.iters, out_dir=args.out,
                            models=args.models, runs=args.run, profile=args.profile,
-                           threads=args.threads)
+                           threads=args.threads, model_kwargs=kwargs)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
@@ -102,6 +129,13 @@ def add_deploy_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", nargs="*", default=[], metavar="RUN",
                    help="trained run folders; used for the model of the same name (else the "
                         "model's initial weights on noise images)")
+    p.add_argument("--model-kwargs", type=_model_kwargs_arg, action="append", default=[],
+                   metavar="MODEL:KEY=VALUE[,KEY=VALUE...]",
+                   help="constructor keywords of one of --models, e.g. "
+                        "yolov3_tiny_darknet:width=0.5,image_size=416 (repeatable; values read "
+                        "as int, float, true/false, none, else a string); the noise images take "
+                        "the model's input size and the results record the keywords. With a "
+                        "--run of that model the run's config wins and these are ignored")
     p.add_argument("--profile", action="store_true",
                    help="onnxruntime profiler: time per operator type, ops left float")
     p.add_argument("--bits", type=int, default=4, help="lbw-exact bits for FP32 runs")
