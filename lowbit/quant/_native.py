@@ -41,6 +41,7 @@ _SRC = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <math.h>
 
 #define NB 65536   /* fine magnitude keys: (bits >> 15) & 0xFFFF */
 #define NSUB 4     /* interleaved sub-histograms (repeated bins do not serialise) */
@@ -259,6 +260,204 @@ void lb_stats(const uint32_t *xs, int64_t n, int64_t *cnt, double *s1, double *s
     }
 }
 
+/* ---- lbw_approx (the mu scheme, eq. 2.8): levels by exact threshold comparisons ----
+
+   Segment g has nb[g] = n ascending thresholds bnd[g * 64 + j] (float32 bit patterns of
+   non-negative values, so integer order is float order) and, when fast[g], the bit pattern
+   mb[g] of a normal mu with bnd[j] == mu * 2**(j + 1 - n) for j >= 1 (all normal): then the
+   level index  #{j : bnd[j] <= |x|}  follows from the bit distance to mu with a single
+   comparison against bnd[0]; otherwise a binary search over bnd. Either way the index equals
+   torch.searchsorted(bnd, |x|, right=True) exactly. */
+static inline int mu_level(uint32_t ab, const uint32_t *b, int n, int fast, uint32_t mb) {
+    if (fast) {
+        int32_t d = (int32_t)mb - (int32_t)ab;
+        int32_t c = d <= 0 ? 0 : (int32_t)(((uint32_t)d + 0x7FFFFFu) >> 23);
+        int32_t lo = (int32_t)(ab >= b[0]);
+        return c <= n - 2 ? n - c : lo;
+    }
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (b[mid] <= ab) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* The fast case without branches: k = floor((|x| - mu) / 2**23) + n on the bit patterns,
+   n at or above mu, (|x| >= bnd[0]) at or below level 1. */
+static inline int32_t mu_level_fast(uint32_t ab, int32_t base, int32_t n, uint32_t b0) {
+    int32_t k = ((int32_t)ab - base) >> 23;  /* base = mu bits - n * 2**23: arithmetic shift */
+    k = k > n ? n : k;
+    int32_t lo = (int32_t)(ab >= b0);
+    return k <= 1 ? lo : k;
+}
+
+MULTIVERSION static void mu_lookup_fast(const uint32_t *x, uint32_t *o, int64_t a, int64_t b,
+                                        int32_t base, int32_t n, uint32_t b0,
+                                        const uint32_t *tb, int32_t m) {
+    for (int64_t i = a; i < b; i++) {
+        uint32_t xi = x[i];
+        uint32_t ab = xi & 0x7FFFFFFFu;
+        int32_t k = mu_level_fast(ab, base, n, b0);
+        uint32_t v = tb[k + (int32_t)((xi >> 31) ^ 1u) * m];
+        o[i] = v & (0u - (uint32_t)(ab != 0));
+    }
+}
+
+typedef struct {
+    const uint32_t *const *xs;
+    uint32_t *const *outs;
+    const int64_t *lens;
+    const uint32_t *bnd, *mb, *tab;
+    const int32_t *nb;
+    const int8_t *fast;
+    uint32_t *amax;     /* [nt][g] */
+    int64_t *cnt;       /* [nt][g][m] */
+    double *sum;        /* [nt][g][m] */
+    int64_t g, m;
+    int nt, t, err;
+} mu_job_t;
+
+MULTIVERSION static uint32_t absmax_slice(const uint32_t *x, int64_t a, int64_t b) {
+    uint32_t mx = 0;
+    for (int64_t i = a; i < b; i++) {
+        uint32_t v = x[i] & 0x7FFFFFFFu;
+        mx = v > mx ? v : mx;
+    }
+    return mx;
+}
+
+static void *mu_absmax_worker(void *arg) {
+    mu_job_t *j = (mu_job_t *)arg;
+    for (int64_t g = 0; g < j->g; g++) {
+        int64_t a = j->lens[g] * j->t / j->nt, b = j->lens[g] * (j->t + 1) / j->nt;
+        j->amax[(int64_t)j->t * j->g + g] = absmax_slice(j->xs[g], a, b);
+    }
+    return NULL;
+}
+
+static void *mu_stats_worker(void *arg) {
+    mu_job_t *j = (mu_job_t *)arg;
+    int64_t hc[4][65];
+    double hs[4][65];
+    for (int64_t g = 0; g < j->g; g++) {
+        int64_t a = j->lens[g] * j->t / j->nt, b = j->lens[g] * (j->t + 1) / j->nt;
+        const uint32_t *x = j->xs[g];
+        const float *xf = (const float *)x;
+        const uint32_t *bd = j->bnd + 64 * g;
+        int n = j->nb[g], fast = j->fast[g];
+        uint32_t mb = j->mb[g];
+        memset(hc, 0, sizeof(hc));
+        memset(hs, 0, sizeof(hs));
+        int64_t i = a;
+        if (fast) {
+            int32_t base = (int32_t)mb - n * 0x800000;
+            uint32_t b0 = bd[0];
+            for (; i + 4 <= b; i += 4) {
+                for (int s = 0; s < 4; s++) {
+                    uint32_t ab = x[i + s] & 0x7FFFFFFFu;
+                    int32_t k = mu_level_fast(ab, base, n, b0);
+                    hc[s][k] += 1;
+                    hs[s][k] += fabs((double)xf[i + s]);
+                }
+            }
+        }
+        /* four interleaved accumulator sets: repeated levels do not serialise */
+        for (; i + 4 <= b; i += 4) {
+            for (int s = 0; s < 4; s++) {
+                uint32_t ab = x[i + s] & 0x7FFFFFFFu;
+                int k = mu_level(ab, bd, n, fast, mb);
+                hc[s][k] += 1;
+                hs[s][k] += fabs((double)xf[i + s]);
+            }
+        }
+        for (; i < b; i++) {
+            uint32_t ab = x[i] & 0x7FFFFFFFu;
+            int k = mu_level(ab, bd, n, fast, mb);
+            hc[0][k] += 1;
+            hs[0][k] += fabs((double)xf[i]);
+        }
+        int64_t *c = j->cnt + ((int64_t)j->t * j->g + g) * j->m;
+        double *su = j->sum + ((int64_t)j->t * j->g + g) * j->m;
+        for (int k = 0; k < j->m; k++) {
+            c[k] = hc[0][k] + hc[1][k] + hc[2][k] + hc[3][k];
+            su[k] = (hs[0][k] + hs[1][k]) + (hs[2][k] + hs[3][k]);
+        }
+    }
+    return NULL;
+}
+
+static void *mu_lookup_worker(void *arg) {
+    mu_job_t *j = (mu_job_t *)arg;
+    for (int64_t g = 0; g < j->g; g++) {
+        int64_t a = j->lens[g] * j->t / j->nt, b = j->lens[g] * (j->t + 1) / j->nt;
+        const uint32_t *x = j->xs[g];
+        uint32_t *o = j->outs[g];
+        const uint32_t *bd = j->bnd + 64 * g;
+        const uint32_t *tb = j->tab + 2 * j->m * g;  /* [2][m]: negatives, positives */
+        int n = j->nb[g], fast = j->fast[g];
+        uint32_t mb = j->mb[g];
+        int64_t m = j->m;
+        if (fast) {
+            mu_lookup_fast(x, o, a, b, (int32_t)mb - n * 0x800000, n, bd[0], tb, (int32_t)m);
+            continue;
+        }
+        /* branch-free (signs are random): positives read the second half of the table */
+        for (int64_t i = a; i < b; i++) {
+            uint32_t ab = x[i] & 0x7FFFFFFFu;
+            int k = mu_level(ab, bd, n, fast, mb);
+            uint32_t v = tb[(int64_t)k + (int64_t)((x[i] >> 31) ^ 1u) * m];
+            o[i] = v & (0u - (uint32_t)(ab != 0));  /* +-0 quantizes to +0 (sign(0) = 0) */
+        }
+    }
+    return NULL;
+}
+
+static int mu_run(void *(*fn)(void *), const mu_job_t *base, int nt) {
+    mu_job_t jobs[MAXT];
+    pthread_t th[MAXT];
+    int started[MAXT];
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = *base; jobs[t].nt = nt; jobs[t].t = t; jobs[t].err = 0;
+    }
+    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, fn, &jobs[t]) == 0;
+    fn(&jobs[0]);
+    for (int t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else fn(&jobs[t]);
+    }
+    return 0;
+}
+
+/* amax[t * g + i] = largest |x| bit pattern of thread t's slice of segment i (0 if empty). */
+int lb_mu_absmax(const uint32_t *const *xs, const int64_t *lens, int64_t g, uint32_t *amax,
+                 int nt) {
+    nt = clamp_threads(nt);
+    mu_job_t base = {xs, NULL, lens, NULL, NULL, NULL, NULL, NULL, amax, NULL, NULL, g, 0,
+                     nt, 0, 0};
+    return mu_run(mu_absmax_worker, &base, nt);
+}
+
+/* Per-level counts and float64 sums of |x| of thread t's slice of segment i, at
+   cnt/sum[(t * g + i) * m + level], level = mu_level (0..nb[i]). */
+int lb_mu_stats(const uint32_t *const *xs, const int64_t *lens, int64_t g,
+                const uint32_t *bnd, const int32_t *nb, const int8_t *fast,
+                const uint32_t *mb, int64_t m, int64_t *cnt, double *sum, int nt) {
+    nt = clamp_threads(nt);
+    mu_job_t base = {xs, NULL, lens, bnd, mb, NULL, nb, fast, NULL, cnt, sum, g, m, nt, 0, 0};
+    return mu_run(mu_stats_worker, &base, nt);
+}
+
+/* outs[i][k] = tab[i][sign][level] (bit patterns; tab is [g][2][m], negatives first), +0
+   for +-0 inputs. */
+int lb_mu_lookup(const uint32_t *const *xs, uint32_t *const *outs, const int64_t *lens,
+                 int64_t g, const uint32_t *bnd, const int32_t *nb, const int8_t *fast,
+                 const uint32_t *mb, int64_t m, const uint32_t *tab, int nt) {
+    nt = clamp_threads(nt);
+    mu_job_t base = {xs, outs, lens, bnd, mb, tab, nb, fast, NULL, NULL, NULL, g, m, nt, 0, 0};
+    return mu_run(mu_lookup_worker, &base, nt);
+}
+
 /* outs[i][k] = tab[i * 1024 + signed half-octave key of xs[i][k]], bit patterns. */
 int lb_lookup_many(const uint32_t *const *xs, uint32_t *const *outs, const int64_t *lens,
                    int64_t g, const uint32_t *tab, int nt) {
@@ -349,6 +548,12 @@ def _build() -> ctypes.CDLL:
     lib.lb_lookup_many.restype = ctypes.c_int
     lib.lb_stats.argtypes = [p, i64, p, p, p]
     lib.lb_stats.restype = None
+    lib.lb_mu_absmax.argtypes = [p, p, i64, p, ctypes.c_int]
+    lib.lb_mu_absmax.restype = ctypes.c_int
+    lib.lb_mu_stats.argtypes = [p, p, i64, p, p, p, p, i64, p, p, ctypes.c_int]
+    lib.lb_mu_stats.restype = ctypes.c_int
+    lib.lb_mu_lookup.argtypes = [p, p, p, i64, p, p, p, p, i64, p, ctypes.c_int]
+    lib.lb_mu_lookup.restype = ctypes.c_int
     return lib
 
 
@@ -440,3 +645,61 @@ def stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     s2 = torch.empty(1024, dtype=torch.float64)
     lb.lb_stats(x.data_ptr(), x.numel(), cnt.data_ptr(), s1.data_ptr(), s2.data_ptr())
     return cnt, s1, s2
+
+
+
+def _threads_for(total: int) -> int:
+    return max(1, min(torch.get_num_threads(), total // _PER_THREAD))
+
+
+def mu_absmax(ptrs: Tensor, lens: Tensor) -> Tensor | None:
+    """``Tensor[G]`` int32: the largest ``|x|`` bit pattern (sign bit cleared) of each of G
+    float32 segments (``ptrs``/``lens``: int64 ``[G]`` data addresses and lengths, all > 0)
+    -- ``x.abs().amax().view(int32)`` for finite ``x``; a value at or above ``0x7F800000``
+    means Inf/NaN -- or ``None`` (kernels unavailable)."""
+    lb = lib()
+    if lb is None:
+        return None
+    g = ptrs.numel()
+    nt = _threads_for(int(lens.sum()))
+    amax = torch.zeros(nt, g, dtype=torch.int32)
+    lb.lb_mu_absmax(ptrs.data_ptr(), lens.data_ptr(), g, amax.data_ptr(), nt)
+    return amax.amax(0)
+
+
+def mu_stats(ptrs: Tensor, lens: Tensor, bnd: Tensor, nb: Tensor, fast: Tensor, mb: Tensor,
+             m: int) -> tuple[Tensor, Tensor] | None:
+    """Per-level ``(count int64, sum |x| float64)``, each ``Tensor[G, m]``, of G float32
+    segments (as :func:`mu_absmax`) under the thresholds of :func:`lowbit.quant.pot.lbw_approx`:
+    an element's level is the number of thresholds ``<= |x|`` (``torch.searchsorted(...,
+    right=True)``). ``bnd``: int32 ``[G, 64]`` threshold bit patterns (the first ``nb[g]``
+    used), ``nb`` int32 ``[G]``, ``fast`` int8 ``[G]``, ``mb`` int32 ``[G]`` (see the C
+    source). The sums' order of addition is unspecified (the caller certifies its decision
+    against any order). ``None`` when the kernels are unavailable."""
+    lb = lib()
+    if lb is None:
+        return None
+    g = ptrs.numel()
+    nt = _threads_for(int(lens.sum()))
+    cnt = torch.empty(nt, g, m, dtype=torch.int64)
+    sm = torch.empty(nt, g, m, dtype=torch.float64)
+    lb.lb_mu_stats(ptrs.data_ptr(), lens.data_ptr(), g, bnd.data_ptr(), nb.data_ptr(),
+                   fast.data_ptr(), mb.data_ptr(), m, cnt.data_ptr(), sm.data_ptr(), nt)
+    if nt == 1:
+        return cnt[0], sm[0]
+    return cnt.sum(0), sm.sum(0)
+
+
+def mu_lookup(ptrs: Tensor, out_ptrs: Tensor, lens: Tensor, bnd: Tensor, nb: Tensor,
+              fast: Tensor, mb: Tensor, m: int, tab: Tensor) -> bool:
+    """Writes ``tab[g, sign, level]`` (float32 ``[G, 2, m]``, negatives first; level as
+    :func:`mu_stats`) of each element of segment ``g`` to ``out_ptrs[g]``, ``+0`` for
+    ``+-0``. False when the kernels are unavailable (nothing written)."""
+    lb = lib()
+    if lb is None:
+        return False
+    tab = tab.to(torch.float32).contiguous()
+    lb.lb_mu_lookup(ptrs.data_ptr(), out_ptrs.data_ptr(), lens.data_ptr(), ptrs.numel(),
+                    bnd.data_ptr(), nb.data_ptr(), fast.data_ptr(), mb.data_ptr(), m,
+                    tab.data_ptr(), _threads_for(int(lens.sum())))
+    return True

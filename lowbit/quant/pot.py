@@ -54,6 +54,7 @@ __all__ = [
     "exact_pow2",
     "lbw_ternary_sorted",
     "lbw_approx",
+    "lbw_approx_many",
     "inq",
     "pot_round",
     "pot_levels_count",
@@ -818,6 +819,289 @@ def lbw_ternary_sorted(w: Tensor) -> tuple[Tensor, int]:
     return wq.view(w.shape).to(w.dtype), s
 
 
+# ---------------------------------------------------------------- the mu scheme (2.8)-(2.9)
+#
+# lbw_approx's Q depends on each weight only through its sign and its *level index* (how many
+# of the n thresholds of (2.8) lie at or below |w|); s only through per-level counts and
+# sums of |w|. The engine below computes the level index by exact comparisons against the
+# very threshold values the definition computes (so Q is the definition's), accumulates
+# count and float64 sum per level, and looks the result up in a per-row table built with the
+# definition's float ops. s = floor(log2(4u / 3v)) is decided from the per-level sums and
+# *certified*: u and v are sums of exact non-negative float64 terms, so any order of addition
+# (the definition's element-by-element sum, ours per level) is within (length) ulps of the
+# exact value; unless 4u / 3v lies that close to a power of two, every order gives the same
+# s. A row that cannot be certified sends its tensor to the definition's code
+# (:func:`_mu_rows_reference`), as do float64 inputs (whose products may underflow).
+
+_MU_MAXN = 64  # thresholds per row the C kernels take (n <= 64 at b <= 8)
+
+
+def _mu_bounds(mu_t: Tensor, n: int) -> Tensor:
+    """The ``n`` ascending thresholds of (2.8) per row, ``Tensor[R, n]`` in ``mu_t``'s dtype:
+    ``2**(2-n) mu / 3``, then ``mu * 2**-(n-2), ..., mu * 2**0``. This float arithmetic is
+    part of the definition (thresholds of a tiny mu round)."""
+    exps = torch.arange(n - 2, -1, -1, device=mu_t.device, dtype=mu_t.dtype)
+    mu_c = mu_t[:, None]
+    return torch.cat([(2.0 ** (2 - n)) * mu_c / 3.0, torch.ldexp(mu_c, -exps[None])], 1)
+
+
+def _mu_q(idx: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(q, t)`` for level indices ``idx`` (thresholds at or below ``|w|``, 0..n): Q's
+    magnitude ``2**-t`` in ``dtype`` (0 where ``idx == 0``) and ``t``; same shape."""
+    t = (n - idx).clamp(max=n - 1)
+    q = torch.where(idx > 0, torch.ldexp(torch.ones(idx.shape, dtype=dtype, device=idx.device),
+                                         -t.to(dtype)),
+                    torch.zeros((), dtype=dtype, device=idx.device))
+    return q, t
+
+
+def _mu_rows_reference(
+    rows: Tensor, mu_t: Tensor, n: int, partial_terms: int | None, cap: int
+) -> tuple[Tensor, Tensor]:
+    """The definition, element by element (float64 sums over the rows): ``(wq Tensor[R, L]
+    in rows' dtype, s Tensor[R] int64)`` for rows ``Tensor[R, L]`` (float32/float64) and
+    validated ``mu_t: Tensor[R]``. The engine's fallback and float64 path."""
+    a = rows.abs()
+    bounds = _mu_bounds(mu_t, n)
+    idx = torch.searchsorted(bounds.contiguous(), a.contiguous(), right=True)  # 0: zero
+    q_mag, t = _mu_q(idx, n, a.dtype)
+    nz = idx > 0
+    use = nz if partial_terms is None else nz & (t < partial_terms)
+    ad = a.double()
+    qd = q_mag.double()
+    u = torch.where(use, ad * qd, 0.0).sum(1)
+    v = torch.where(use, qd * qd, 0.0).sum(1)
+    ok = (v != 0) & (u != 0) & (mu_t != 0)
+    s = _floor_log2(torch.where(ok, 4.0 * u / (3.0 * torch.where(ok, v, 1.0)), 1.0))
+    s = torch.where(ok, s.clamp(max=cap), 0)
+    scale = _pow2(s).to(rows.dtype)[:, None]
+    wq = torch.where(ok[:, None], torch.sign(rows) * q_mag * scale, torch.zeros_like(rows))
+    return wq, s
+
+
+def _mu_solve(
+    cnt: Tensor, usum: Tensor, mu_t: Tensor, n: int, partial_terms: int | None, cap: Tensor,
+    length: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """s of (2.9) from per-level statistics of float32 rows.
+
+    Args:
+        cnt, usum: ``Tensor[R, n+1]`` count (int64) and float64 sum of ``|w|`` per level
+            index (any order of addition); mu_t: ``Tensor[R]``; cap: ``Tensor[R]`` int64
+            largest allowed s; length: ``Tensor[R]`` elements per row.
+
+    Returns ``(s, ok, certain)``, each ``Tensor[R]``: ``s`` (0 where not ``ok``), ``ok`` (a
+    non-zero Q and mu), and ``certain``: the definition's element-wise float64 sums, in
+    whatever order, give this same ``s``. Its products ``|w| 2**-t`` and ``2**-2t`` are exact
+    (float32 magnitudes, t <= 63), so its u and v, and ours, are within ``gamma_h`` (h <
+    length + 2n + 128 additions deep) of the exact sums; 4u and the division and 3v round once
+    each. Their ratios therefore differ by less than ``(2 length + 4n + 256) 2**-52``
+    relatively; ``certain`` asks for 8 times that margin to the binade's ends.
+    """
+    dev = cnt.device
+    idx = torch.arange(n + 1, device=dev)
+    t = (n - idx).clamp(max=n - 1)
+    use = idx > 0
+    if partial_terms is not None:
+        use = use & (t < partial_terms)
+    qv = torch.where(use, _pow2(-t), 0.0)
+    u = (usum * qv).sum(1)
+    v = (cnt.double() * (qv * qv)).sum(1)
+    ok = (v != 0) & (u != 0) & (mu_t != 0)
+    r = torch.where(ok, 4.0 * u / (3.0 * torch.where(ok, v, 1.0)), 1.0)
+    k = _floor_log2(r)
+    tol = 8.0 * (2.0 * length.double() + (4 * n + 256)) * 2.0**-52
+    certain = ~ok | ((tol < 0.25) & (r * (1.0 - tol) >= _pow2(k))
+                     & (r * (1.0 + tol) < _pow2(k + 1)))
+    s = torch.where(ok, torch.minimum(k, cap), 0)
+    return s, ok, certain
+
+
+def _mu_tables(s: Tensor, ok: Tensor, n: int) -> Tensor:
+    """float32 ``Tensor[R, 2, n+1]``: the value of a negative / positive non-zero weight at
+    each level index, by the definition's ops ``(sign * q) * 2**s`` (0 where not ``ok``).
+    Weights equal to +-0 quantize to +0 (``sign(0) = 0``)."""
+    dev = s.device
+    q, _ = _mu_q(torch.arange(n + 1, device=dev), n, torch.float32)
+    scale = _pow2(s).to(torch.float32)[:, None, None]
+    sg = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=dev)[None, :, None]
+    val = (sg * q[None, None, :]) * scale
+    return torch.where(ok[:, None, None], val, torch.zeros((), dtype=torch.float32, device=dev))
+
+
+def _mu_fast_flags(mu_t: Tensor, bounds: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """For float32 rows: ``(mb int32 [R], fast bool [R])`` -- mu's bit pattern, and whether
+    the thresholds after the first are exactly ``mu * 2**(j+1-n)``, all normal (the C
+    kernel then reads the level index off the bit distance to mu)."""
+    mb = mu_t.contiguous().view(torch.int32)
+    fast = (mb > 0) & (mb < 0x7F800000) & ((mb >> 23) >= n - 1)
+    if n > 1:
+        j = torch.arange(1, n, device=mu_t.device, dtype=torch.int32)
+        want = mb[:, None] - ((n - 1 - j) << 23)[None]
+        fast &= (bounds[:, 1:].contiguous().view(torch.int32) == want).all(1)
+    return mb, fast
+
+
+def _mu_jobs(
+    ws: Sequence[Tensor], n: int, mus: Sequence, ratio: float | None, partial_terms: int | None,
+    per_channel: bool, axis: int, what: str
+) -> list[dict]:
+    """Validate each tensor (in the order :func:`lbw_approx` always checked) and view it as
+    rows; ``mus[i]``: an explicit mu (float or Tensor) or None."""
+    if partial_terms is not None and partial_terms < 1:
+        raise ValueError(f"partial_terms must be >= 1, got {partial_terms}")
+    jobs = []
+    for i, (w, mu) in enumerate(zip(ws, mus)):
+        name = what if len(ws) == 1 and what == "w" else f"{what}[{i}]"
+        check_float(w, name=name, finite=False)
+        x = w.detach().to(compute_dtype(w))
+        try:
+            rows, restore = as_rows(x, per_channel, axis, name)
+        except ValueError:
+            check_float(w, name=name)  # Inf/NaN is reported first, as always
+            raise
+        jobs.append({"w": w, "x": x, "rows": rows, "restore": restore, "name": name, "mu": mu,
+                     "cap": _max_exponent(w.dtype)})
+    return jobs
+
+
+def _mu_value(j: dict, amax: Tensor | None, ratio: float | None) -> Tensor:
+    """The validated ``mu_t: Tensor[R]`` (rows' dtype) of job ``j``; ``amax``: ``max |row|``
+    in the rows' dtype (None when an explicit mu makes it unnecessary)."""
+    x, rows, mu = j["x"], j["rows"], j["mu"]
+    r = rows.shape[0]
+    if mu is None and ratio is not None:  # the registry's rule: rounded in w's own dtype
+        mu = ratio * amax.to(j["w"].dtype)
+        mu = mu if r != 1 else mu[0]
+    if mu is None:
+        mu_t = 0.75 * amax
+    else:
+        mu_t = torch.as_tensor(mu, dtype=x.dtype, device=x.device).reshape(-1)
+        if mu_t.numel() not in (1, r):
+            raise ValueError(f"mu must be a scalar or have one value per channel ({r}), got "
+                             f"{mu_t.numel()} values")
+        mu_t = mu_t.expand(r)
+    if not bool((torch.isfinite(mu_t) & (mu_t >= 0)).all()):
+        raise ValueError(f"mu must be finite and >= 0, got {mu_t.tolist()[:4]}")
+    return mu_t
+
+
+def _mu_torch_rows(j: dict, n: int, ratio: float | None, partial_terms: int | None
+                   ) -> tuple[Tensor, Tensor]:
+    """One float32 job by torch ops: the engine's statistics, certification and tables
+    (the definition's code when a row is uncertain). ``(wq rows, s)``."""
+    rows = j["rows"]
+    a = rows.abs()
+    amax = a.amax(1)
+    if not bool(torch.isfinite(amax).all()):
+        check_float(j["w"], name=j["name"])
+    mu_t = _mu_value(j, amax, ratio)
+    r, length = rows.shape
+    m = n + 1
+    bounds = _mu_bounds(mu_t, n)
+    idx = torch.searchsorted(bounds.contiguous(), a.contiguous(), right=True)
+    key = idx + (torch.arange(r, device=rows.device) * m)[:, None]
+    cnt = torch.bincount(key.reshape(-1), minlength=r * m).view(r, m)
+    usum = torch.bincount(key.reshape(-1), weights=a.reshape(-1).double(),
+                          minlength=r * m).view(r, m)
+    cap = torch.full((r,), j["cap"], device=rows.device)
+    s, ok, certain = _mu_solve(cnt, usum, mu_t, n, partial_terms, cap,
+                               torch.full((r,), length, device=rows.device))
+    if not bool(certain.all()):
+        return _mu_rows_reference(rows, mu_t, n, partial_terms, j["cap"])
+    tab = _mu_tables(s, ok, n).reshape(-1)
+    key = key + (rows >= 0) * m + (torch.arange(r, device=rows.device) * m)[:, None]
+    wq = torch.index_select(tab, 0, key.reshape(-1)).view(r, length)
+    if bool((ok & (bounds[:, 0] == 0)).any()):  # zeros reach level 1 only then
+        wq = wq.masked_fill(rows == 0, 0.0)
+    return wq, s
+
+
+def _mu_native_rows(jobs: list[dict], n: int, ratio: float | None, partial_terms: int | None
+                    ) -> list[tuple[Tensor, Tensor]]:
+    """Contiguous float32 CPU jobs through the C kernels: one pass for max |w| (and Inf/NaN),
+    one for the per-level statistics, one table lookup; every row of every job at once."""
+    rows = [j["rows"] for j in jobs]
+    nrow = [x.shape[0] for x in rows]
+    ptrs = torch.cat([x.data_ptr() + torch.arange(x.shape[0], dtype=torch.int64)
+                      * (4 * x.shape[1]) for x in rows])
+    lens = torch.cat([torch.full((x.shape[0],), x.shape[1], dtype=torch.int64) for x in rows])
+    amax_b = _native.mu_absmax(ptrs, lens)
+    bad = (amax_b >= 0x7F800000).split(nrow)
+    for j, b in zip(jobs, bad):
+        if bool(b.any()):
+            check_float(j["w"], name=j["name"])
+    amax = amax_b.view(torch.float32).split(nrow)
+    mu_t = torch.cat([_mu_value(j, am, ratio) for j, am in zip(jobs, amax)])
+    m = n + 1
+    bounds = _mu_bounds(mu_t, n)
+    mb, fast = _mu_fast_flags(mu_t, bounds, n)
+    bnd = torch.zeros(len(mu_t), _MU_MAXN, dtype=torch.int32)
+    bnd[:, :n] = bounds.view(torch.int32)
+    nb = torch.full((len(mu_t),), n, dtype=torch.int32)
+    fast8 = fast.to(torch.int8)
+    cnt, usum = _native.mu_stats(ptrs, lens, bnd, nb, fast8, mb, m)
+    cap = torch.cat([torch.full((k,), j["cap"], dtype=torch.int64) for k, j in zip(nrow, jobs)])
+    s, ok, certain = _mu_solve(cnt, usum, mu_t, n, partial_terms, cap, lens)
+    tab = _mu_tables(s, ok, n)
+    outs = [torch.empty_like(x) for x in rows]
+    out_ptrs = torch.cat([o.data_ptr() + torch.arange(o.shape[0], dtype=torch.int64)
+                          * (4 * o.shape[1]) for o in outs])
+    sure = torch.stack([c.all() for c in certain.split(nrow)]).tolist()
+    if all(sure):
+        _native.mu_lookup(ptrs, out_ptrs, lens, bnd, nb, fast8, mb, m, tab)
+    else:  # the certain jobs' segments only
+        keep = torch.cat([torch.full((k,), ok_, dtype=torch.bool) for k, ok_ in zip(nrow, sure)])
+        _native.mu_lookup(ptrs[keep], out_ptrs[keep], lens[keep], bnd[keep], nb[keep],
+                          fast8[keep], mb[keep], m, tab[keep])
+    res = []
+    for j, o, sj, mj, sure_j in zip(jobs, outs, s.split(nrow), mu_t.split(nrow), sure):
+        if sure_j:
+            res.append((o, sj))
+        else:
+            res.append(_mu_rows_reference(j["rows"], mj, n, partial_terms, j["cap"]))
+    return res
+
+
+def _approx_rows(
+    ws: Sequence[Tensor], n: int, mus: Sequence, ratio: float | None,
+    partial_terms: int | None, per_channel: bool, axis: int, what: str
+) -> list[tuple[Tensor, Tensor]]:
+    """The engine behind :func:`lbw_approx` and :func:`lbw_approx_many`: ``[(wq, s)]`` with
+    ``s`` a ``Tensor[R]`` int64 (R = 1 per tensor, or channels)."""
+    jobs = _mu_jobs(ws, n, mus, ratio, partial_terms, per_channel, axis, what)
+    res: list[tuple[Tensor, Tensor] | None] = [None] * len(jobs)
+    nat = []
+    for i, j in enumerate(jobs):
+        rows = j["rows"]
+        if rows.numel() == 0:
+            zs = torch.zeros(rows.shape[0], dtype=torch.int64, device=j["w"].device)
+            res[i] = (torch.zeros_like(rows), zs)
+        elif rows.dtype == torch.float64:  # float64 products may underflow: the definition
+            a = rows.abs()
+            amax = a.amax(1)
+            if not bool(torch.isfinite(amax).all()):
+                check_float(j["w"], name=j["name"])
+            mu_t = _mu_value(j, amax if j["mu"] is None else None, ratio)
+            res[i] = _mu_rows_reference(rows, mu_t, n, partial_terms, j["cap"])
+        elif (_NATIVE and rows.device.type == "cpu" and rows.shape[1] < _native._MAX_NUMEL
+              and _native.lib() is not None):
+            j["rows"] = rows.contiguous()
+            nat.append(i)
+        else:
+            res[i] = _mu_torch_rows(j, n, ratio, partial_terms)
+    if nat:
+        for i, r in zip(nat, _mu_native_rows([jobs[i] for i in nat], n, ratio, partial_terms)):
+            res[i] = r
+    out = []
+    for j, (wq, s) in zip(jobs, res):  # type: ignore[misc]
+        if j["rows"].numel() == 0:
+            out.append((torch.zeros_like(j["w"]).detach(), s))
+        else:
+            out.append((j["restore"](wq).to(j["w"].dtype), s))
+    return out
+
+
 def lbw_approx(
     w: Tensor,
     bits: int,
@@ -825,6 +1109,7 @@ def lbw_approx(
     partial_terms: int | None = None,
     per_channel: bool = False,
     axis: int = 0,
+    mu_ratio: float | None = None,
 ) -> tuple[Tensor, int | Tensor]:
     """The paper's semi-analytical scheme: Q from thresholds on mu (2.8), optimal power s (2.9).
 
@@ -839,6 +1124,9 @@ def lbw_approx(
         partial_terms: if set, the sums of (2.9) keep only t < partial_terms (the paper used 4);
             Q itself always uses every level.
         per_channel, axis: one mu and one s per slice along ``axis``.
+        mu_ratio: without ``mu``, use ``mu = mu_ratio * max|W|`` (per channel ``max|W_c|``)
+            rounded in ``w``'s own dtype -- the registry's ``lbw-approx`` rule (for float16/
+            bfloat16 it differs from the default, whose ``3/4 max|W|`` is a float32 product).
 
     Returns:
         ``(wq, s)`` with ``wq = 2**s Q`` in ``w``'s dtype and ``s = floor(log2(4u / 3v))``,
@@ -846,47 +1134,72 @@ def lbw_approx(
         of ``||2**s Q - W||**2`` for this Q (ties -> larger s), capped so ``2**s`` is finite
         in ``w``'s dtype. All-zero Q gives zeros, s = 0. ``s`` is a Python int, or a
         ``Tensor[C]`` int64 with ``per_channel``.
+
+    Arithmetic (part of the definition): half inputs are computed in float32, float64 in
+    float64; thresholds and mu in that dtype; u and v as float64 sums (their rounding can
+    only matter when ``4u / 3v`` is within a few ulps per weight of a power of two, and then
+    the sums are taken element by element, see the comment above :func:`_mu_bounds`). On CPU
+    float32 work runs in the C kernels of :mod:`lowbit.quant._native` when they load (same
+    bits). This is :func:`lbw_approx_many` on one tensor (bit-identical by construction).
     """
-    check_float(w)
-    n = pot_levels_count(bits)
-    if partial_terms is not None and partial_terms < 1:
-        raise ValueError(f"partial_terms must be >= 1, got {partial_terms}")
-    x = w.detach().to(compute_dtype(w))
-    rows, restore = as_rows(x, per_channel, axis)
-    r = rows.shape[0]
-    if rows.numel() == 0:
-        zs = torch.zeros(r, dtype=torch.int64, device=w.device)
-        return torch.zeros_like(w).detach(), zs if per_channel else 0
-    a = rows.abs()
-    if mu is None:
-        mu_t = 0.75 * a.amax(1)
-    else:
-        mu_t = torch.as_tensor(mu, dtype=x.dtype, device=x.device).reshape(-1)
-        if mu_t.numel() not in (1, r):
-            raise ValueError(f"mu must be a scalar or have one value per channel ({r}), got "
-                             f"{mu_t.numel()} values")
-        mu_t = mu_t.expand(r)
-    if not bool((torch.isfinite(mu_t) & (mu_t >= 0)).all()):
-        raise ValueError(f"mu must be finite and >= 0, got {mu_t.tolist()[:4]}")
-    exps = torch.arange(n - 2, -1, -1, device=x.device, dtype=x.dtype)  # 2**-(n-2) .. 2**0
-    mu_c = mu_t[:, None]
-    bounds = torch.cat([(2.0 ** (2 - n)) * mu_c / 3.0, torch.ldexp(mu_c, -exps[None])], 1)
-    idx = torch.searchsorted(bounds.contiguous(), a.contiguous(), right=True)  # 0: zero
-    t = (n - idx).clamp(max=n - 1)
-    nz = idx > 0
-    q_mag = torch.where(nz, torch.ldexp(torch.ones_like(a), -t.to(a.dtype)), torch.zeros_like(a))
-    use = nz if partial_terms is None else nz & (t < partial_terms)
-    ad = a.double()
-    qd = q_mag.double()
-    u = torch.where(use, ad * qd, 0.0).sum(1)
-    v = torch.where(use, qd * qd, 0.0).sum(1)
-    ok = (v != 0) & (u != 0) & (mu_t != 0)
-    s = _floor_log2(torch.where(ok, 4.0 * u / (3.0 * torch.where(ok, v, 1.0)), 1.0))
-    s = torch.where(ok, s.clamp(max=_max_exponent(w.dtype)), 0)
-    scale = _pow2(s).to(x.dtype)[:, None]
-    wq = torch.where(ok[:, None], torch.sign(rows) * q_mag * scale, torch.zeros_like(rows))
-    wq = restore(wq).to(w.dtype)
+    check_float(w, finite=False)  # Inf/NaN: found by the engine's max|W| pass
+    try:
+        n = pot_levels_count(bits)
+        if partial_terms is not None and partial_terms < 1:
+            raise ValueError(f"partial_terms must be >= 1, got {partial_terms}")
+    except ValueError:
+        check_float(w)  # Inf/NaN is reported first, as always
+        raise
+    wq, s = _approx_rows([w], n, [mu], mu_ratio, partial_terms, per_channel, axis, "w")[0]
     return wq, s if per_channel else int(s[0])
+
+
+def lbw_approx_many(
+    tensors: Sequence[Tensor],
+    bits: int,
+    mu: Sequence[float | Tensor | None] | None = None,
+    partial_terms: int | None = None,
+    per_channel: bool = False,
+    mu_ratio: float | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """:func:`lbw_approx` on many tensors (e.g. every lbw-mu layer of a model) in one pass.
+
+    Args:
+        tensors: any float tensors (shapes, dtypes and devices may differ).
+        bits: b in [2, 8], shared by all.
+        mu: None, or one entry per tensor: an explicit mu (float, or ``Tensor[C]`` per
+            channel) or None for the default ``3/4 max|W|`` of :func:`lbw_approx`.
+        partial_terms: as :func:`lbw_approx`, shared by all.
+        per_channel: one mu and one s per slice along axis 0 (output channel).
+        mu_ratio: if set, the tensors without an explicit mu use ``mu = mu_ratio * max|W|``
+            (per channel ``max|W_c|``) *rounded in the tensor's own dtype* -- the rule of the
+            registry's ``lbw-approx`` (``LbwApproxParams.mu_ratio``). For float32/float64
+            tensors and ratio 0.75 this is the default; for float16/bfloat16 the product is
+            rounded to the half dtype first.
+
+    Returns:
+        ``[(wq_i, s_i)]`` in input order: ``wq_i`` like ``tensors[i]`` (contiguous);
+        ``s_i`` a 0-dim int64 tensor (per tensor) or ``Tensor[C_i]`` int64 (per channel).
+        Bit-identical to ``lbw_approx(tensors[i], bits, mu[i], partial_terms, per_channel)``
+        (with ``mu_ratio``: to ``lowbit.quant.quantize("lbw-approx", ...)``'s values).
+
+    One pass for max|W| and Inf/NaN, one for the per-level statistics, one table lookup over
+    all tensors together (C kernels on CPU float32), so a training step pays the fixed cost of
+    a call once, not once per layer.
+
+    Raises:
+        ValueError naming ``tensors[i]``: NaN/Inf, non-float, 0-dim with ``per_channel``, a
+        bad mu; ``bits`` outside [2, 8]; ``partial_terms < 1``.
+    """
+    if isinstance(tensors, Tensor):
+        raise ValueError("tensors must be a sequence of tensors, got a single Tensor")
+    ws = list(tensors)
+    n = pot_levels_count(bits)
+    mus = [None] * len(ws) if mu is None else list(mu)
+    if len(mus) != len(ws):
+        raise ValueError(f"mu must have one entry per tensor ({len(ws)}), got {len(mus)}")
+    out = _approx_rows(ws, n, mus, mu_ratio, partial_terms, per_channel, 0, "tensors")
+    return [(wq, s if per_channel else s[0]) for wq, s in out]
 
 
 def _round_rows(x: Tensor, s: Tensor, n: int) -> Tensor:
