@@ -27,7 +27,6 @@ from torch import Tensor
 from lowbit.quant import cluster, pot, ternary, uniform
 from lowbit.quant._common import (
     ParamsBits,
-    as_rows,
     broadcast_channel,
     check_params_bits,
 )
@@ -370,13 +369,10 @@ def _lbw_exact(w: Tensor, p: PotParams) -> QuantResult:
 
 
 def _lbw_approx(w: Tensor, p: LbwApproxParams) -> QuantResult:
-    mu = p.mu
-    if mu is None and w.numel():
-        rows, _ = as_rows(w.detach(), p.per_channel, p.axis)
-        mu = p.mu_ratio * rows.abs().amax(1)
-        mu = mu if p.per_channel else mu[0]
-    wq, s = pot.lbw_approx(w, p.bits, mu=mu, partial_terms=p.partial_terms,
-                           per_channel=p.per_channel, axis=p.axis)
+    # mu = mu_ratio * max|W| (per channel max|W_c|) rounded in w's dtype, unless mu is given
+    wq, s = pot.lbw_approx(w, p.bits, mu=p.mu, partial_terms=p.partial_terms,
+                           per_channel=p.per_channel, axis=p.axis,
+                           mu_ratio=p.mu_ratio if p.mu is None else None)
     return _pot_result(wq, s, p.bits, _axis(p))
 
 
