@@ -328,26 +328,47 @@ def quantize_module(module: nn.Module, weight_quant: WeightQuantizer,
 # ---------------------------------------------------------------------- one pass per step
 
 
+_BATCHED = ("lbw-exact", "lbw-approx")  # registry methods quantize_step computes in one pass
+
+
 def _batchable(layer: QuantMixin) -> tuple | None:
     """Group key of a layer whose training-mode weight :func:`quantize_step` can compute in
-    the one-pass quantizer (``lbw-exact`` through the registry, per tensor or per channel
-    along axis 0), else None."""
+    a one-pass quantizer (``lbw-exact`` or ``lbw-approx`` through the registry, per tensor or
+    per channel along axis 0), else None. Layers share a pass only with equal parameters."""
     wq = layer.weight_quant
-    if (type(wq) is not RegistryWeightQuant or wq.method != "lbw-exact" or not layer.training
+    if (type(wq) is not RegistryWeightQuant or wq.method not in _BATCHED or not layer.training
             or not layer.quant_enabled or layer._frozen is not None):
         return None
     pc = bool(getattr(wq.params, "per_channel", False))
     if pc and getattr(wq.params, "axis", 0) != 0:
         return None
-    return (wq.params.bits, pc, layer.weight.device)
+    if wq.method == "lbw-approx":
+        p = wq.params
+        return (wq.method, p.bits, pc, layer.weight.device, p.mu_ratio, p.mu, p.partial_terms)
+    return (wq.method, wq.params.bits, pc, layer.weight.device)
+
+
+def _many(key: tuple, ws: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """The one-pass quantizer of a :func:`_batchable` group: ``lbw_exact_many`` or
+    ``lbw_approx_many`` (bit-identical to the registry entry on each weight)."""
+    import lowbit.quant as Q
+    from lowbit.quant.pot import lbw_approx_many
+
+    if key[0] == "lbw-exact":
+        return Q.lbw_exact_many(ws, key[1], per_channel=key[2])
+    _, bits, pc, _, mu_ratio, mu, partial_terms = key
+    return lbw_approx_many(ws, bits, mu=None if mu is None else [mu] * len(ws),
+                           partial_terms=partial_terms, per_channel=pc,
+                           mu_ratio=None if mu is not None else mu_ratio)
 
 
 @torch.no_grad()
 def quantize_step(model: nn.Module) -> int:
     """Quantize the weights of all of ``model``'s training-mode ``lbw-exact`` layers in one
-    vectorised pass (:func:`lowbit.quant.lbw_exact_many`), bit-identical to each layer running
-    its quantizer, and hand each layer its result for this step; returns the number of
-    layers computed.
+    vectorised pass (:func:`lowbit.quant.lbw_exact_many`), and those of its ``lbw-approx``
+    (lbw-mu) layers in another (:func:`lowbit.quant.pot.lbw_approx_many`, one per parameter
+    set), bit-identical to each layer running its quantizer, and hand each layer its result
+    for this step; returns the number of layers computed.
 
     :func:`lowbit.nn.prepare` registers this as a forward pre-hook of the model, so a QAT step
     pays one call for the whole model instead of one per layer (the per-call fixed cost
@@ -355,7 +376,6 @@ def quantize_step(model: nn.Module) -> int:
     is unchanged (version counter, storage, quantizer state), so calling a submodule directly
     or stepping the optimizer in between falls back to the layer's own quantizer.
     """
-    import lowbit.quant as Q
     from lowbit.quant.registry import _pot_result
 
     groups: dict[tuple, list[QuantMixin]] = {}
@@ -369,11 +389,12 @@ def quantize_step(model: nn.Module) -> int:
             continue
         groups.setdefault(key, []).append(m)
     done = 0
-    for (bits, per_channel, device), layers in groups.items():
+    for key, layers in groups.items():
+        bits, per_channel, device = key[1:4]
         with at_most_threads(_QUANT_THREADS, device):
             ws = [m.weight.detach() for m in layers]
             try:
-                outs = Q.lbw_exact_many(ws, bits, per_channel=per_channel)
+                outs = _many(key, ws)
             except ValueError:  # rerun per layer: its error names the layer
                 for m in layers:
                     m._run_quantizer()

@@ -18,6 +18,7 @@ from lowbit.nn.coverage import (
     coverage,
 )
 from lowbit.nn.layers import (
+    _BATCHED,
     QuantMixin,
     channel_axis,
     install_quantize_step,
@@ -144,7 +145,7 @@ def prepare(model: nn.Module, recipe: Recipe | dict[str, Any] | None = None) -> 
             aq = make_act_quantizer(recipe.act).to(w.device)
             aq.qname = f"{name}.input_quant"
         quantize_module(mod, wq, aq, name=name)
-    if any(cfg.method == "lbw-exact" for _, _, cfg in plan):
+    if any(cfg.method in _BATCHED for _, _, cfg in plan):
         install_quantize_step(model)  # one quantizer pass per training step for all layers
     mapping: dict[int, nn.Module] = {}
     if recipe.act is not None and recipe.act.position == "after_relu":
