@@ -855,6 +855,29 @@ def _mu_q(idx: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return q, t
 
 
+_MU_CONST: dict[tuple, dict[str, Tensor]] = {}
+
+
+def _mu_consts(n: int, partial_terms: int | None, device) -> dict[str, Tensor]:
+    """Per-(n, partial_terms, device) constants of the engine (cached): ``qv``/``qv2``
+    float64 ``[n+1]``: ``2**-t`` and ``2**-2t`` of each level index where (2.9) sums it, else
+    0; ``sq`` float32 ``[1, 2, n+1]``: ``(-1 * q, +1 * q)`` with the definition's float32
+    ``q``; ``shift`` int32 ``[1, n-1]``: ``(n-1-j) << 23`` for j = 1..n-1."""
+    key = (n, partial_terms, str(device))
+    if key not in _MU_CONST:
+        idx = torch.arange(n + 1, device=device)
+        q, t = _mu_q(idx, n, torch.float32)
+        use = idx > 0
+        if partial_terms is not None:
+            use = use & (t < partial_terms)
+        qv = torch.where(use, _pow2(-t), 0.0)
+        sg = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=device)[None, :, None]
+        j = torch.arange(1, max(n, 1), device=device, dtype=torch.int32)
+        _MU_CONST[key] = {"qv": qv, "qv2": qv * qv, "sq": sg * q[None, None, :],
+                          "shift": ((n - 1 - j) << 23)[None]}
+    return _MU_CONST[key]
+
+
 def _mu_rows_reference(
     rows: Tensor, mu_t: Tensor, n: int, partial_terms: int | None, cap: int
 ) -> tuple[Tensor, Tensor]:
@@ -898,21 +921,15 @@ def _mu_solve(
     each. Their ratios therefore differ by less than ``(2 length + 4n + 256) 2**-52``
     relatively; ``certain`` asks for 8 times that margin to the binade's ends.
     """
-    dev = cnt.device
-    idx = torch.arange(n + 1, device=dev)
-    t = (n - idx).clamp(max=n - 1)
-    use = idx > 0
-    if partial_terms is not None:
-        use = use & (t < partial_terms)
-    qv = torch.where(use, _pow2(-t), 0.0)
-    u = (usum * qv).sum(1)
-    v = (cnt.double() * (qv * qv)).sum(1)
+    c = _mu_consts(n, partial_terms, cnt.device)
+    u = (usum * c["qv"]).sum(1)
+    v = (cnt.double() * c["qv2"]).sum(1)
     ok = (v != 0) & (u != 0) & (mu_t != 0)
     r = torch.where(ok, 4.0 * u / (3.0 * torch.where(ok, v, 1.0)), 1.0)
-    k = _floor_log2(r)
+    frac, e = torch.frexp(r)  # r = frac * 2**e, frac in [1/2, 1): floor(log2 r) = e - 1
+    k = e.to(torch.int64) - 1
     tol = 8.0 * (2.0 * length.double() + (4 * n + 256)) * 2.0**-52
-    certain = ~ok | ((tol < 0.25) & (r * (1.0 - tol) >= _pow2(k))
-                     & (r * (1.0 + tol) < _pow2(k + 1)))
+    certain = ~ok | ((tol < 0.25) & (frac * (1.0 - tol) >= 0.5) & (frac * (1.0 + tol) < 1.0))
     s = torch.where(ok, torch.minimum(k, cap), 0)
     return s, ok, certain
 
@@ -921,12 +938,10 @@ def _mu_tables(s: Tensor, ok: Tensor, n: int) -> Tensor:
     """float32 ``Tensor[R, 2, n+1]``: the value of a negative / positive non-zero weight at
     each level index, by the definition's ops ``(sign * q) * 2**s`` (0 where not ``ok``).
     Weights equal to +-0 quantize to +0 (``sign(0) = 0``)."""
-    dev = s.device
-    q, _ = _mu_q(torch.arange(n + 1, device=dev), n, torch.float32)
     scale = _pow2(s).to(torch.float32)[:, None, None]
-    sg = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=dev)[None, :, None]
-    val = (sg * q[None, None, :]) * scale
-    return torch.where(ok[:, None, None], val, torch.zeros((), dtype=torch.float32, device=dev))
+    val = _mu_consts(n, None, s.device)["sq"] * scale
+    return torch.where(ok[:, None, None], val, torch.zeros((), dtype=torch.float32,
+                                                           device=s.device))
 
 
 def _mu_fast_flags(mu_t: Tensor, bounds: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -936,8 +951,7 @@ def _mu_fast_flags(mu_t: Tensor, bounds: Tensor, n: int) -> tuple[Tensor, Tensor
     mb = mu_t.contiguous().view(torch.int32)
     fast = (mb > 0) & (mb < 0x7F800000) & ((mb >> 23) >= n - 1)
     if n > 1:
-        j = torch.arange(1, n, device=mu_t.device, dtype=torch.int32)
-        want = mb[:, None] - ((n - 1 - j) << 23)[None]
+        want = mb[:, None] - _mu_consts(n, None, mu_t.device)["shift"]
         fast &= (bounds[:, 1:].contiguous().view(torch.int32) == want).all(1)
     return mb, fast
 
