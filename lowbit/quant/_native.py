@@ -10,6 +10,12 @@ bit patterns, split over threads (POSIX threads, one slice of every tensor per t
 Integer arithmetic only (bit patterns in, counts or table entries out), so the results are
 the torch path's bit for bit; nothing here decides anything.
 
+:func:`lowbit.quant.pot.lbw_approx` (the mu scheme) has three more: max |x| per segment (its
+pattern also flags Inf/NaN), per-level counts and float64 sums of |x| (level = how many of
+the scheme's thresholds lie at or below |x|, by exact comparisons on the bit patterns; the
+sums' order is free, the caller certifies its decision against any order), and the table
+lookup by sign and level. A segment is a tensor or one channel row.
+
 The C source below is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``) on
 first use into a per-user cache directory (``$LOWBIT_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/lowbit/native`` or ``~/.cache/lowbit/native``), keyed by a hash of the
