@@ -321,3 +321,38 @@ def test_cli_fine_tuning_length_options(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert (seen[1].qat_iters, seen[1].qat_epochs) == (None, 2)
     assert seen[2].qat_iters == 40
     assert seen[3].qat_iters is None and demo.qat_iterations(seen[3]) == 75
+
+
+def test_precision_lists_every_paired_half_width(demo_out: Path) -> None:
+    res = json.loads((demo_out / "results.json").read_text())
+    p = res["precision"]
+    assert p["test_images"] == 4 and p["target_half_width"] == 0.005
+    want = {}
+    for name, r in res["runs"].items():
+        if r.get("drop_half_width") is not None:
+            want[f"{name} vs FP32"] = r["drop_half_width"]
+        if r.get("drop_vs_control_half_width") is not None:
+            want[f"{name} vs control"] = r["drop_vs_control_half_width"]
+    assert p["half_widths"] == pytest.approx(want) and len(want) >= 5
+    assert p["widest"] == max(want.values()) and p["narrowest"] == min(want.values())
+    report = (demo_out / "report.md").read_text()
+    assert "Precision: the paired drop intervals" in report
+
+
+def test_precision_summary_scales_the_test_set_by_the_squared_ratio() -> None:
+    from lowbit.studies.demo import format_precision, precision_summary
+
+    runs = {"fp32": {}, "fp32_ft": {"drop_half_width": 0.004},
+            "lbw4": {"drop_half_width": 0.010, "drop_vs_control_half_width": 0.012},
+            "lbw4_seed1": {"drop_half_width": 0.5, "phase": "lbw4"}}  # a seed row: ignored
+    p = precision_summary(runs, 500)
+    assert p["half_widths"] == {"fp32_ft vs FP32": 0.004, "lbw4 vs FP32": 0.010,
+                                "lbw4 vs control": 0.012}
+    # 1.2 points at 500 images -> (1.2 / 0.5)^2 = 5.76 times the images for 0.5
+    assert p["test_images_for_target"] == 2880 and p["met"] is False
+    assert "2880 test images" in format_precision(p)
+    ok = precision_summary({"lbw4": {"drop_half_width": 0.0049}}, 4000)
+    assert ok["met"] is True and "within ±0.50" in format_precision(ok)
+    assert precision_summary({"fp32": {}}, 10)["widest"] is None
+    with pytest.raises(ValueError, match="target"):
+        precision_summary(runs, 500, target=0.0)

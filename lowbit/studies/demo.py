@@ -47,7 +47,12 @@ from lowbit.analysis.pictures import save_histogram
 from lowbit.runs import conv_memory, effective_weights, load_run
 
 __all__ = ["DemoSettings", "DEFAULT", "QUICK", "run_demo", "RUNS", "CONTROL", "PHASES",
-           "qat_iterations", "format_table_3_1", "paper_claims", "format_claims"]
+           "qat_iterations", "format_table_3_1", "paper_claims", "format_claims",
+           "precision_summary", "format_precision", "SCORE_BATCH"]
+
+#: images per forward pass when the demo scores a phase (16 at 2 threads: 0.89x the time per
+#: image of batches of 4, the training batch it used before)
+SCORE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -313,7 +318,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
             model.to(memory_format=torch.channels_last)
             if test_ds is None:
                 _, test_ds = task.build_datasets(cfg)
-            sc = score(task, model, test_ds, run_dir, torch.device("cpu"), s.batch_size)
+            sc = score(task, model, test_ds, run_dir, torch.device("cpu"), SCORE_BATCH)
             seconds = time.perf_counter() - t0
             prev = old.get("runs", {}).get(name, {})
             if (done_before == res.iteration and prev.get("iterations") == res.iteration
@@ -365,6 +370,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     zero4 = {label: float((weights["lbw4"][lname] == 0).double().mean())
              for label, lname in chosen.items()}
     results["claims"] = paper_claims(results, test_ds, zero4)
+    results["precision"] = precision_summary(results["runs"], len(test_ds))
 
     # detection pictures FP32 vs 6-bit (Fig. 3.1)
     cfg, task, m32 = models["fp32"]
@@ -408,6 +414,7 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
         run_info_line(results.get("run_info")), "",
         "## Table 3.1 (VOC07 mAP, with 95% bootstrap intervals)", "", table, "",
         interval_note(results.get("bootstrap")), "",
+        format_precision(results["precision"]), "",
         "The paper's Table 3.1 (R-FCN on VOC 07+12 → VOC07 test), for reference:", "",
         "| | ResNet-50 | ResNet-101 |", "|---|---:|---:|",
         *[f"| {k} | {a:.2f}% | {b:.2f}% |" for k, (a, b) in PAPER_TABLE_3_1.items()], "",
@@ -418,7 +425,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
     ]
     (out / "report.md").write_text("\n".join(report))
     if progress:
-        print("\n" + table + "\n\n" + interval_note(results.get("bootstrap")))
+        print("\n" + table + "\n\n" + interval_note(results.get("bootstrap")) + "\n\n"
+              + format_precision(results["precision"]))
         print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'detections.png'}")
     return results
 
@@ -452,6 +460,52 @@ def _add_control_drops(results: dict[str, Any], test_ds: Any, boot: dict[str, An
 
 #: The paper's 4-bit zero shares (Tables 3.2-3.3, R-FCN + ResNet-50), by the demo's layer label
 PAPER_ZERO_SHARE_4BIT = {"residual block conv": 0.82882, "RPN conv": 0.58188}
+
+
+def precision_summary(runs: dict[str, dict[str, Any]], n_images: int, target: float = 0.005
+                      ) -> dict[str, Any]:
+    """How precise the demo's drops are, and how many test images a target needs.
+
+    ``runs``: the demo's ``results["runs"]`` (fractions). Collects every paired half-width
+    (``drop_half_width`` against FP32, ``drop_vs_control_half_width`` against the control) of
+    the non-seed rows. A percentile bootstrap's half-width shrinks about as ``1 / sqrt(N)``
+    with the number of test images, so ``target`` (a half-width, 0.005 = 0.5 mAP point) needs
+    about ``N * (widest / target)**2`` images. Returns ``{"test_images", "target_half_width",
+    "half_widths": {"<row> vs <ref>": hw}, "widest", "narrowest", "met",
+    "test_images_for_target"}`` (``widest`` etc. None when there is no interval)."""
+    if not (target > 0 and math.isfinite(target)):
+        raise ValueError(f"target half-width must be finite and > 0, got {target}")
+    hws: dict[str, float] = {}
+    for key, r in runs.items():
+        if r.get("phase"):
+            continue  # an extra seed: its row has no interval of its own
+        for field, ref in (("drop_half_width", "FP32"), ("drop_vs_control_half_width",
+                                                         "control")):
+            v = r.get(field)
+            if v is not None and math.isfinite(v):
+                hws[f"{key} vs {ref}"] = float(v)
+    out: dict[str, Any] = {"test_images": int(n_images), "target_half_width": target,
+                           "half_widths": hws, "widest": None, "narrowest": None,
+                           "met": None, "test_images_for_target": None}
+    if hws:
+        widest = max(hws.values())
+        out.update(widest=widest, narrowest=min(hws.values()), met=widest <= target,
+                   test_images_for_target=int(math.ceil(n_images * (widest / target) ** 2)))
+    return out
+
+
+def format_precision(p: dict[str, Any]) -> str:
+    """One paragraph on :func:`precision_summary` (points of mAP)."""
+    if p.get("widest") is None:
+        return "No paired interval, so no precision to report."
+    t = 100 * p["target_half_width"]
+    text = (f"Precision: the paired drop intervals are ±{100 * p['narrowest']:.2f} to "
+            f"±{100 * p['widest']:.2f} mAP points at {p['test_images']} test images; ")
+    if p["met"]:
+        return text + f"every one is within ±{t:.2f}."
+    return text + (f"±{t:.2f} on every drop would need about {p['test_images_for_target']} test "
+                   f"images (half-widths shrink about as 1/√N; `--test-images N`; "
+                   f"docs/results.md has the measured curve).")
 
 
 def _verdict(lo: float, hi: float, threshold: float, above_holds: bool) -> str:
