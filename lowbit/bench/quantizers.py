@@ -135,6 +135,9 @@ def _model_rows(ws: list[Tensor], bits: tuple[int, ...]) -> dict[str, Callable[[
         rows[f"lbw_exact_many b={b}"] = lambda b=b: Q.lbw_exact_many(ws, b)
         rows[f"lbw_exact_many per-channel b={b}"] = \
             lambda b=b: Q.lbw_exact_many(ws, b, per_channel=True)
+        # the paper's mu scheme (mu = 3/4 max|W|) as the lbw-mu method's training step runs it
+        rows[f"lbw_approx (mu) loop b={b}"] = lambda b=b: [Q.lbw_approx(w, b) for w in ws]
+        rows[f"lbw_approx_many (mu) b={b}"] = lambda b=b: Q.lbw_approx_many(ws, b)
     return rows
 
 
@@ -154,9 +157,10 @@ def run_model_pass_bench(
     For each thread count (set with ``torch.set_num_threads`` inside this one run): one
     ``abs().max()`` pass per layer (the baseline), one ``clone`` per layer, sorting ``|w|`` per
     layer, torch's 8-bit fake-quant per layer, and for each ``bits``: :func:`lbw_exact` once per
-    layer, :func:`lbw_exact_many` on all layers, and its per-channel form. Rounds interleave
-    the rows (median of ``repeats``). Also checks that ``lbw_exact_many`` equals the per-layer
-    loop bit for bit on these tensors.
+    layer, :func:`lbw_exact_many` on all layers, and its per-channel form; the mu scheme
+    (:func:`lbw_approx` once per layer, :func:`lbw_approx_many` on all layers). Rounds
+    interleave the rows (median of ``repeats``). Also checks that ``lbw_exact_many`` and
+    ``lbw_approx_many`` equal their per-layer loops bit for bit on these tensors.
 
     Returns ``{"params", "layers", "bits", "repeats", "load_average": {"start", "end"},
     "identical": bool, "by_threads": {T: {"seconds": {row: s}, "ratios": {row: x abs-max}}},
@@ -170,6 +174,9 @@ def run_model_pass_bench(
     identical = True
     for b in bits:
         for (a, sa), (r, sr) in zip(Q.lbw_exact_many(ws, b), (Q.lbw_exact(w, b) for w in ws)):
+            identical &= bool(torch.equal(a.view(torch.int32), r.view(torch.int32))) and \
+                int(sa) == sr
+        for (a, sa), (r, sr) in zip(Q.lbw_approx_many(ws, b), (Q.lbw_approx(w, b) for w in ws)):
             identical &= bool(torch.equal(a.view(torch.int32), r.view(torch.int32))) and \
                 int(sa) == sr
     load_start = _load()
@@ -205,7 +212,7 @@ def run_model_pass_bench(
         "lbw_exact_many faster than torch fake-quant": all(
             r["ratios"][f"lbw_exact_many b={b}"] < r["ratios"]["torch fake-quant 8-bit per layer"]
             for r in by_threads.values() for b in bits),
-        "lbw_exact_many bit-identical to the per-layer loop": identical,
+        "lbw_exact_many and lbw_approx_many bit-identical to their per-layer loops": identical,
     }
     return {"params": sum(w.numel() for w in ws), "layers": len(ws), "bits": list(bits),
             "repeats": repeats, "load_average": {"start": load_start, "end": _load()},

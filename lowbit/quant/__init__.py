@@ -14,6 +14,7 @@ from lowbit.quant.cluster import kmeans_1d, kmeans_quantize, log_quantize
 from lowbit.quant.pot import (
     inq,
     lbw_approx,
+    lbw_approx_many,
     lbw_errors,
     lbw_exact,
     lbw_exact_channels,
@@ -43,6 +44,7 @@ __all__ = [
     "kmeans_1d",
     "kmeans_quantize",
     "lbw_approx",
+    "lbw_approx_many",
     "lbw_errors",
     "lbw_exact",
     "lbw_exact_channels",
