@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training images of the generated digits devkit (default 1500; "
                    "--quick 300)")
     g.add_argument("--test-images", type=int, metavar="N",
-                   help="test images the mAP and its interval are measured on (default 500; "
+                   help="test images the mAP and its interval are measured on (default 1000; "
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
     g.add_argument("--epochs", type=int, help="FP32 epochs (default 3; --quick 4)")
