@@ -164,23 +164,28 @@ static void *lookup_worker(void *arg) {
     return NULL;
 }
 
-static int run(void *(*fn)(void *), const job_t *base, int nt) {
-    job_t jobs[MAXT];
-    pthread_t th[MAXT];
-    int started[MAXT];
-    for (int t = 0; t < nt; t++) {
-        jobs[t] = *base; jobs[t].nt = nt; jobs[t].t = t; jobs[t].err = 0;
-    }
-    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, fn, &jobs[t]) == 0;
-    fn(&jobs[0]);
-    int err = jobs[0].err;
-    for (int t = 1; t < nt; t++) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else fn(&jobs[t]);  /* no thread: run its slice here */
-        err |= jobs[t].err;
-    }
-    return err;
+/* run(fn, base, nt): nt copies of *base (slice t of nt), fn on each, slice 0 on this thread and
+   the others on POSIX threads (a slice whose thread cannot start runs here); returns the OR of
+   the slices' err flags. One definition per job type. */
+#define DEFINE_RUN(NAME, JOB)                                                                  \
+static int NAME(void *(*fn)(void *), const JOB *base, int nt) {                               \
+    JOB jobs[MAXT];                                                                            \
+    pthread_t th[MAXT];                                                                        \
+    int started[MAXT];                                                                         \
+    for (int t = 0; t < nt; t++) {                                                             \
+        jobs[t] = *base; jobs[t].nt = nt; jobs[t].t = t; jobs[t].err = 0;                      \
+    }                                                                                          \
+    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, fn, &jobs[t]) == 0; \
+    fn(&jobs[0]);                                                                              \
+    int err = jobs[0].err;                                                                     \
+    for (int t = 1; t < nt; t++) {                                                             \
+        if (started[t]) pthread_join(th[t], NULL);                                             \
+        else fn(&jobs[t]);                                                                     \
+        err |= jobs[t].err;                                                                    \
+    }                                                                                          \
+    return err;                                                                                \
 }
+DEFINE_RUN(run, job_t)
 
 static int clamp_threads(int nt) { return nt < 1 ? 1 : nt > MAXT ? MAXT : nt; }
 
@@ -419,21 +424,7 @@ static void *mu_lookup_worker(void *arg) {
     return NULL;
 }
 
-static int mu_run(void *(*fn)(void *), const mu_job_t *base, int nt) {
-    mu_job_t jobs[MAXT];
-    pthread_t th[MAXT];
-    int started[MAXT];
-    for (int t = 0; t < nt; t++) {
-        jobs[t] = *base; jobs[t].nt = nt; jobs[t].t = t; jobs[t].err = 0;
-    }
-    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, fn, &jobs[t]) == 0;
-    fn(&jobs[0]);
-    for (int t = 1; t < nt; t++) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else fn(&jobs[t]);
-    }
-    return 0;
-}
+DEFINE_RUN(mu_run, mu_job_t)
 
 /* amax[t * g + i] = largest |x| bit pattern of thread t's slice of segment i (0 if empty). */
 int lb_mu_absmax(const uint32_t *const *xs, const int64_t *lens, int64_t g, uint32_t *amax,
