@@ -367,24 +367,12 @@ def paired_ratio(s32: Any, feed32: dict[str, np.ndarray], s8: Any,
                  ) -> tuple[float, float, float, list[float]]:
     """FP32 and int8 sessions timed in alternating blocks of ``block`` runs (each block after
     one untimed run, the engine that goes first alternating by round), as
-    ``lowbit bench deploy`` does. Returns (FP32 median ms, int8 median ms, median over rounds
-    of int8 block median / FP32 block median, that ratio's quartiles)."""
-    t32: list[float] = []
-    t8: list[float] = []
-    ratios = []
-    arms = (("fp32", s32, feed32, t32), ("int8", s8, feed8, t8))
-    for r in range(rounds):
-        got: dict[str, float] = {}
-        for key, sess, feed, acc in arms if r % 2 == 0 else arms[::-1]:
-            sess.run(None, feed)
-            ts = []
-            for _ in range(block):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                ts.append(time.perf_counter() - t0)
-            acc.extend(ts)
-            got[key] = float(np.median(ts))
-        ratios.append(got["int8"] / got["fp32"])
+    ``lowbit bench deploy`` does (:func:`lowbit.bench.deploy.alternating_blocks`). Returns
+    (FP32 median ms, int8 median ms, median over rounds of int8 block median / FP32 block
+    median, that ratio's quartiles)."""
+    from lowbit.bench.deploy import alternating_blocks
+
+    t32, t8, ratios = alternating_blocks(s32, feed32, s8, feed8, rounds, block)
     q = [round(float(v), 3) for v in np.percentile(ratios, [25, 75])]
     return (1000 * float(np.median(t32)), 1000 * float(np.median(t8)),
             float(np.median(ratios)), q)

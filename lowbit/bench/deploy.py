@@ -128,6 +128,31 @@ def _kwargs_text(kwargs: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in kwargs.items())
 
 
+def alternating_blocks(s32: Any, feed32: dict[str, np.ndarray], s8: Any,
+                       feed8: dict[str, np.ndarray], rounds: int, block: int
+                       ) -> tuple[list[float], list[float], list[float]]:
+    """Time an FP32 and an int8 onnxruntime session in alternating blocks: each round runs
+    each session once untimed, then ``block`` timed runs, the session that goes first
+    alternating by round. Returns ``(fp32 seconds per run, int8 seconds per run, per-round
+    ratios int8 block median / FP32 block median)``, each in run order."""
+    t32: list[float] = []
+    t8: list[float] = []
+    ratios: list[float] = []
+    engines = (("fp32", s32, feed32, t32), ("int8", s8, feed8, t8))
+    for r in range(rounds):
+        got: dict[str, list[float]] = {}
+        for key, sess, feed, acc in engines if r % 2 == 0 else engines[::-1]:
+            sess.run(None, feed)
+            got[key] = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                got[key].append(time.perf_counter() - t0)
+            acc.extend(got[key])
+        ratios.append(float(np.median(got["int8"]) / np.median(got["fp32"])))
+    return t32, t8, ratios
+
+
 def _op_profile(path: str, feed: dict[str, np.ndarray], prefix: str, runs: int = 10
                 ) -> dict[str, float]:
     """Share of kernel time per operator type over ``runs`` profiled runs."""
@@ -200,7 +225,8 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
     hw = (int(batch.shape[-2]), int(batch.shape[-1]))
     torch.set_num_threads(threads)
     load_before = os.getloadavg()[0]
-    t32, t8, tpt, tpp = [], [], [], []
+    tpt: list[float] = []
+    tpp: list[float] = []
     # Alternating blocks of runs with spin-waiting off, PyTorch timed afterwards: after a run,
     # onnxruntime's and PyTorch's worker threads spin-wait and steal the cores from whichever
     # thread pool runs next (interleaved single runs with spinning made int8 look 2.4x slower
@@ -210,24 +236,12 @@ def bench_one(name: str, runs: Sequence[str] = (), bits: int = 4, iters: int = 2
     # machine the load changes within seconds, and a ratio of the two overall medians moved by
     # 0.6-0.9 between runs of this benchmark at load 4 on 2 cores.
     block = 2
-    paired: list[float] = []
     with torch.no_grad():
         for _ in range(2):
             s32.run(None, feed)
             s8.run(None, feed)
         raw8 = s8.run(None, feed)
-        engines = (("fp32", s32, t32), ("int8", s8, t8))
-        for r in range(max(3, iters // block)):
-            got: dict[str, list[float]] = {}
-            for key, sess, acc in engines if r % 2 == 0 else engines[::-1]:
-                sess.run(None, feed)
-                got[key] = []
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    sess.run(None, feed)
-                    got[key].append(time.perf_counter() - t0)
-                acc.extend(got[key])
-            paired.append(float(np.median(got["int8"]) / np.median(got["fp32"])))
+        t32, t8, paired = alternating_blocks(s32, feed, s8, feed, max(3, iters // block), block)
         net(batch)
         for _ in range(max(3, iters // 2)):
             t0 = time.perf_counter()

@@ -352,12 +352,11 @@ def _many(key: tuple, ws: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
     """The one-pass quantizer of a :func:`_batchable` group: ``lbw_exact_many`` or
     ``lbw_approx_many`` (bit-identical to the registry entry on each weight)."""
     import lowbit.quant as Q
-    from lowbit.quant.pot import lbw_approx_many
 
     if key[0] == "lbw-exact":
         return Q.lbw_exact_many(ws, key[1], per_channel=key[2])
     _, bits, pc, _, mu_ratio, mu, partial_terms = key
-    return lbw_approx_many(ws, bits, mu=None if mu is None else [mu] * len(ws),
+    return Q.lbw_approx_many(ws, bits, mu=None if mu is None else [mu] * len(ws),
                            partial_terms=partial_terms, per_channel=pc,
                            mu_ratio=None if mu is not None else mu_ratio)
 
