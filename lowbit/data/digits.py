@@ -45,7 +45,8 @@ from PIL import Image, ImageDraw
 from lowbit.data.voc import write_voc_xml
 
 __all__ = ["DIGIT_CLASSES", "GENERATOR_VERSION", "DigitObject", "DigitsSource", "render_scene",
-           "render_crop", "generate_digits", "devkit_version", "is_current_devkit"]
+           "render_crop", "generate_digits", "devkit_version", "is_current_devkit",
+           "SCENE_DEFAULTS"]
 
 DIGIT_CLASSES: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -64,6 +65,9 @@ _TRUNCATED_VISIBLE = 0.9  # visible share under which a digit is ``truncated``
 _HEIGHT_RANGE = (0.09, 0.45)  # digit height as a share of the image side (log-uniform)
 _CONTRAST_RANGE = (0.35, 0.8)  # luma difference between a digit and its local background
 _GAP = 2  # pixels kept free between the boxes of two digits
+#: scene arguments of :func:`generate_digits` that are not written to ``digits.json`` at these
+#: values (devkits written before they existed had them)
+SCENE_DEFAULTS = {"min_objects": 1, "max_objects": 6, "attempts": 8}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -185,8 +189,14 @@ def render_scene(
     pool: np.ndarray,
     size: int,
     max_objects: int = 6,
+    min_objects: int = 1,
+    attempts: int = 8,
 ) -> tuple[np.ndarray, list[DigitObject]]:
-    """Render one ``size x size`` scene: ``uint8[H, W, 3]`` image and its digit objects."""
+    """Render one ``size x size`` scene: ``uint8[H, W, 3]`` image and its digit objects.
+
+    Draws ``n`` uniform in ``min_objects..max_objects`` digits and places each at up to
+    ``attempts`` random positions where its box keeps ``_GAP`` pixels from every placed box
+    (a digit that finds none is dropped, so a scene may hold fewer than ``n``)."""
     img = _cluttered_background(rng, src, size, 3.0)
     owner = np.full((size, size), -1, dtype=np.int32)
     totals: list[int] = []  # mask pixels of each digit, including any outside the image
@@ -194,7 +204,7 @@ def render_scene(
     regions: list[tuple[int, int, int, int]] = []
     labels: list[int] = []
     sources: list[int] = []
-    n = int(rng.integers(1, max_objects + 1))
+    n = int(rng.integers(min_objects, max_objects + 1))
     lo, hi = math.log(_HEIGHT_RANGE[0] * size), math.log(_HEIGHT_RANGE[1] * size)
     for _ in range(n):
         di = int(rng.choice(pool))
@@ -205,7 +215,7 @@ def render_scene(
             continue
         gh, gw = alpha.shape
         placed = None
-        for _attempt in range(8):
+        for _attempt in range(attempts):
             if rng.random() < 0.1:  # may be cut by the border
                 x0 = int(rng.integers(-gw // 3, size - 2 * gw // 3 + 1))
                 y0 = int(rng.integers(-gh // 3, size - 2 * gh // 3 + 1))
@@ -318,16 +328,16 @@ def render_crop(
 
 
 def _render_range(
-    args: tuple[str, int, int, int, int, int, str, int, float],
+    args: tuple[str, int, int, int, int, int, str, int, float, tuple[int, int, int]],
 ) -> list[dict[str, Any]]:
-    out_dir, seed, split_code, start, stop, size, split, quality, test_fraction = args
+    out_dir, seed, split_code, start, stop, size, split, quality, test_fraction, scene = args
     src = _worker_source(seed, test_fraction)
     pool = src.pools[split]
     root = Path(out_dir)
     records = []
     for i in range(start, stop):
         rng = np.random.default_rng([seed, split_code, i])
-        image, objects = render_scene(rng, src, pool, size)
+        image, objects = render_scene(rng, src, pool, size, scene[1], scene[0], scene[2])
         image_id = f"{i:06d}"
         Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=quality)
         write_voc_xml(
@@ -368,6 +378,9 @@ def generate_digits(
     quality: int = 90,
     test_fraction: float = 0.3,
     progress: bool = False,
+    min_objects: int = 1,
+    max_objects: int = 6,
+    attempts: int = 8,
 ) -> dict[str, Any]:
     """Write the digits devkit to ``out`` (VOC layout) and return a summary dict.
 
@@ -376,12 +389,20 @@ def generate_digits(
     ``ImageSets/Main/{trainval,test}.txt``, ``classes.txt``, ``digits.json`` (parameters and
     the two digit pools); with ``coco`` also ``annotations/instances_{trainval,test}.json``.
     Ids ``000000..`` are train images first, then test. ``workers`` processes (default: CPUs,
-    at most 4) render in parallel; the output does not depend on it.
+    at most 4) render in parallel; the output does not depend on it. Each scene draws
+    ``min_objects..max_objects`` digits and tries ``attempts`` positions for each (see
+    :func:`render_scene`); the defaults 1, 6, 8 give the standard scenes (about 2.8 objects per
+    image), ``6, 16, 30`` dense ones (about 6.6; ``docs/data.md``). Non-default values are
+    recorded in ``digits.json``.
     """
     if train < 0 or test < 0 or train + test == 0:
         raise ValueError(f"digits: need train, test >= 0 and some images, got {train}, {test}")
     if size < 32:
         raise ValueError(f"digits: --size must be at least 32 px, got {size}")
+    if not 1 <= min_objects <= max_objects or attempts < 1:
+        raise ValueError(f"digits: need 1 <= min_objects <= max_objects and attempts >= 1, got "
+                         f"min_objects={min_objects}, max_objects={max_objects}, "
+                         f"attempts={attempts}")
     root = Path(out)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -393,7 +414,7 @@ def generate_digits(
     for split, ids in splits.items():
         for s in range(ids.start, ids.stop, chunk):
             jobs.append((str(root), seed, _SPLIT_CODE[split], s, min(s + chunk, ids.stop), size,
-                         split, quality, test_fraction))
+                         split, quality, test_fraction, (min_objects, max_objects, attempts)))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -430,6 +451,8 @@ def generate_digits(
         "classes": list(DIGIT_CLASSES),
         "digit_pools": {k: v.tolist() for k, v in src.pools.items()},
     }  # fmt: skip
+    scene = {"min_objects": min_objects, "max_objects": max_objects, "attempts": attempts}
+    meta.update({k: v for k, v in scene.items() if v != SCENE_DEFAULTS[k]})
     (root / "digits.json").write_text(json.dumps(meta))
     n_obj = sum(r["n"] for r in records)
     summary: dict[str, Any] = {
@@ -467,10 +490,13 @@ def devkit_version(root: str | Path) -> int | None:
 
 
 def is_current_devkit(root: str | Path, train: int | None = None, test: int | None = None,
-                      size: int | None = None, seed: int | None = None) -> bool:
+                      size: int | None = None, seed: int | None = None,
+                      min_objects: int | None = None, max_objects: int | None = None,
+                      attempts: int | None = None) -> bool:
     """True when ``root`` holds a complete devkit of this :data:`GENERATOR_VERSION` (both image
-    sets and ``digits.json``) made with the given arguments (None: not checked). A caller that
-    caches devkits regenerates when this is False."""
+    sets and ``digits.json``) made with the given arguments (None: not checked; a scene
+    argument missing from ``digits.json`` had its default). A caller that caches devkits
+    regenerates when this is False."""
     root = Path(root)
     if not all((root / "ImageSets" / "Main" / f"{s}.txt").is_file() for s in _SPLIT_CODE):
         return False
@@ -478,4 +504,6 @@ def is_current_devkit(root: str | Path, train: int | None = None, test: int | No
         return False
     meta = json.loads((root / "digits.json").read_text())
     want = {"train": train, "test": test, "size": size, "seed": seed}
-    return all(v is None or meta.get(k) == v for k, v in want.items())
+    scene = {"min_objects": min_objects, "max_objects": max_objects, "attempts": attempts}
+    return (all(v is None or meta.get(k) == v for k, v in want.items())
+            and all(v is None or meta.get(k, SCENE_DEFAULTS[k]) == v for k, v in scene.items()))

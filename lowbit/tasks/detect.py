@@ -12,7 +12,8 @@ Config mapping (sections of :class:`lowbit.config.ExperimentConfig`):
   :func:`lowbit.detection.registry.model_size_option`.
 * ``data.kind: digits``: the built-in devkit at ``data.root``, written there with
   :func:`lowbit.data.digits.generate_digits` if missing (``data.kwargs``: ``train``,
-  ``test``, ``size``, ``seed`` of the generator). Its splits are ``trainval`` / ``test``
+  ``test``, ``size``, ``seed``, ``min_objects``, ``max_objects``, ``attempts`` of the
+  generator). Its splits are ``trainval`` / ``test``
   (``data.train_split: train``, the config default, is read as ``trainval``).
 * ``data.kind: voc``: :class:`lowbit.data.voc.VOCDetection` at ``data.root``; ``data.kwargs``:
   ``train_years`` / ``test_years`` (e.g. ``[2007, 2012]`` and ``[2007]`` with a VOCdevkit root:
@@ -51,7 +52,7 @@ from lowbit.train.tasks import register_task
 
 __all__ = ["DetectTask"]
 
-_DIGITS_GEN_KEYS = ("train", "test", "size", "seed")
+_DIGITS_GEN_KEYS = ("train", "test", "size", "seed", "min_objects", "max_objects", "attempts")
 
 
 def _has_devkit(root: Path, splits: tuple[str, ...]) -> bool:
@@ -110,9 +111,11 @@ class DetectTask:
             if kw:
                 raise ValueError(f"data.kwargs.{sorted(kw)[0]}: unknown for data.kind=digits")
             root = Path(str(d.root))
-            from lowbit.data.digits import generate_digits, is_current_devkit
+            from lowbit.data.digits import SCENE_DEFAULTS, generate_digits, is_current_devkit
 
-            args = {k: gen[k] for k in ("train", "test", "size", "seed") if k in gen}
+            # scene arguments the config leaves out are the standard scenes', so a dense
+            # devkit on disk is not taken for a standard one
+            args = {**SCENE_DEFAULTS, **{k: gen[k] for k in _DIGITS_GEN_KEYS if k in gen}}
             if not _has_devkit(root, ("trainval", "test")):
                 generate_digits(root, workers=1, **gen)
             elif not is_current_devkit(root, **args):

@@ -85,12 +85,12 @@ def test_deterministic_for_a_seed_and_worker_count(tmp_path: Path) -> None:
     assert _tree_bytes(a) != _tree_bytes(c)
 
 
-def _scenes(size: int, n: int) -> list[list]:
+def _scenes(size: int, n: int, **scene) -> list[list]:
     src = DigitsSource(seed=0)
     pool = src.pools["trainval"]
     out = []
     for i in range(n):
-        image, o = render_scene(np.random.default_rng([5, i]), src, pool, size)
+        image, o = render_scene(np.random.default_rng([5, i]), src, pool, size, **scene)
         assert image.shape == (size, size, 3) and image.dtype == np.uint8
         out.append(o)
     return out
@@ -121,11 +121,14 @@ def test_sizes_stay_in_the_detectable_range() -> None:
         assert np.percentile(longer, 25) < 0.15 and np.percentile(longer, 90) > 0.3
 
 
-def test_digits_never_overlap() -> None:
+@pytest.mark.parametrize("scene", [{}, {"min_objects": 6, "max_objects": 16, "attempts": 30}],
+                         ids=["standard", "dense"])
+def test_digits_never_overlap(scene: dict) -> None:
     """No box meets another (2 px gap), so each box holds one digit: version 1 overlapped 30 %
-    of the placements and left 44 %-recognisable occluded digits."""
+    of the placements and left 44 %-recognisable occluded digits. Dense scenes (more digits,
+    more positions tried) keep the rule."""
     n_pairs = 0
-    for objs in _scenes(128, 80):
+    for objs in _scenes(128, 80, **scene):
         for a in range(len(objs)):
             for b in range(a + 1, len(objs)):
                 p, q = objs[a].box, objs[b].box
@@ -207,3 +210,74 @@ def test_bad_arguments(tmp_path: Path) -> None:
         generate_digits(tmp_path, train=1, test=1, size=8)
     with pytest.raises(ValueError, match="train"):
         generate_digits(tmp_path, train=0, test=0)
+
+
+def test_dense_scenes_hold_more_objects_of_the_same_sizes() -> None:
+    """More digits drawn and more positions tried give scenes with over twice the objects (the
+    demo's precision per scored image grows with them), each scene within its bounds, the
+    digit heights in the same range; the defaults are the standard scenes."""
+    std = _scenes(256, 60)
+    assert [[o.box for o in s] for s in std] == [
+        [o.box for o in s] for s in _scenes(256, 60, min_objects=1, max_objects=6, attempts=8)]
+    dense = _scenes(256, 60, min_objects=6, max_objects=16, attempts=30)
+    n_std = np.array([len(s) for s in std])
+    n_dense = np.array([len(s) for s in dense])
+    assert n_std.max() <= 6 and n_dense.max() <= 16 and n_dense.min() >= 1
+    assert n_dense.mean() > 2 * n_std.mean()
+    for scenes in (std, dense):
+        objs = [o for s in scenes for o in s if not o.truncated]
+        longer = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in objs]) / 256
+        assert longer.min() >= 0.08 and longer.max() <= 0.5
+
+
+def test_scene_arguments_recorded_and_checked(tiny_digits: Path, tmp_path: Path) -> None:
+    """A dense devkit records its scene arguments; it is not current for the standard scenes
+    (nor a standard one for dense), so a cache never stands in for the other kind."""
+    assert "max_objects" not in json.loads((tiny_digits / "digits.json").read_text())
+    assert is_current_devkit(tiny_digits, min_objects=1, max_objects=6, attempts=8)
+    assert not is_current_devkit(tiny_digits, max_objects=16)
+    dense = tmp_path / "dense"
+    generate_digits(dense, train=3, test=2, size=64, seed=1, workers=1, min_objects=4,
+                    max_objects=9, attempts=20)
+    meta = json.loads((dense / "digits.json").read_text())
+    assert (meta["min_objects"], meta["max_objects"], meta["attempts"]) == (4, 9, 20)
+    assert is_current_devkit(dense, min_objects=4, max_objects=9, attempts=20)
+    assert not is_current_devkit(dense, min_objects=1, max_objects=6, attempts=8)
+    for bad in ({"min_objects": 0}, {"min_objects": 5, "max_objects": 4}, {"attempts": 0}):
+        with pytest.raises(ValueError, match="min_objects"):
+            generate_digits(tmp_path / "bad", train=1, test=1, size=64, **bad)
+
+
+def test_detect_task_regenerates_a_devkit_of_other_scenes(tmp_path: Path) -> None:
+    """The detect task passes the scene arguments of ``data.kwargs``; one left out is the
+    standard scenes', so a dense devkit at the root is written anew for a standard config."""
+    from lowbit.config import config_from_dict
+    from lowbit.tasks.detect import DetectTask
+
+    root = tmp_path / "digits"
+    generate_digits(root, train=3, test=2, size=64, seed=0, workers=1, min_objects=5,
+                    max_objects=8, attempts=20)
+
+    def build(kw: dict) -> None:
+        cfg = config_from_dict({
+            "model": {"name": "rfcn_resnet18", "task": "detect", "num_classes": 10},
+            "data": {"kind": "digits", "root": str(root),
+                     "kwargs": {"train": 3, "test": 2, "size": 64, "seed": 0, **kw}}})
+        DetectTask().build_datasets(cfg)
+
+    build({"min_objects": 5, "max_objects": 8, "attempts": 20})
+    assert json.loads((root / "digits.json").read_text())["max_objects"] == 8  # reused
+    build({})
+    assert "max_objects" not in json.loads((root / "digits.json").read_text())  # rewritten
+
+
+def test_cli_writes_dense_scenes(cli_main, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = cli_main(["data", "digits", "--out", str(tmp_path / "d"), "--train", "0", "--test", "6",
+                   "--size", "128", "--min-objects", "5", "--max-objects", "7", "--attempts",
+                   "40", "--workers", "1", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    counts = [len(parse_voc_xml(p).objects)
+              for p in sorted((tmp_path / "d" / "Annotations").glob("*.xml"))]
+    assert summary["objects"] == sum(counts) and len(counts) == 6 and max(counts) <= 7
+    assert json.loads((tmp_path / "d" / "digits.json").read_text())["min_objects"] == 5
