@@ -17,6 +17,8 @@ def _run(args: argparse.Namespace) -> int:
         "qat_iters": args.qat_iters, "freeze_at": args.freeze_at,
         "width": args.width, "batch_size": args.batch_size, "seeds": args.seeds,
         "pretrain_steps": args.pretrain_steps, "pretrain_crops": args.pretrain_crops,
+        "min_objects": args.min_objects, "max_objects": args.max_objects,
+        "attempts": args.attempts,
     }.items() if v is not None}
     if args.qat_epochs is not None and args.qat_iters is None:
         over["qat_iters"] = None  # --qat-epochs alone sets the length in epochs
@@ -57,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test images the mAP and its interval are measured on (default 1000; "
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
+    g.add_argument("--min-objects", type=int, metavar="N",
+                   help="fewest digits drawn per generated scene (default 1)")
+    g.add_argument("--max-objects", type=int, metavar="N",
+                   help="most digits drawn per generated scene (default 6)")
+    g.add_argument("--attempts", type=int, metavar="N",
+                   help="positions tried for each digit before it is dropped (default 8); "
+                   "with more digits and attempts the scenes hold more objects")
     g.add_argument("--epochs", type=int, help="FP32 epochs (default 3; --quick 4)")
     g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run and of the FP32 "
                    "control where no iteration count is set (--quick: 1)")

@@ -47,6 +47,7 @@ __all__ = [
     "read_classes",
     "resolve_voc_folders",
     "load_image",
+    "load_image_uint8",
     "load_voc_annotations",
     "annotation_entries",
     "annotation_cache_path",
@@ -841,12 +842,18 @@ def _annotation_entries(
 
 
 def load_image(path: str | Path) -> Tensor:
-    """Decode an image with PIL into ``float32[3, H, W]`` RGB in ``[0, 1]``.
+    """Decode an image with PIL into ``float32[3, H, W]`` RGB in ``[0, 1]`` (the ``uint8`` of
+    :func:`load_image_uint8` divided by 255).
 
     Raises ``FileNotFoundError`` if missing and ``ValueError`` naming the file for anything PIL
     cannot decode, including decompression bombs (more than twice PIL's
     ``Image.MAX_IMAGE_PIXELS``, e.g. a 40000x40000 PNG saved as ``.jpg``).
     """
+    return load_image_uint8(path).float().div_(255.0)
+
+
+def load_image_uint8(path: str | Path) -> Tensor:
+    """Decode an image with PIL into ``uint8[3, H, W]`` RGB; errors as :func:`load_image`."""
     import torch
     from PIL import Image
 
@@ -860,7 +867,7 @@ def load_image(path: str | Path) -> Tensor:
         raise ValueError(f"{path}: image refused as too large: {exc}") from None
     except (OSError, ValueError, EOFError, SyntaxError, MemoryError) as exc:
         raise ValueError(f"{path}: cannot decode image: {exc}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -15,7 +15,7 @@ from lowbit.data.voc import (
     VOC_CLASSES,
     Transform,
     VOCAnnotation,
-    load_image,
+    load_image_uint8,
     parse_voc_xml,
     read_classes,
     read_image_set,
@@ -42,7 +42,14 @@ class VOCDetection(torch.utils.data.Dataset):
             20 VOC names. With explicit classes, objects of other classes are skipped; with
             inferred ones an unknown name is an error.
         years: e.g. ``("2007", "2012")`` with a devkit root.
+
+    Setting :attr:`cache_images` keeps every decoded image in memory as ``uint8`` (3 bytes a
+    pixel; the images returned are the same), for a set read many times, such as a test set
+    scored after each of several training phases.
     """
+
+    #: keep decoded images in memory (see the class docstring)
+    cache_images: bool = False
 
     def __init__(
         self,
@@ -70,6 +77,7 @@ class VOCDetection(torch.utils.data.Dataset):
         for folder, sp in zip(self.folders, splits):
             self.items.extend((folder, i) for i in read_image_set(folder, sp))
         self._cache: list[dict[str, Any] | None] = [None] * len(self.items)
+        self._images: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -138,7 +146,12 @@ class VOCDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         target = self.get_target(index)
         path = self.image_path(index)
-        image = load_image(path)
+        u8 = self._images.get(index)
+        if u8 is None:
+            u8 = load_image_uint8(path)
+            if self.cache_images:
+                self._images[index] = u8
+        image = u8.float().div_(255.0)
         h, w = image.shape[-2:]
         if (h, w) != tuple(target["orig_size"]):
             raise ValueError(

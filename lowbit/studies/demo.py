@@ -64,6 +64,11 @@ class DemoSettings:
     #: paired drop intervals were ±0.93-1.14 points there, ±0.5 needs about 5,000
     test_images: int = 1000
     image_size: int = 256
+    #: scenes of the generated devkit (:func:`lowbit.data.digits.render_scene`): digits drawn
+    #: per scene (uniform in ``min_objects..max_objects``) and positions tried for each
+    min_objects: int = 1
+    max_objects: int = 6
+    attempts: int = 8
     fp32_epochs: int = 3
     qat_epochs: int = 1
     #: iterations of each fine-tuning phase (LBW QAT and the FP32 control); None: ``qat_epochs``
@@ -91,9 +96,12 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         for name in ("train_images", "test_images", "fp32_epochs", "qat_epochs", "batch_size",
-                     "seeds", "pretrain_crops", "pretrain_batch"):
+                     "seeds", "pretrain_crops", "pretrain_batch", "min_objects", "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_objects < self.min_objects:
+            raise ValueError(f"demo setting max_objects ({self.max_objects}) must be >= "
+                             f"min_objects ({self.min_objects})")
         if self.qat_iters is not None and self.qat_iters < 1:
             raise ValueError(f"demo setting qat_iters must be >= 1 (or None: qat_epochs "
                              f"epochs), got {self.qat_iters}")
@@ -187,7 +195,8 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
         "data": {"kind": "digits", "root": str(data_root), "train_split": "trainval",
                  "test_split": "test",
                  "kwargs": {"hflip": False, "train": s.train_images, "test": s.test_images,
-                            "size": s.image_size, "seed": s.seed}},
+                            "size": s.image_size, "seed": s.seed, "min_objects": s.min_objects,
+                            "max_objects": s.max_objects, "attempts": s.attempts}},
         "optim": {"lr": s.qat_lr if qat else s.lr, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 1e-4,
                   "warmup_iters": max(1, min(s.warmup_iters // 6, qat_iterations(s) // 8))
@@ -320,6 +329,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
             model.to(memory_format=torch.channels_last)
             if test_ds is None:
                 _, test_ds = task.build_datasets(cfg)
+                # scored after each phase: decode its images once
+                test_ds.cache_images = True
             sc = score(task, model, test_ds, run_dir, torch.device("cpu"), SCORE_BATCH)
             seconds = time.perf_counter() - t0
             prev = old.get("runs", {}).get(name, {})

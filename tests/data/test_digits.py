@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lowbit.data.digits import (
     DIGIT_CLASSES,
@@ -281,3 +282,24 @@ def test_cli_writes_dense_scenes(cli_main, tmp_path: Path, capsys: pytest.Captur
               for p in sorted((tmp_path / "d" / "Annotations").glob("*.xml"))]
     assert summary["objects"] == sum(counts) and len(counts) == 6 and max(counts) <= 7
     assert json.loads((tmp_path / "d" / "digits.json").read_text())["min_objects"] == 5
+
+
+def test_cached_images_are_the_decoded_ones(tiny_digits: Path, tmp_path: Path) -> None:
+    """``cache_images`` returns exactly the images decoding gives, and a second pass reads
+    none of the files (they are removed here after the first)."""
+    import shutil
+
+    root = tmp_path / "kit"
+    shutil.copytree(tiny_digits, root)
+    plain = VOCDetection(root, "test")
+    cached = VOCDetection(root, "test")
+    cached.cache_images = True
+    first = [cached[i][0] for i in range(len(cached))]
+    for i in range(len(plain)):
+        assert torch.equal(first[i], plain[i][0]) and first[i].dtype == torch.float32
+    for i in range(len(cached)):
+        cached.image_path(i).unlink()
+    again = [cached[i][0] for i in range(len(cached))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(FileNotFoundError):
+        plain[0]
