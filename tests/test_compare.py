@@ -21,7 +21,7 @@ from lowbit.studies.compare import compare
 from lowbit.studies.methods import DEFAULT_METHODS, METHODS, Method
 from lowbit.studies.rows import Budget
 from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
-from tests._tiny import remember_fp32_run, write_tiny_config
+from tests._tiny import remember_fp32_run, tiny_fp32_run, write_tiny_config
 
 # latency is measured in test_a_failing_method_is_recorded_and_the_rest_run (ONNX export of
 # every row would double this module's time)
@@ -443,14 +443,15 @@ def test_latency_trunk_per_detector(name: str, tmp_path: Path) -> None:
         assert torch.allclose(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
 
 
-def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(tmp_path: Path) -> None:
+def test_qn_a8_trains_8_bit_qn_activations_in_three_phases(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """003's W/A8 row: QN activations (not PACT) at every quantized layer's input, and the
     engine runs the three phases over the budget (30 / 30 / 40% of 10 iterations)."""
     from lowbit.nn import QNActQuant, act_quantizers, quant_layers
     from lowbit.runs import load_run
 
-    cfg = write_tiny_config(tmp_path)
-    assert main(["compare", str(cfg), "--out", str(tmp_path / "out"), "--methods", "qn-a8",
+    fp32 = tiny_fp32_run(tmp_path_factory)  # the session's run: no FP32 training here
+    assert main(["compare", str(fp32), "--out", str(tmp_path / "out"), "--methods", "qn-a8",
                  "--qat-iters", "10", "--calib-images", "2", "--no-latency", "--json"]) == 0
     r = _rows(tmp_path / "out")["qn-a8@3"]
     assert r["status"] == "ok", r.get("error")
