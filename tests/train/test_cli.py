@@ -50,6 +50,14 @@ def test_train_then_eval_reproduces_the_metric(tmp_path: Path, capsys: pytest.Ca
     assert main(["train", str(REPO / "configs" / "digits_cnn.yaml"), "--out", str(out),
                  "--set", "train.epochs=1", "--set", "model.kwargs.width=16", "--resume"]) == 2
     assert "model" in capsys.readouterr().err  # trajectory-changing keys must match
+    before = ckpt.read_bytes()
+    assert main(["train", str(REPO / "configs" / "digits_cnn.yaml"), "--out", str(out),
+                 "--set", "train.epochs=1", "--set", "model.kwargs.width=8", "--resume",
+                 "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "the run is complete at 22 iterations" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["metrics"] == summary["metrics"]
+    assert find_latest_checkpoint(out) == ckpt and ckpt.read_bytes() == before
 
 
 def test_cli_errors_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
