@@ -6,9 +6,9 @@ Each fenced ```python, ```bash / ```sh or ```console block is its own test case 
 ``benchmarks/`` linked in, the venv's ``bin`` first on ``PATH`` and one thread.
 
 Blocks that name ``runs/rfcn_digits`` or ``data/digits`` get a tiny FP32 R-FCN run and its
-devkit there (symlinks to one run trained per session with ``lowbit train
-configs/rfcn_digits.yaml`` and small ``--set`` overrides: 8 train / 4 test images at 64 px,
-width 0.125, 2 iterations).
+devkit there (symlinks to one run trained per session, in the test process, with ``lowbit
+train configs/rfcn_digits.yaml`` and small ``--set`` overrides: 8 train / 4 test images at
+64 px, width 0.125, 2 iterations).
 
 A block preceded by ``<!-- docs-test: syntax-only (REASON) -->`` (GPU, VOC devkit, training
 for minutes) is only checked: ``bash -n`` / ``compile()``, and ``lowbit VERB [SUB] --help``
@@ -133,18 +133,23 @@ def _fail(what: str, res: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="session")
 def tiny_rfcn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding ``runs/rfcn_digits`` (tiny FP32 R-FCN) and ``digits`` (its devkit)."""
+    from lowbit.cli import main
+
     root = tmp_path_factory.mktemp("docs_fixture")
     data = root / "digits"
-    cmd = [str(BIN / "lowbit"), "train", str(ROOT / "configs" / "rfcn_digits.yaml"),
-           "--out", str(root / "runs" / "rfcn_digits"), "--json",
+    argv = ["train", str(ROOT / "configs" / "rfcn_digits.yaml"),
+            "--out", str(root / "runs" / "rfcn_digits"), "--json",
            "--set", f"data.root={data}",
-           "--set", "data.kwargs={hflip: false, train: 8, test: 4, size: 64, seed: 0}",
-           "--set", "model.kwargs={width: 0.125, k: 3}",
-           "--set", "optim.lr=0.02", "--set", "optim.warmup_iters=2",
-           "--set", "train.epochs=1", "--set", "train.batch_size=4",
-           "--set", "train.eval_batch_size=4", "--set", "train.device=cpu"]
-    res = _run(cmd, root, _env(root))
-    assert res.returncode == 0, _fail("fixture run", res)
+            "--set", "data.kwargs={hflip: false, train: 8, test: 4, size: 64, seed: 0}",
+            "--set", "model.kwargs={width: 0.125, k: 3}",
+            "--set", "optim.lr=0.02", "--set", "optim.warmup_iters=2",
+            "--set", "train.epochs=1", "--set", "train.batch_size=4",
+            "--set", "train.eval_batch_size=4", "--set", "train.device=cpu"]
+    # in this process (the examples themselves run in fresh ones): no seconds of imports
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOWBIT_CACHE_DIR", str(root / ".cache"))
+        mp.chdir(root)
+        assert main(argv) == 0, "fixture run (lowbit train) failed: see the captured stderr"
     assert (root / "runs" / "rfcn_digits" / "result.json").is_file()
     return root
 
