@@ -230,6 +230,18 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
     return cfg
 
 
+def _ensure_devkit(s: DemoSettings, data_root: Path, progress: bool) -> None:
+    """Write the demo's devkit with every CPU (the detect task, which would otherwise write it,
+    renders in one process; the output does not depend on the process count)."""
+    from lowbit.data.digits import generate_digits, is_current_devkit
+
+    args = {"train": s.train_images, "test": s.test_images, "size": s.image_size,
+            "seed": s.seed, "min_objects": s.min_objects, "max_objects": s.max_objects,
+            "attempts": s.attempts}
+    if not is_current_devkit(data_root, **args):
+        generate_digits(data_root, progress=progress, **args)
+
+
 def _checkpoint_iteration(run_dir: Path) -> int | None:
     """Iteration of the newest checkpoint of ``run_dir`` (None: none yet)."""
     from lowbit.train.checkpoint import read_checkpoint_json, resolve_checkpoint
@@ -321,6 +333,8 @@ def run_demo(out: str | Path, quick: bool = False, settings: DemoSettings | None
             cfg = config_from_dict(_config(s, data_root, run, fp32_dir, k, backbone_weights))
             done_before = _checkpoint_iteration(run_dir)
             t0 = time.perf_counter()
+            if i == 0 and k == 0:
+                _ensure_devkit(s, data_root, progress)
             res = fit(cfg, run_dir, resume=True, progress=progress)  # a rerun loses nothing
             _, task, model = load_run(run_dir)
             # scored in NHWC: oneDNN's CPU convolutions skip their layout reorders (the
