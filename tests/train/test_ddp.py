@@ -60,10 +60,32 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path, one_thread: Non
         assert abs(a["loss"] - b["loss"]) < 1e-4
 
 
+#: ``lowbit train CONFIG --out OUT --json`` for each (CONFIG, OUT) pair of argv, one after the
+#: other in the same two torchrun workers and process group (``fit`` reuses an open group):
+#: one launch, one start-up and one rendezvous for both runs
+DRIVER = """
+import sys
+from lowbit.cli import main
+from lowbit.train.distributed import init_distributed, shutdown_distributed
+ctx = init_distributed("cpu")
+assert ctx.world_size == 2, ctx
+args = sys.argv[1:]
+try:
+    for cfg, out in zip(args[::2], args[1::2]):
+        rc = main(["train", cfg, "--out", out, "--json"])
+        if rc:
+            sys.exit(rc)
+finally:
+    shutdown_distributed(ctx)
+"""
+
+
 def test_two_process_gloo_drives_qn_phases_and_inq_like_one_process(tmp_path: Path,
                                                                     one_thread: None) -> None:
     """QN's activations phase turns the weights' requires_grad off between steps and INQ
-    freezes weights: under DDP both must run and give the single-process weights."""
+    freezes weights: under DDP both must run and give the single-process weights (both runs
+    through ``lowbit.cli.main`` in one torchrun launch)."""
+    runs = []
     for name, quant, extra in (
         ("qn", {"method": "qn", "bits": 2},
          {"qn_phases": [["weights", 0.08], ["activations", 0.08], ["both", 1.0]]}),
@@ -74,16 +96,20 @@ def test_two_process_gloo_drives_qn_phases_and_inq_like_one_process(tmp_path: Pa
                            train={"iterations": 12, "batch_size": 32, "log_every": 4,
                                   "eval_interval": 0, **extra},
                            quant=quant)
-        cfg_path = write_config(tmp_path / f"{name}.yaml", raw)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-        env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "lowbit.cli", "train", str(cfg_path), "--out",
-               str(tmp_path / f"{name}_ddp"), "--json"]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs.append((name, raw, write_config(tmp_path / f"{name}.yaml", raw)))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", str(driver)]
+    for name, _, cfg_path in runs:
+        cmd += [str(cfg_path), str(tmp_path / f"{name}_ddp")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name, raw, _ in runs:
+        assert load_checkpoint(tmp_path / f"{name}_ddp").state["world_size"] == 2
         single = fit(config_from_dict(raw), tmp_path / f"{name}_one", progress=False)
         ddp_state = load_checkpoint(tmp_path / f"{name}_ddp").model_state
         one_state = load_checkpoint(single.checkpoint).model_state
