@@ -505,37 +505,52 @@ def _compiler() -> str | None:
     return None
 
 
-def _compile(cc: str, out_dir: Path, so: Path) -> None:
+def _compile(cc: str, out_dir: Path, so: Path, stem: str, source: str,
+             flags: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        src = Path(tmp) / "pot.c"
-        src.write_text(_SRC)
-        tmp_so = Path(tmp) / "pot.so"
-        res = subprocess.run([cc, *_FLAGS, "-o", str(tmp_so), str(src)],
+        src = Path(tmp) / f"{stem}.c"
+        src.write_text(source)
+        tmp_so = Path(tmp) / f"{stem}.so"
+        res = subprocess.run([cc, *flags, "-o", str(tmp_so), str(src)],
                              capture_output=True, text=True, timeout=60)
         if res.returncode != 0 or not tmp_so.exists():
             raise OSError(f"{cc} failed ({res.returncode}): {res.stderr.strip()[:500]}")
         os.replace(tmp_so, so)  # atomic: a concurrent build writes the same bytes
 
 
-def _build() -> ctypes.CDLL:
+def native_disabled() -> bool:
+    """True when ``LOWBIT_NATIVE`` (0 / false / no / off) turns every C kernel off."""
+    return os.environ.get("LOWBIT_NATIVE", "1").strip() in ("0", "false", "no", "off")
+
+
+def build_cached(stem: str, source: str, flags: Sequence[str] = tuple(_FLAGS)) -> ctypes.CDLL:
+    """Compile C ``source`` into a shared library in the per-user cache (see the module
+    docstring; file ``{stem}_{hash}.so``, keyed by source, flags, compiler and platform) unless
+    it is there already, and load it. Raises RuntimeError (no compiler, no usable cache
+    directory, compile errors) for the caller to fall back to its torch code. Also used by
+    :mod:`lowbit.detection.ops` for its NMS kernel."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc)")
-    tag = hashlib.sha256("\0".join([_SRC, cc, *_FLAGS, platform.machine(),
+    tag = hashlib.sha256("\0".join([source, cc, *flags, platform.machine(),
                                     platform.system()]).encode()).hexdigest()[:16]
     errors = []
     for cand in _cache_dirs():
         try:
             out_dir = _private_dir(cand)
-            so = out_dir / f"pot_{tag}.so"
+            so = out_dir / f"{stem}_{tag}.so"
             if not so.exists():
-                _compile(cc, out_dir, so)
+                _compile(cc, out_dir, so, stem, source, flags)
             break
         except (OSError, subprocess.SubprocessError) as e:
             errors.append(f"{cand}: {e}")
     else:
         raise RuntimeError("; ".join(errors))
-    lib = ctypes.CDLL(str(so))
+    return ctypes.CDLL(str(so))
+
+
+def _build() -> ctypes.CDLL:
+    lib = build_cached("pot", _SRC, _FLAGS)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.lb_count_begin.argtypes = [p, p, i64, ctypes.c_int, i64, p]
     lib.lb_count_begin.restype = p
@@ -559,7 +574,7 @@ def lib() -> ctypes.CDLL | None:
     if not _state["tried"]:
         with _lock:
             if not _state["tried"]:
-                if os.environ.get("LOWBIT_NATIVE", "1").strip() in ("0", "false", "no", "off"):
+                if native_disabled():
                     _state["status"] = "disabled by LOWBIT_NATIVE"
                 else:
                     try:
