@@ -226,14 +226,16 @@ def render_scene(
             ix1, iy1 = min(x0 + gw, size), min(y0 + gh, size)
             if ix1 <= ix0 or iy1 <= iy0:
                 continue
-            m = mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-            if m.sum() < _MIN_INSIDE * total:
-                continue
             # no digit overlaps another (version 1's deliberate overlaps left labels ambiguous)
-            if all(ix0 >= rx1 + _GAP or ix1 + _GAP <= rx0 or iy0 >= ry1 + _GAP
-                   or iy1 + _GAP <= ry0 for rx0, ry0, rx1, ry1 in regions):
-                placed = (x0, y0, ix0, iy0, ix1, iy1)
-                break
+            if not all(ix0 >= rx1 + _GAP or ix1 + _GAP <= rx0 or iy0 >= ry1 + _GAP
+                       or iy1 + _GAP <= ry0 for rx0, ry0, rx1, ry1 in regions):
+                continue
+            # a glyph wholly inside keeps its whole mask: only a cut one needs counting
+            cut = (ix0, iy0, ix1, iy1) != (x0, y0, x0 + gw, y0 + gh)
+            if cut and mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0].sum() < _MIN_INSIDE * total:
+                continue
+            placed = (x0, y0, ix0, iy0, ix1, iy1)
+            break
         if placed is None:
             continue
         x0, y0, ix0, iy0, ix1, iy1 = placed

@@ -11,9 +11,9 @@ operations in the same order (``iw = min(x2) - max(x1)`` clamped at 0, likewise 
 ``-ffp-contract=off`` (no fused multiply-adds), and compared with the same float32 threshold;
 IEEE arithmetic rounds each operation the same way in C as in torch's kernels. A zero union
 gives 0/0 = NaN, which never suppresses, as there; a pair without overlap (``iw`` or ``ih``
-at most 0) is skipped, as its IoU 0 (or NaN) is never above a threshold >= 0. Built and cached like the quantizers' kernels
-(:func:`lowbit.quant._native.build_cached`); unavailable (no compiler, ``LOWBIT_NATIVE=0``)
-means the torch path.
+at most 0) is skipped, as its IoU 0 (or NaN) is never above a threshold >= 0. Built and
+cached like the quantizers' kernels (:func:`lowbit.quant._native.build_cached`); unavailable
+(no compiler, ``LOWBIT_NATIVE=0``) means the torch path.
 """
 
 from __future__ import annotations
