@@ -42,10 +42,12 @@ Conventions:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +112,27 @@ class MatchedSet:
     num_dets: list[int]
     iou_thresh: float
     _per_class: list[_ClassMatch]
+    _digest: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_images(self) -> int:
         return len(self.image_ids)
+
+    def digest(self) -> bytes:
+        """A hash of everything the resampled APs depend on (two matchings of the same
+        detections and ground truth have the same digest); cached."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=20)
+            h.update(repr((self.classes, self.num_dets, self.iou_thresh)).encode())
+            h.update("\0".join(self.image_ids).encode())
+            h.update(np.ascontiguousarray(self.positives, dtype=np.int64).tobytes())
+            for cm in self._per_class:
+                fp = cm.fp_sparse
+                for a in (cm.img_tp, fp.data, fp.indices, fp.indptr, cm.rec_pt, cm.prec_pt):
+                    h.update(np.ascontiguousarray(a).tobytes())
+                h.update(repr(fp.shape).encode())
+            self._digest = h.digest()
+        return self._digest
 
     def point(self, metric: str = "07") -> tuple[float, dict[str, float]]:
         """``(mAP, {class: AP})`` on the full set with :func:`lowbit.eval.voc.voc_ap` (the
@@ -285,11 +304,20 @@ def _class_ap(cm: _ClassMatch, pos: np.ndarray, counts_t: np.ndarray, use07: boo
     return ap
 
 
+#: map_samples results by (matching digest, resamples digest, metric): a study that asks for
+#: the same model's resamples several times (a table, then paired claims) computes them once
+_SAMPLES_MEMO: OrderedDict[tuple[bytes, bytes, bool], tuple[np.ndarray, np.ndarray]] = (
+    OrderedDict())
+_MEMO_SIZE = 32
+
+
 def map_samples(
     matched: MatchedSet, counts: np.ndarray, metric: str = "07"
 ) -> tuple[np.ndarray, np.ndarray]:
     """mAP ``float64[B]`` and APs ``float64[B, C]`` under the resamples ``counts
-    int[B, n_images]`` (``nan`` = undefined: no positive in that resample)."""
+    int[B, n_images]`` (``nan`` = undefined: no positive in that resample). The last
+    ``_MEMO_SIZE`` results are kept (keyed by :meth:`MatchedSet.digest` and a hash of
+    ``counts``) and returned as copies when asked again."""
     use07 = _check_metric(metric)
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[1] != matched.n_images:
@@ -299,13 +327,29 @@ def map_samples(
     if (counts < 0).any():
         raise ValueError("resample counts must be >= 0")
     counts_t = np.ascontiguousarray(counts.T, dtype=np.int32)
+    key = (matched.digest(),
+           hashlib.blake2b(counts_t.tobytes() + repr(counts_t.shape).encode(),
+                           digest_size=20).digest(), use07)
+    hit = _SAMPLES_MEMO.get(key)
+    if hit is not None:
+        _SAMPLES_MEMO.move_to_end(key)
+        return hit[0].copy(), hit[1].copy()
+    maps, aps = _map_samples(matched, counts_t, use07)
+    _SAMPLES_MEMO[key] = (maps.copy(), aps.copy())
+    while len(_SAMPLES_MEMO) > _MEMO_SIZE:
+        _SAMPLES_MEMO.popitem(last=False)
+    return maps, aps
+
+
+def _map_samples(matched: MatchedSet, counts_t: np.ndarray,
+                 use07: bool) -> tuple[np.ndarray, np.ndarray]:
     aps = np.stack(
         [
             _class_ap(cm, matched.positives[c], counts_t, use07)
             for c, cm in enumerate(matched._per_class)
         ],
         axis=1,
-    ) if matched._per_class else np.zeros((counts.shape[0], 0))  # fmt: skip
+    ) if matched._per_class else np.zeros((counts_t.shape[1], 0))  # fmt: skip
     defined = ~np.isnan(aps)
     k = defined.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

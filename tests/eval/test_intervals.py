@@ -370,3 +370,34 @@ def test_class_names_with_spaces_round_trip_through_results_files(tmp_path: Path
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="comp4_det_test_traffic_light.txt"):
         match_results_dir(gt, tmp_path / "missing", "test")
+
+
+def test_resamples_are_computed_once_per_model_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second matching of the same detections with the same resamples is served from the
+    memo (no AP computed again), as copies; other resamples or detections are computed."""
+    import lowbit.eval.intervals as iv_mod
+
+    rng = np.random.default_rng(21)
+    images = random_images(rng, 30, 3)
+    other = random_images(np.random.default_rng(21), 30, 3, jitter=9.0)
+    m1 = match_arrays(*to_arrays(images, 3))
+    m2 = match_arrays(*to_arrays(images, 3))  # the same detections matched again
+    m3 = match_arrays(*to_arrays([{"gt": a["gt"], "dets": b["dets"]}
+                                  for a, b in zip(images, other)], 3))
+    assert m1.digest() == m2.digest() != m3.digest()
+    counts = bootstrap_counts(30, 200, 5)
+    calls = []
+    real = iv_mod._class_ap
+    monkeypatch.setattr(iv_mod, "_class_ap", lambda *a: calls.append(1) or real(*a))
+    first, aps = map_samples(m1, counts)
+    n_first = len(calls)
+    assert n_first == 3
+    first[:] = -1.0  # the caller's copy: the memo keeps its own
+    again, aps2 = map_samples(m2, counts)
+    assert len(calls) == n_first and np.array_equal(aps, aps2)
+    iv_mod._SAMPLES_MEMO.clear()
+    fresh, _ = map_samples(m1, counts)
+    assert np.array_equal(again, fresh, equal_nan=True) and not (again == -1.0).any()
+    map_samples(m1, bootstrap_counts(30, 200, 6))
+    map_samples(m3, counts)
+    assert len(calls) == n_first + 9
