@@ -302,11 +302,20 @@ def test_qat_iters_sets_every_fine_tuning_phase(tmp_path: Path) -> None:
         DemoSettings(qat_iters=0)
     with pytest.raises(ValueError, match="freeze_at"):
         DemoSettings(freeze_at=6)
+    with pytest.raises(ValueError, match="max_objects"):
+        DemoSettings(min_objects=5, max_objects=4)
+    with pytest.raises(ValueError, match="attempts"):
+        DemoSettings(attempts=0)
+    # the scenes reach the devkit's generator arguments
+    kw = _config(DemoSettings(min_objects=2, max_objects=3, attempts=4), tmp_path, "fp32",
+                 None)["data"]["kwargs"]
+    assert (kw["min_objects"], kw["max_objects"], kw["attempts"]) == (2, 3, 4)
 
 
 def test_cli_fine_tuning_length_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--qat-epochs alone gives whole epochs (the default's 150 iterations no longer apply);
-    --qat-iters wins when both are given; the defaults are 150 iterations and 3 FP32 epochs."""
+    --qat-iters wins when both are given; the defaults are 150 iterations and 2 FP32 epochs;
+    the scene options reach the settings (here the standard scenes)."""
     import lowbit.studies.demo as demo
 
     seen: list[demo.DemoSettings] = []
@@ -317,7 +326,10 @@ def test_cli_fine_tuning_length_options(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert main(base + ["--qat-epochs", "2"]) == 0
     assert main(base + ["--qat-epochs", "2", "--qat-iters", "40"]) == 0
     assert main(base + ["--quick"]) == 0
-    assert (seen[0].qat_iters, seen[0].fp32_epochs) == (150, 3)
+    assert main(base + ["--min-objects", "1", "--max-objects", "6", "--attempts", "8"]) == 0
+    assert (seen[0].qat_iters, seen[0].fp32_epochs) == (150, 2)
+    assert (seen[4].min_objects, seen[4].max_objects, seen[4].attempts) == (1, 6, 8)
+    assert (seen[0].min_objects, seen[0].max_objects) != (1, 6)
     assert (seen[1].qat_iters, seen[1].qat_epochs) == (None, 2)
     assert seen[2].qat_iters == 40
     assert seen[3].qat_iters is None and demo.qat_iterations(seen[3]) == 75

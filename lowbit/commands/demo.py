@@ -37,10 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the LBW-Net workflow on the built-in digits devkit (the main job)",
         description="Pretrain the R-FCN's backbone offline on digit/background crops (the "
         "paper's ImageNet initialisation, made from the built-in sources; reused by a rerun), "
-        "train the CPU-sized R-FCN in FP32 from it on the built-in digits devkit (generated "
-        "into OUT/digits if missing), then LBW QAT at 4/5/6 bits (exact quantizer) and 6 bits "
-        "with the paper's mu scheme from that warm start, and an FP32 control fine-tuned the "
-        "same way without a quantizer; evaluate with the VOC07 metric; write "
+        "train the CPU-sized R-FCN in FP32 from it on the built-in digits devkit with dense "
+        "scenes (generated into OUT/digits if missing), then LBW QAT at 4/5/6 bits (exact "
+        "quantizer) and 6 bits with the paper's mu scheme from that warm start, and an FP32 "
+        "control fine-tuned the same way without a quantizer; evaluate with the VOC07 metric; "
+        "write "
         "OUT/results.json, OUT/report.md (Table 3.1, weight statistics), histograms and "
         "detection pictures. Every mAP is printed with its 95% bootstrap interval over the test "
         "images and every drop with its paired interval against FP32 ('*': the interval "
@@ -53,20 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--train-images", type=int, metavar="N",
-                   help="training images of the generated digits devkit (default 1500; "
+                   help="training images of the generated digits devkit (default 1000; "
                    "--quick 300)")
     g.add_argument("--test-images", type=int, metavar="N",
-                   help="test images the mAP and its interval are measured on (default 1000; "
+                   help="test images the mAP and its interval are measured on (default 1800; "
                    "--quick 60); more images give narrower intervals")
     g.add_argument("--size", type=int, help="image size in px")
     g.add_argument("--min-objects", type=int, metavar="N",
-                   help="fewest digits drawn per generated scene (default 1)")
+                   help="fewest digits drawn per generated scene (default 10: dense scenes, about "
+                   "8.6 objects per image; 1 with --max-objects 6 --attempts 8: the standard "
+                   "scenes of lowbit data digits, about 2.8)")
     g.add_argument("--max-objects", type=int, metavar="N",
-                   help="most digits drawn per generated scene (default 6)")
+                   help="most digits drawn per generated scene (default 24)")
     g.add_argument("--attempts", type=int, metavar="N",
-                   help="positions tried for each digit before it is dropped (default 8); "
-                   "with more digits and attempts the scenes hold more objects")
-    g.add_argument("--epochs", type=int, help="FP32 epochs (default 3; --quick 4)")
+                   help="positions tried for each digit before it is dropped (default 60)")
+    g.add_argument("--epochs", type=int, help="FP32 epochs (default 2; --quick 4)")
     g.add_argument("--qat-epochs", type=int, help="epochs of each LBW QAT run and of the FP32 "
                    "control where no iteration count is set (--quick: 1)")
     g.add_argument("--qat-iters", type=int, metavar="N",

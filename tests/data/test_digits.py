@@ -303,3 +303,27 @@ def test_cached_images_are_the_decoded_ones(tiny_digits: Path, tmp_path: Path) -
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     with pytest.raises(FileNotFoundError):
         plain[0]
+
+
+def test_validation_is_reused_until_a_file_changes(tiny_digits: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second validation of an unchanged devkit parses nothing; an annotation rewritten
+    since (here with an unknown class) is parsed again and reported."""
+    import shutil
+
+    import lowbit.data.voc_dataset as vd
+    from lowbit.data.validate import validate_dataset
+
+    root = tmp_path / "kit"
+    shutil.copytree(tiny_digits, root)
+    parsed: list[Path] = []
+    real = vd.parse_voc_xml
+    monkeypatch.setattr(vd, "parse_voc_xml", lambda p: parsed.append(p) or real(p))
+    assert validate_dataset(VOCDetection(root, "test")) == []
+    assert len(parsed) == 8
+    assert validate_dataset(VOCDetection(root, "test")) == []
+    assert len(parsed) == 8  # memoised: nothing parsed
+    xml = root / "Annotations" / f"{read_image_set(root, 'test')[2]}.xml"
+    xml.write_text(xml.read_text().replace("<name>", "<name>not-", 1))
+    bad = validate_dataset(VOCDetection(root, "test"))
+    assert len(parsed) == 16 and [b.index for b in bad] == [2] and "not-" in bad[0].reason
