@@ -114,9 +114,6 @@ def _kill_at(mode: str, arg: str, argv: list[str], fresh: bool = False) -> None:
             os.chdir(REPO)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            # pytest replaced sys.stdout / sys.stderr: write to fds 1 and 2 again
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
             sys.argv = ["-c", mode, arg, *argv]
             exec(compile(CHILD, "<crash child>", "exec"), {"__name__": "__main__"})
         except BaseException:

@@ -74,9 +74,6 @@ def _fork_child(argv: list[str], log: Path) -> int:
             os.chdir(REPO)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-            # pytest replaced sys.stdout / sys.stderr: write to fds 1 and 2 again
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
             sys.argv = ["-c", *argv]
             exec(compile(CHILD, "<resume child>", "exec"), {"__name__": "__main__"})
         except BaseException:
