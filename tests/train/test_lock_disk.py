@@ -1,15 +1,12 @@
 """One process per run folder (real processes), and a full disk that loses nothing.
 
-The other processes are forks of this one running ``lowbit.cli.main`` (own pids, own file
-descriptors and locks; they start with the imports done instead of paying seconds each).
-
 * A real ``lowbit train`` writes a run folder; a second ``lowbit train --resume`` (another
   process) and a plain ``train`` into that folder are refused naming the first one's pid and
   host. After the first is SIGKILLed its lock file stays behind; the next ``lowbit train
   --resume`` takes it over with a message and continues from the last checkpoint.
 * A disk that fills up while a resumed run writes its next checkpoint: a real tiny tmpfs where
   this machine lets us mount one, and everywhere a real per-file size limit
-  (``RLIMIT_FSIZE``, the kernel's EFBIG) in a child process. The error names the file, and the
+  (``RLIMIT_FSIZE``, the kernel's EFBIG) in a subprocess. The error names the file, and the
   last good checkpoint is left intact and loadable.
 """
 
@@ -23,10 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,95 +36,36 @@ SMALL = ["--set", "train.epochs=1", "--set", "model.kwargs.width=8", "--set", "t
          "--set", "train.keep_checkpoints=1", "--set", "train.eval_interval=0"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
-class _Forked:
-    """``lowbit`` argv run by ``lowbit.cli.main`` in a fork of this process (a real process with
-    its own pid, minus seconds of imports), with a ``subprocess.Popen``-like surface; stdout is
-    dropped, stderr kept."""
-
-    def __init__(self, argv: list[str], preexec: Callable[[], None] | None = None) -> None:
-        fd, self._log = tempfile.mkstemp(prefix="lock_child.", suffix=".log")
-        self.returncode: int | None = None
-        self._err: str | None = None
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.chdir(REPO)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-                os.dup2(fd, 2)
-                # pytest replaced sys.stdout / sys.stderr: write to fds 1 and 2 again
-                sys.stdout = open(1, "w", closefd=False)
-                sys.stderr = open(2, "w", closefd=False)
-                if preexec is not None:
-                    preexec()
-                code = main(argv)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        os.close(fd)
-
-    @property
-    def stderr(self) -> str:
-        if self._err is None:
-            return Path(self._log).read_text(errors="replace")
-        return self._err
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self._err = Path(self._log).read_text(errors="replace")
-                os.unlink(self._log)
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"pid {self.pid} still running after {timeout} s")
-            time.sleep(0.02)  # polling interval, not a timing assumption
-        return self.returncode  # type: ignore[return-value]
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
-def _lowbit(*args: str, preexec: Callable[[], None] | None = None) -> _Forked:
-    got = _Forked(list(args), preexec)
-    got.wait(timeout=300)
-    return got
+def _lowbit(*args: str, preexec: object = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lowbit.cli", *args], cwd=REPO, env=ENV, capture_output=True,
+        text=True, timeout=300, preexec_fn=preexec,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
-def first_writer(tmp_path: Path) -> Iterator[tuple[_Forked, Path]]:
+def first_writer(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """A real `lowbit train` into R, long enough to be killed, with one checkpoint written."""
     run = tmp_path / "R"
-    proc = _Forked(["train", CONFIG, "--out", str(run), *SMALL,
-                    "--set", "train.epochs=5000", "--set", "train.log_every=1000"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowbit.cli", "train", CONFIG, "--out", str(run), *SMALL,
+         "--set", "train.epochs=5000", "--set", "train.log_every=1000"],
+        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while find_latest_checkpoint(run) is None:
-            assert proc.poll() is None, proc.stderr[-2000:]
+            assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.05)  # polling interval, not a timing assumption
         yield proc, run
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=60)
 
 
 def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(
-    first_writer: tuple[_Forked, Path], capsys: pytest.CaptureFixture[str]
+    first_writer: tuple[subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Reproducer: two `lowbit train` into one --out both "succeeded"; a `train --resume`
     started while the first ran read a checkpoint the first had just rotated away."""
