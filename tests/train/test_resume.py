@@ -1,19 +1,18 @@
 """A run SIGKILLed mid-training and resumed ends with the same weights as an uninterrupted run.
 
-The killed run is a child process (1 thread; a fork of this one, which has the imports done)
-whose checkpoint writer hangs when it reaches the JSON of a chosen checkpoint: its tensors file
-is on disk, its JSON is not — the worst moment for a kill. The parent polls for that tensors
-file (with a timeout), SIGKILLs the child, resumes in this process and compares with an
-uninterrupted in-process run: exact equality.
+The killed run is a subprocess (1 thread) whose checkpoint writer hangs when it reaches the JSON
+of a chosen checkpoint: its tensors file is on disk, its JSON is not — the worst moment for a
+kill. The parent polls for that tensors file (with a timeout), SIGKILLs the child, resumes in
+this process and compares with an uninterrupted in-process run: exact equality.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -53,35 +52,15 @@ RAW = small_config(
 HANG_AT = 40
 
 
-def _wait_for(path: Path, pid: int, log: Path, timeout: float = 60.0) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            raise AssertionError(f"child exited early: {log.read_text()[-2000:]}")
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited early: {proc.stderr.read().decode()[-2000:]}")
         if time.monotonic() > deadline:
+            proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)  # polling interval, not a timing assumption
-
-
-def _fork_child(argv: list[str], log: Path) -> int:
-    """Run CHILD with ``argv`` in a fork of this process (torch, scikit-learn and lowbit are
-    imported already: no seconds of start-up); its stdout is dropped, its stderr goes to log."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.chdir(REPO)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-            sys.argv = ["-c", *argv]
-            exec(compile(CHILD, "<resume child>", "exec"), {"__name__": "__main__"})
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(1)
-    return pid
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, one_thread: None) -> None:
@@ -90,18 +69,17 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, one_thread: None) -> N
 
     cfg_path = write_config(tmp_path / "c.yaml", RAW)
     run = tmp_path / "run"
-    log = tmp_path / "child.log"
-    pid = _fork_child([str(cfg_path), str(run), str(HANG_AT)], log)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(cfg_path), str(run), str(HANG_AT)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
     try:
-        _wait_for(run / "checkpoints" / f"ckpt-{HANG_AT:08d}.safetensors", pid, log)
+        _wait_for(run / "checkpoints" / f"ckpt-{HANG_AT:08d}.safetensors", proc)
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:  # already reaped by _wait_for
-            pass
-        else:
-            _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
     latest = find_latest_checkpoint(run)
     assert latest is not None and latest.name == "ckpt-00000032.json"  # mid-epoch 2
