@@ -3,8 +3,7 @@
 One run of the small digits config (3 epochs of 22 iterations, checkpoints every 8 iterations
 and at epoch ends, 2 kept, dropout on so the restored RNG matters) is killed four times, each
 time by a real ``SIGKILL`` that the ``lowbit train`` process sends itself at a chosen moment
-(1 thread), and resumed. That process is a fork of this one running ``lowbit.cli.main`` (it
-starts with torch and lowbit imported, instead of paying seconds of imports per kill):
+(1 thread), and resumed:
 
 1. right after optimizer step 13 (between checkpoints 8 and 16);
 2. half way through writing the tensors file of checkpoint 32 (a torn ``*.tmp``);
@@ -24,10 +23,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
-import tempfile
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -36,57 +33,54 @@ import torch
 from lowbit.cli import main
 from lowbit.train.checkpoint import list_checkpoints, load_checkpoint
 from lowbit.train.metrics import read_metrics
-from tests.train.conftest import small_config, write_config
+from tests.train.conftest import REPO, small_config, write_config
 
+CHILD = r"""
+import json, os, signal, sys, tempfile
+import torch
+torch.set_num_threads(1)
+import lowbit.train.checkpoint as ck
+import lowbit.train.engine as eng
+import lowbit.train.metrics as mt
 
-def _child(mode: str, arg: str, argv: list[str]) -> None:
-    """In the forked child: arm the SIGKILL at the chosen moment, then run ``lowbit`` argv."""
-    import tempfile
+mode, arg = sys.argv[1], sys.argv[2]
 
-    import lowbit.train.checkpoint as ck
-    import lowbit.train.engine as eng
-    import lowbit.train.metrics as mt
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
 
-    torch.set_num_threads(1)
+if mode == "step":
+    real_emit = eng.Trainer._emit
+    def emit(self, event, **info):
+        real_emit(self, event, **info)
+        if event == "iteration" and info["iteration"] == int(arg):
+            die()
+    eng.Trainer._emit = emit
+elif mode == "write":
+    real_write = ck._write_atomic
+    def write(path, data):
+        if path.name == arg:
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            die()
+        return real_write(path, data)
+    ck._write_atomic = write
+elif mode == "log":
+    event_name, at = arg.split(":")
+    real_log = mt.MetricsLogger.log
+    def log(self, event, iteration, epoch, **values):
+        if event == event_name and iteration == int(at):
+            line = json.dumps({"event": event, "iteration": iteration, **values})
+            self._fh.write(line[: len(line) // 2])
+            self._fh.flush()
+            die()
+        return real_log(self, event, iteration, epoch, **values)
+    mt.MetricsLogger.log = log
 
-    def die() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if mode == "step":
-        real_emit = eng.Trainer._emit
-
-        def emit(self: Any, event: str, **info: Any) -> None:
-            real_emit(self, event, **info)
-            if event == "iteration" and info["iteration"] == int(arg):
-                die()
-        eng.Trainer._emit = emit  # type: ignore[method-assign]
-    elif mode == "write":
-        real_write = ck._write_atomic
-
-        def write(path: Path, data: bytes) -> None:
-            if path.name == arg:
-                fd, _ = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-                os.write(fd, data[: len(data) // 2])
-                os.fsync(fd)
-                die()
-            return real_write(path, data)
-        ck._write_atomic = write
-    elif mode == "log":
-        event_name, at = arg.split(":")
-        real_log = mt.MetricsLogger.log
-
-        def log(self: Any, event: str, iteration: int, epoch: Any, **values: Any) -> None:
-            if event == event_name and iteration == int(at):
-                line = json.dumps({"event": event, "iteration": iteration, **values})
-                self._fh.write(line[: len(line) // 2])
-                self._fh.flush()
-                die()
-            return real_log(self, event, iteration, epoch, **values)
-        mt.MetricsLogger.log = log  # type: ignore[method-assign]
-
-    main(argv)
-    raise SystemExit("the run finished: it should have been killed")
-
+from lowbit.cli import main
+main(sys.argv[3:])
+raise SystemExit("the run finished: it should have been killed")
+"""
 
 RAW = small_config(
     model={"kwargs": {"dropout": 0.3}},
@@ -96,39 +90,11 @@ RAW = small_config(
 STRIP = ("time", "img_per_s")
 
 
-def _kill_at(mode: str, arg: str, argv: list[str], timeout: float = 300.0) -> None:
-    """Run ``lowbit`` argv in a forked child of this process (it has torch and lowbit imported
-    already: no multi-second start-up) that SIGKILLs itself at the chosen moment."""
-    log = Path(tempfile.mkstemp(prefix="crash_child.", suffix=".log")[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_TRUNC)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            _child(mode, arg, argv)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child still running after {timeout} s")
-        time.sleep(0.02)  # polling interval, not a timing assumption
-    out = log.read_text(errors="replace")
-    log.unlink()
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, out[-3000:]
+def _kill_at(mode: str, arg: str, argv: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    got = subprocess.run([sys.executable, "-c", CHILD, mode, arg, *argv], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert got.returncode == -signal.SIGKILL, got.stderr[-3000:]
 
 
 def _committed(run: Path) -> list[int]:
