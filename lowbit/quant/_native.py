@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -569,21 +569,30 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
-def lib() -> ctypes.CDLL | None:
-    """The loaded kernels, compiling them on the first call; ``None`` when unavailable."""
-    if not _state["tried"]:
-        with _lock:
-            if not _state["tried"]:
+def load_once(state: dict[str, object], lock: threading.Lock,
+              build: Callable[[], ctypes.CDLL]) -> ctypes.CDLL | None:
+    """``state["lib"]``, calling ``build`` on the first call only (under ``lock``); records
+    in ``state["status"]`` "loaded", "disabled by LOWBIT_NATIVE" or "unavailable: <error>"
+    (any failure leaves ``None``: the caller's torch path). ``state`` starts as
+    ``{"tried": False, "lib": None, "status": "not loaded yet"}``."""
+    if not state["tried"]:
+        with lock:
+            if not state["tried"]:
                 if native_disabled():
-                    _state["status"] = "disabled by LOWBIT_NATIVE"
+                    state["status"] = "disabled by LOWBIT_NATIVE"
                 else:
                     try:
-                        _state["lib"] = _build()
-                        _state["status"] = "loaded"
+                        state["lib"] = build()
+                        state["status"] = "loaded"
                     except Exception as e:  # noqa: BLE001 -- any failure: the torch path
-                        _state["status"] = f"unavailable: {type(e).__name__}: {e}"
-                _state["tried"] = True
-    return _state["lib"]  # type: ignore[return-value]
+                        state["status"] = f"unavailable: {type(e).__name__}: {e}"
+                state["tried"] = True
+    return state["lib"]  # type: ignore[return-value]
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernels, compiling them on the first call; ``None`` when unavailable."""
+    return load_once(_state, _lock, _build)
 
 
 def status() -> str:

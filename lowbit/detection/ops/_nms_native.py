@@ -68,27 +68,21 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "lib": None, "status": "not loaded yet"}
 
 
+def _build() -> ctypes.CDLL:
+    from lowbit.quant._native import build_cached
+
+    cdll = build_cached("nms", _SRC)
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    cdll.lb_nms.argtypes = [p, p, i64, ctypes.c_float, p, p]
+    cdll.lb_nms.restype = i64
+    return cdll
+
+
 def lib() -> ctypes.CDLL | None:
     """The loaded kernel, compiling it on the first call; ``None`` when unavailable."""
-    if not _state["tried"]:
-        with _lock:
-            if not _state["tried"]:
-                from lowbit.quant._native import build_cached, native_disabled
+    from lowbit.quant._native import load_once
 
-                if native_disabled():
-                    _state["status"] = "disabled by LOWBIT_NATIVE"
-                else:
-                    try:
-                        cdll = build_cached("nms", _SRC)
-                        p, i64 = ctypes.c_void_p, ctypes.c_int64
-                        cdll.lb_nms.argtypes = [p, p, i64, ctypes.c_float, p, p]
-                        cdll.lb_nms.restype = i64
-                        _state["lib"] = cdll
-                        _state["status"] = "loaded"
-                    except Exception as e:  # noqa: BLE001 -- any failure: the torch path
-                        _state["status"] = f"unavailable: {type(e).__name__}: {e}"
-                _state["tried"] = True
-    return _state["lib"]  # type: ignore[return-value]
+    return load_once(_state, _lock, _build)
 
 
 def status() -> str:
