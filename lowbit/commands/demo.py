@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--size", type=int, help="image size in px")
     g.add_argument("--min-objects", type=int, metavar="N",
                    help="fewest digits drawn per generated scene (default 10: dense scenes, about "
-                   "8.6 objects per image; 1 with --max-objects 6 --attempts 8: the standard "
+                   "8.4 objects per image; 1 with --max-objects 6 --attempts 8: the standard "
                    "scenes of lowbit data digits, about 2.8)")
     g.add_argument("--max-objects", type=int, metavar="N",
                    help="most digits drawn per generated scene (default 24)")

@@ -66,7 +66,7 @@ class DemoSettings:
     image_size: int = 256
     #: scenes of the generated devkit (:func:`lowbit.data.digits.render_scene`): digits drawn
     #: per scene (uniform in ``min_objects..max_objects``) and positions tried for each; the
-    #: dense default (about 8.6 objects per image instead of the standard 2.8) gives the
+    #: dense default (about 8.4 objects per image instead of the standard 2.8) gives the
     #: intervals about 3x the objects per scored image
     min_objects: int = 10
     max_objects: int = 24
