@@ -339,7 +339,8 @@ def _render_range(
     records = []
     for i in range(start, stop):
         rng = np.random.default_rng([seed, split_code, i])
-        image, objects = render_scene(rng, src, pool, size, scene[1], scene[0], scene[2])
+        image, objects = render_scene(rng, src, pool, size, min_objects=scene[0],
+                                      max_objects=scene[1], attempts=scene[2])
         image_id = f"{i:06d}"
         Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=quality)
         write_voc_xml(

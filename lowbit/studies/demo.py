@@ -196,9 +196,7 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
                   "kwargs": kwargs},
         "data": {"kind": "digits", "root": str(data_root), "train_split": "trainval",
                  "test_split": "test",
-                 "kwargs": {"hflip": False, "train": s.train_images, "test": s.test_images,
-                            "size": s.image_size, "seed": s.seed, "min_objects": s.min_objects,
-                            "max_objects": s.max_objects, "attempts": s.attempts}},
+                 "kwargs": {"hflip": False, **_devkit_args(s)}},
         "optim": {"lr": s.qat_lr if qat else s.lr, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 1e-4,
                   "warmup_iters": max(1, min(s.warmup_iters // 6, qat_iterations(s) // 8))
@@ -232,14 +230,19 @@ def _config(s: DemoSettings, data_root: Path, run: str, fp32_dir: Path | None,
     return cfg
 
 
+def _devkit_args(s: DemoSettings) -> dict[str, Any]:
+    """The generator arguments of the demo's devkit (its configs' ``data.kwargs`` but hflip)."""
+    return {"train": s.train_images, "test": s.test_images, "size": s.image_size,
+            "seed": s.seed, "min_objects": s.min_objects, "max_objects": s.max_objects,
+            "attempts": s.attempts}
+
+
 def _ensure_devkit(s: DemoSettings, data_root: Path, progress: bool) -> None:
     """Write the demo's devkit with every CPU (the detect task, which would otherwise write it,
     renders in one process; the output does not depend on the process count)."""
     from lowbit.data.digits import generate_digits, is_current_devkit
 
-    args = {"train": s.train_images, "test": s.test_images, "size": s.image_size,
-            "seed": s.seed, "min_objects": s.min_objects, "max_objects": s.max_objects,
-            "attempts": s.attempts}
+    args = _devkit_args(s)
     if not is_current_devkit(data_root, **args):
         generate_digits(data_root, progress=progress, **args)
 
